@@ -1,0 +1,204 @@
+"""The graph specification: Pydantic models a graph file is made of.
+
+Rules:
+- Every model is frozen and forbids unknown fields, so a misspelt field fails validation with
+  its path instead of being ignored.
+- Every field has a description; limits live in ``Field`` so errors state the allowed range.
+- Node configs subclass ``NodeSpec``, set ``kind: Literal["..."]`` and declare their ports as
+  class variables (``inputs`` / ``outputs``). Which class validates a node is decided by its
+  ``kind`` through the registry (``areal_flow.registry``), so third-party kinds validate the
+  same way as built-in ones.
+- This module knows nothing of torch, zmq or processes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DEFAULT_CAPACITY = 4
+
+
+class Spec(BaseModel):
+    """Base of every spec model: frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class Port(Spec):
+    """A named input or output of a node kind."""
+
+    record: Literal["prompt", "rollout", "scored", "weights", "any"] = Field(
+        description="Record type carried (a schema in areal_flow/schema.py); 'any' for test nodes."
+    )
+    required: bool = Field(True, description="Validation fails if a required port is unconnected.")
+    weights: bool = Field(
+        False,
+        description="A weight-feedback port: exempt from the data-cycle check, drawn dashed.",
+    )
+
+
+class Resources(Spec):
+    """What one replica of a node needs from the machine."""
+
+    cpus: float = Field(
+        1.0,
+        ge=0,
+        le=1024,
+        description="CPU cores per replica. Whole numbers pin the replica to that many cores; "
+        "0 or a fraction shares the cores left over (light nodes).",
+    )
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per replica (CUDA_VISIBLE_DEVICES).")
+    memory: float | None = Field(
+        None, gt=0, description="Memory per replica in GiB; used by the Ray launcher's placement."
+    )
+
+
+def light_resources() -> Resources:
+    """Default for nodes that only move data around: no pinned cores."""
+    return Resources(cpus=0)
+
+
+class Staleness(Spec):
+    """The AReaL staleness bound (DESIGN.md §5)."""
+
+    max_lag: int | None = Field(
+        4,
+        ge=0,
+        le=1_000_000,
+        description="η: the most policy versions a trajectory may lag the trainer. "
+        "0 = synchronous training; null = unbounded (gate off).",
+    )
+    interrupt: bool = Field(
+        True,
+        description="Interrupt in-flight generation when new weights arrive (off = sync baseline).",
+    )
+
+
+class Tracking(Spec):
+    """Where MLflow records the run."""
+
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else a SQLite store "
+        "in the run folder.",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default the graph name.")
+    enabled: bool = Field(True, description="Set false to run without MLflow.")
+
+
+class NodeSpec(Spec):
+    """Fields every node has. Subclasses add ``kind`` and their own settings."""
+
+    inputs: ClassVar[dict[str, Port]] = {}
+    outputs: ClassVar[dict[str, Port]] = {}
+    #: Stateless kinds are restarted by the driver when a replica dies; stateful ones stop the run.
+    stateless: ClassVar[bool] = False
+    #: Human-readable role, used to group and colour nodes in drawings.
+    role: ClassVar[str] = "transform"
+
+    kind: str = Field(description="Node kind; selects the config class and the implementation.")
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        max_length=64,
+        description="Unique node name, used in edges ('name.port') and logs.",
+    )
+    replicas: int = Field(1, ge=1, le=256, description="Number of processes running this node.")
+    resources: Resources = Field(default_factory=Resources, description="Per replica.")
+
+
+def _validate_by_kind(value: Any, handler: Any) -> Any:
+    # Dict nodes (YAML/JSON files, --set round trips) are validated by their kind's class;
+    # errors raised there keep their path under nodes.<index>.
+    from areal_flow.registry import validate_node
+
+    if isinstance(value, dict):
+        return validate_node(value)
+    return handler(value)
+
+
+TypedNode = Annotated[SerializeAsAny[NodeSpec], WrapValidator(_validate_by_kind)]
+
+
+class Edge(Spec):
+    """A data or weight connection from an output port to an input port.
+
+    Written as a string ``"a -> b"`` (each node's only port) or ``"a.out -> b.in"``, or as an
+    object with ``src``, ``dst`` and ``capacity``.
+    """
+
+    src: str = Field(description="Producer: 'node' or 'node.port'.")
+    dst: str = Field(description="Consumer: 'node' or 'node.port'.")
+    capacity: int = Field(
+        DEFAULT_CAPACITY,
+        ge=1,
+        le=4096,
+        description="Most batches in flight on this edge (credit-based flow control).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split("->")]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(
+                    f"edge {value!r} must look like 'a -> b' or 'a.out -> b.in' (one '->')"
+                )
+            return {"src": parts[0], "dst": parts[1]}
+        return value
+
+    @field_validator("src", "dst")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", value):
+            raise ValueError(f"endpoint {value!r} must be 'node' or 'node.port'")
+        return value
+
+    def split(self, side: Literal["src", "dst"]) -> tuple[str, str | None]:
+        """(node, port or None) of one end."""
+        node, _, port = getattr(self, side).partition(".")
+        return node, port or None
+
+    def __str__(self) -> str:
+        return f"{self.src} -> {self.dst}"
+
+
+class Graph(Spec):
+    """A whole runnable graph: nodes, edges and run-wide settings."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64, description="Graph name.")
+    description: str = Field("", description="What the graph does (shown by validate).")
+    nodes: list[TypedNode] = Field(
+        min_length=1, description="Node configs; each 'kind' selects its config class."
+    )
+    edges: list[Edge] = Field(default_factory=list, description="Connections between ports.")
+    staleness: Staleness = Field(default_factory=Staleness, description="Staleness bound η.")
+    tracking: Tracking = Field(default_factory=Tracking, description="MLflow settings.")
+    launcher: Literal["local", "ray"] = Field(
+        "local", description="'local': one OS process per replica; 'ray': Ray actors."
+    )
+    run_dir: Path = Field(
+        Path("runs"),
+        description="Parent folder of run folders (one per run: logs, checkpoints, MLflow).",
+    )
+    seed: int = Field(0, ge=0, description="Seed for every random choice in the run.")
+
+    def node(self, name: str) -> NodeSpec:
+        """The node called ``name``; KeyError names the known nodes."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node named {name!r}; nodes: {', '.join(n.name for n in self.nodes)}")

