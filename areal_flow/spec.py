@@ -106,8 +106,11 @@ class NodeSpec(Spec):
     outputs: ClassVar[dict[str, Port]] = {}
     #: Stateless kinds are restarted by the driver when a replica dies; stateful ones stop the run.
     stateless: ClassVar[bool] = False
-    #: Human-readable role, used to group and colour nodes in drawings.
+    #: Human-readable role, used to group and colour nodes in drawings. The runtime counts
+    #: trajectories received by a ``trainer`` as accepted (staleness accounting).
     role: ClassVar[str] = "transform"
+    #: When a replica of this kind finishes, the whole run stops (the trainer's step budget).
+    ends_run: ClassVar[bool] = False
 
     kind: str = Field(description="Node kind; selects the config class and the implementation.")
     name: str = Field(

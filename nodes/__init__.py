@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from areal_flow.spec import NodeSpec
+from areal_flow.testing import CollectSinkConfig, FunctionConfig, ListSourceConfig
 from nodes.generator import GeneratorConfig
 from nodes.group_filter import GroupFilterConfig
 from nodes.math_verifier import MathVerifierConfig
@@ -21,6 +22,10 @@ BUILTIN_NODES: dict[str, type[NodeSpec]] = {
     "group_filter": GroupFilterConfig,
     "trainer": TrainerConfig,
     "weight_publisher": WeightPublisherConfig,
+    # Generic nodes for tests and experiments (areal_flow.testing).
+    "list_source": ListSourceConfig,
+    "function": FunctionConfig,
+    "collect_sink": CollectSinkConfig,
 }
 
 __all__ = [

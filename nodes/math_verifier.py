@@ -6,10 +6,13 @@ in bounded time; model output is never evaluated as code.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import pyarrow as pa
 from pydantic import Field
 
+from areal_flow.node import NodeContext, Output, Transform
+from areal_flow.schema import SCHEMAS
 from areal_flow.spec import NodeSpec, Port, Resources, light_resources
 
 
@@ -33,4 +36,52 @@ class MathVerifierConfig(NodeSpec):
     format_reward: float = Field(
         0.0, description="Added when the answer follows the required format; 0 = off."
     )
+    required_format: Literal["answer_is", "boxed", "hashes", "any"] = Field(
+        "answer_is",
+        description="The format the prompt asks for: 'The answer is N.', \\boxed{N}, '#### N'.",
+    )
     resources: Resources = Field(default_factory=light_resources, description="Per replica.")
+
+
+class MathVerifier(Transform):
+    """Appends reward, correct, format_ok and verdict to each rollout batch."""
+
+    concurrency = 4  # batches scored at once; the pool's workers do the parallel work
+
+    def setup(self, ctx: NodeContext) -> None:
+        from areal_flow.reward import RewardConfig, VerifierPool
+
+        super().setup(ctx)
+        cfg: MathVerifierConfig = self.config  # type: ignore[assignment]
+        reward = RewardConfig(
+            correct_reward=cfg.reward_correct,
+            wrong_reward=cfg.reward_wrong,
+            format_reward=cfg.format_reward,
+            required_format=cfg.required_format,
+            lenient=cfg.extraction == "lenient",
+        )
+        self.pool = VerifierPool(reward, workers=cfg.workers, timeout_s=cfg.timeout_s).start()
+
+    async def process(self, batch: pa.RecordBatch) -> Output:
+        assert self.ctx is not None
+        pairs = zip(
+            batch.column("response").to_pylist(), batch.column("answer").to_pylist(), strict=True
+        )
+        verdicts = await self.pool.score(pairs)
+        for verdict in verdicts:
+            self.ctx.metrics.count(f"verdict_{verdict.reason}")
+        return scored_batch(batch, verdicts)
+
+    def teardown(self) -> None:
+        if hasattr(self, "pool"):
+            self.pool.close()
+
+
+def scored_batch(batch: pa.RecordBatch, verdicts: list[Any]) -> pa.RecordBatch:
+    """``batch`` (rollout records) with the verdict columns appended, as a scored batch."""
+    columns = {name: batch.column(name) for name in SCHEMAS["rollout"].names}
+    columns["reward"] = pa.array([v.reward for v in verdicts], pa.float32())
+    columns["correct"] = pa.array([v.correct for v in verdicts], pa.bool_())
+    columns["format_ok"] = pa.array([v.format_ok for v in verdicts], pa.bool_())
+    columns["verdict"] = pa.array([v.reason for v in verdicts], pa.string())
+    return pa.RecordBatch.from_pydict(columns, schema=SCHEMAS["scored"])

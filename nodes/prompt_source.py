@@ -6,10 +6,13 @@ emitted once per epoch as a group of ``group_size`` samples; its position is exa
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import pyarrow as pa
 from pydantic import Field
 
+from areal_flow.node import NodeContext, Output, Source
+from areal_flow.schema import SCHEMAS
 from areal_flow.spec import NodeSpec, Port, Resources, Spec, light_resources
 
 
@@ -43,7 +46,12 @@ class PromptSourceConfig(NodeSpec):
         None, description="Arithmetic task levels to draw from; null = all levels."
     )
     split: Literal["train", "test"] = Field(
-        "train", description="Arithmetic split; the test split never overlaps training."
+        "train",
+        description="Arithmetic split (the test split never overlaps training); for a "
+        "save_to_disk DatasetDict folder, the split to read.",
+    )
+    size: int = Field(
+        20_000, ge=1, le=10_000_000, description="Arithmetic items per epoch (files: all rows)."
     )
     model: str = Field(
         "smollm2",
@@ -59,3 +67,92 @@ class PromptSourceConfig(NodeSpec):
         512, ge=8, le=131072, description="Longer prompts are skipped and counted."
     )
     resources: Resources = Field(default_factory=light_resources, description="Per replica.")
+
+
+class PromptSource(Source):
+    """One prompt group per batch, in the sampler's resumable order.
+
+    Replica r of R takes the items whose position in the walk is r modulo R.
+    """
+
+    def setup(self, ctx: NodeContext) -> None:
+        from transformers import AutoTokenizer
+
+        from areal_flow.data.sampler import EpochSampler, Position
+        from areal_flow.models import prepare_model
+
+        super().setup(ctx)
+        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        self.dataset = load_dataset(cfg, ctx.seed)
+        report = getattr(self.dataset, "report", None)
+        if report is not None:
+            ctx.metrics.gauge("rows_malformed", float(sum(report.skipped.values())))
+            if report.skipped:
+                ctx.log.warning("%s", report.summary())
+        self.tokenizer = AutoTokenizer.from_pretrained(prepare_model(cfg.model))
+        state = ctx.resume_state or {}
+        start = Position.from_dict(state["position"]) if "position" in state else None
+        self.sampler = EpochSampler(
+            len(self.dataset), seed=ctx.seed, shuffle=cfg.shuffle, epochs=cfg.epochs, start=start
+        )
+        self.walked = int(state.get("walked", 0))
+
+    def next_cost(self) -> int:
+        return int(self.config.group_size)  # type: ignore[attr-defined]
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self.sampler.exhausted)
+
+    def next_batch(self) -> Output:
+        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        assert self.ctx is not None
+        while not self.sampler.exhausted:
+            draw = next(self.sampler)
+            self.walked += 1
+            if (self.walked - 1) % self.ctx.replicas != self.ctx.replica:
+                continue
+            row = self._row(draw.position.epoch, self.dataset[draw.item])
+            if len(row["prompt_token_ids"]) > cfg.max_prompt_tokens:
+                self.ctx.metrics.count("prompts_too_long")
+                continue
+            self.ctx.metrics.count("prompts")
+            return pa.RecordBatch.from_pylist([row], schema=SCHEMAS["prompt"])
+        return None
+
+    def _row(self, epoch: int, problem: Any) -> dict[str, Any]:
+        from areal_flow.data.problem import prompt_text
+
+        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt_text(problem.question)}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return {
+            "prompt_id": problem.id,
+            "group_id": f"{problem.id}@{epoch}",
+            "group_size": cfg.group_size,
+            "epoch": epoch,
+            "level": problem.level,
+            "prompt": text,
+            "prompt_token_ids": ids,
+            "answer": problem.answer,
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {"position": self.sampler.position.to_dict(), "walked": self.walked}
+
+
+def load_dataset(cfg: PromptSourceConfig, seed: int) -> Any:
+    """The problems a prompt source walks: the arithmetic task or a file's rows."""
+    from areal_flow.data.arithmetic import ArithmeticTask
+    from areal_flow.data.datasets import FieldMap as DataFieldMap
+    from areal_flow.data.datasets import load_problems
+
+    if cfg.dataset == "arithmetic":
+        mix = {level: 1.0 for level in cfg.levels} if cfg.levels else None
+        return ArithmeticTask(seed=seed, mix=mix).dataset(cfg.split, cfg.size)
+    fields = DataFieldMap(question=cfg.fields.question, answer=cfg.fields.answer)
+    return load_problems(cfg.dataset, fields, split=cfg.split)

@@ -54,6 +54,7 @@ class TrainerConfig(NodeSpec):
     inputs: ClassVar[dict[str, Port]] = {"scored": Port(record="scored")}
     outputs: ClassVar[dict[str, Port]] = {"weights": Port(record="weights", weights=True)}
     role: ClassVar[str] = "trainer"
+    ends_run: ClassVar[bool] = True
 
     kind: Literal["trainer"] = "trainer"
     model: str = Field("smollm2", min_length=1, description="Initial policy (as the generator's).")

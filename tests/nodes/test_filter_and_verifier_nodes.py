@@ -1,0 +1,110 @@
+"""The verifier and filter nodes on real Arrow batches, outside the runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from areal_flow.node import NodeContext
+from areal_flow.schema import SCHEMAS
+from nodes.group_filter import GroupFilter, GroupFilterConfig
+from nodes.math_verifier import MathVerifier, MathVerifierConfig
+
+
+def rollout_rows(
+    responses: list[str], answer: str = "7", finish: list[str] | None = None
+) -> list[dict[str, Any]]:
+    finish = finish or ["stop"] * len(responses)
+    return [
+        {
+            "prompt_id": "p0",
+            "group_id": "p0@0",
+            "group_size": len(responses),
+            "epoch": 0,
+            "level": "add1",
+            "prompt": "What is 3 + 4?",
+            "prompt_token_ids": [1, 2, 3],
+            "answer": answer,
+            "sample_index": i,
+            "response": text,
+            "response_token_ids": list(range(len(text.split()))),
+            "logprobs": [-0.5] * len(text.split()),
+            "versions": [0] * len(text.split()),
+            "finish_reason": finish[i],
+        }
+        for i, text in enumerate(responses)
+    ]
+
+
+def ctx_for(config: Any, tmp_path: Path) -> NodeContext:
+    return NodeContext(config=config, replica=0, replicas=1, run_dir=tmp_path, seed=0)
+
+
+def test_verifier_node_scores_a_group(tmp_path: Path) -> None:
+    config = MathVerifierConfig(name="reward", workers=1, reward_correct=5, reward_wrong=-5)
+    node = MathVerifier(config)
+    node.setup(ctx_for(config, tmp_path))
+    try:
+        batch = pa.RecordBatch.from_pylist(
+            rollout_rows(["3 + 4 = 7. The answer is 7.", "The answer is 8.", "I don't know"]),
+            schema=SCHEMAS["rollout"],
+        )
+        scored = asyncio.run(node.process(batch))
+    finally:
+        node.teardown()
+    assert isinstance(scored, pa.RecordBatch) and scored.schema.equals(SCHEMAS["scored"])
+    assert scored.column("reward").to_pylist() == [5.0, -5.0, -5.0]
+    assert scored.column("correct").to_pylist() == [True, False, False]
+    assert scored.column("format_ok").to_pylist() == [True, True, False]
+    assert scored.column("verdict").to_pylist() == ["correct", "wrong", "no_answer"]
+    assert node.ctx is not None and node.ctx.metrics.counters["verdict_correct"] == 1
+
+
+def scored(rewards: list[float], finish: list[str] | None = None, words: int = 3) -> pa.RecordBatch:
+    rows = rollout_rows([" ".join(["w"] * words)] * len(rewards), finish=finish)
+    for row, reward in zip(rows, rewards, strict=True):
+        row.update(reward=reward, correct=reward > 0, format_ok=True, verdict="x")
+    return pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["scored"])
+
+
+def run_filter(
+    tmp_path: Path, batch: pa.RecordBatch, **options: Any
+) -> tuple[Any, dict[str, float]]:
+    config = GroupFilterConfig(name="filter", **options)
+    node = GroupFilter(config)
+    node.setup(ctx_for(config, tmp_path))
+    out = node.process(batch)
+    assert node.ctx is not None
+    return out, node.ctx.metrics.counters
+
+
+def test_filter_drops_uniform_reward_groups(tmp_path: Path) -> None:
+    out, counters = run_filter(tmp_path, scored([1, 1, 1, 1]))
+    assert out is None and counters["dropped_uniform"] == 4
+    out, counters = run_filter(tmp_path, scored([1, 0, 1, 0]))
+    assert out is not None and out.num_rows == 4 and counters["kept"] == 4
+
+
+def test_filter_keeps_uniform_groups_when_asked(tmp_path: Path) -> None:
+    out, _ = run_filter(tmp_path, scored([0, 0]), drop_uniform_reward=False)
+    assert out is not None and out.num_rows == 2
+
+
+@pytest.mark.parametrize(("mode", "rows"), [("keep", 3), ("drop", 2), ("drop_group", 0)])
+def test_filter_truncation_modes(tmp_path: Path, mode: str, rows: int) -> None:
+    batch = scored([1, 0, 1], finish=["stop", "stop", "length"])
+    out, _ = run_filter(tmp_path, batch, truncated=mode)
+    assert (0 if out is None else out.num_rows) == rows
+
+
+def test_filter_length_limit_then_uniform_check(tmp_path: Path) -> None:
+    batch = pa.concat_batches([scored([1, 0], words=2), scored([0], words=9)])
+    out, counters = run_filter(tmp_path, batch, max_response_tokens=5)
+    assert out is not None and out.num_rows == 2 and counters["dropped_too_long"] == 1
+    batch = pa.concat_batches([scored([1], words=2), scored([0], words=9)])
+    out, counters = run_filter(tmp_path, batch, max_response_tokens=5)
+    assert out is None, "after the long one goes, the rest is uniform"
