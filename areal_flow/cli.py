@@ -104,6 +104,42 @@ def viz(
     console.print(f"wrote {draw(g, out)}")
 
 
+@app.command()
+def run(
+    file: GraphFile,
+    set_: SetOption = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="Run folder (default: a new one under run_dir)."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="A plain progress line every 10 s (CI logs).")
+    ] = False,
+) -> None:
+    """Run a graph with the local launcher and show it live."""
+    from areal_flow.runtime import new_run_dir, run_graph
+    from areal_flow.runtime.live import LiveView, QuietView
+
+    graph, _ = _load(file, set_)
+    folder = run_dir or new_run_dir(graph)
+    console.print(f"run folder: {folder}")
+    if quiet or not sys.stdout.isatty():
+        result = run_graph(graph, run_dir=folder, on_update=QuietView(console))
+    else:
+        with LiveView(console) as view:
+            result = run_graph(graph, run_dir=folder, on_update=view)
+    if result.failure is not None:
+        errors.print(f"[bold red]run failed:[/] {result.failure}", highlight=False)
+        raise typer.Exit(1)
+    if result.status == "interrupted":
+        errors.print(f"[yellow]interrupted[/] after {result.wall_s:.1f} s; run folder {folder}")
+        raise typer.Exit(130)
+    console.print(
+        f"[green]completed[/] in {result.wall_s:.1f} s, policy version {result.version}; "
+        f"run folder {folder}"
+    )
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,63 @@
+"""The runtime: plan a graph, start its replicas, watch them, stop them.
+
+``run_graph`` is the one entry point (the CLI's ``run`` and the in-process test runner use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from areal_flow.graph import Machine, build
+from areal_flow.runtime.driver import Driver, Failure, RunResult
+from areal_flow.runtime.launcher import InProcessLauncher, Launcher, LocalLauncher
+from areal_flow.spec import Graph
+
+__all__ = ["Driver", "Failure", "RunResult", "new_run_dir", "run_graph"]
+
+
+def new_run_dir(graph: Graph) -> Path:
+    """A fresh folder under the graph's ``run_dir``: ``<name>-<YYYYmmdd-HHMMSS>[-n]``."""
+    base = graph.run_dir / f"{graph.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def run_graph(
+    graph: Graph,
+    run_dir: Path | None = None,
+    launcher: Literal["local", "inprocess"] = "local",
+    on_update: Callable[[Driver], None] | None = None,
+    max_restarts: int = 3,
+    resume: bool = False,
+) -> RunResult:
+    """Run ``graph`` until it completes, fails, or Ctrl-C drains it."""
+    g = build(graph, Machine.detect())
+    run_dir = run_dir or new_run_dir(graph)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "graph.json").write_text(graph.model_dump_json(indent=2))
+    chosen: Launcher = InProcessLauncher() if launcher == "inprocess" else LocalLauncher()
+    driver = Driver(graph, g, run_dir, chosen, max_restarts, on_update, resume)
+    return asyncio.run(_run_with_sigint(driver))
+
+
+async def _run_with_sigint(driver: Driver) -> RunResult:
+    loop = asyncio.get_running_loop()
+    # Off the main thread (a test running the driver in a thread) there are no signals to catch.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, driver.interrupt)
+        loop.add_signal_handler(signal.SIGTERM, driver.interrupt)
+    try:
+        return await driver.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,351 @@
+"""The driver: the control plane of one run.
+
+Rules:
+- It plans the run, starts every replica through a launcher, waits until all are set up, then
+  says start. It holds the global policy version and the staleness gate, and answers the
+  sources' admission requests.
+- It watches every replica: exit codes (polled), error reports, and heartbeats. A replica that
+  dies or raises is restarted when its kind is stateless (at most ``max_restarts`` times per
+  replica); otherwise the run stops and ``RunResult.failure`` names the node with its error or
+  exit code and its last log lines. A replica silent for ``STUCK_AFTER_S`` counts as failed.
+- The run completes when every replica has finished (end-of-stream reached the sinks), or when
+  a replica of an ``ends_run`` kind (the trainer) finishes. ``interrupt()`` (Ctrl-C) drains:
+  sources stop, in-flight data gets ``DRAIN_S`` to land, then everything is stopped.
+- Stopping never leaves orphans: replicas get 'stop', then ``STOP_GRACE_S``, then are killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import zmq
+import zmq.asyncio
+
+from areal_flow.runtime.control import (
+    DRAIN_S,
+    START_TIMEOUT_S,
+    STOP_GRACE_S,
+    STUCK_AFTER_S,
+    decode,
+    encode,
+)
+from areal_flow.runtime.launcher import Handle, Launcher, last_lines, log_path
+from areal_flow.runtime.plan import ReplicaPlan, free_tcp_address, make_plan
+from areal_flow.runtime.staleness import StalenessController
+from areal_flow.spec import Graph, NodeSpec
+
+POLL_MS = 100
+
+
+@dataclass
+class Replica:
+    """What the driver knows about one replica."""
+
+    plan: ReplicaPlan
+    spec: NodeSpec
+    handle: Handle
+    status: str = "starting"  # starting | ready | running | finished | failed | stopped
+    last_seen: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    trace: str = ""  # the traceback the replica reported with its error
+
+    @property
+    def key(self) -> str:
+        return self.plan.key
+
+
+@dataclass
+class Failure:
+    node: str
+    replica: int
+    reason: str
+    log_tail: list[str]
+    noticed_at: float = field(default_factory=time.monotonic)  # when the driver saw it
+
+    def __str__(self) -> str:
+        tail = "\n".join(f"    {line}" for line in self.log_tail)
+        return f"node '{self.node}' (replica {self.replica}) {self.reason}" + (
+            f"\n  last log lines:\n{tail}" if tail else ""
+        )
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | failed | interrupted
+    run_dir: Path
+    wall_s: float
+    version: int
+    failure: Failure | None
+    metrics: dict[str, dict[str, float]]  # per replica key
+    staleness: dict[str, float]
+    restarts: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+def staleness_gate(graph: Graph) -> StalenessController | None:
+    """The gate for graphs with a trainer fed by a prompt source; None otherwise."""
+    trainers = [n for n in graph.nodes if n.role == "trainer"]
+    sources = [n for n in graph.nodes if n.role == "source" and hasattr(n, "group_size")]
+    if not trainers or not sources:
+        return None
+    batch_groups = int(getattr(trainers[0], "batch_groups", 1))
+    group_size = int(getattr(sources[0], "group_size", 1))
+    return StalenessController(
+        batch_size=batch_groups * group_size, max_lag=graph.staleness.max_lag
+    )
+
+
+class Driver:
+    """Runs one graph to completion, failure or interruption."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        g: nx.MultiDiGraph,
+        run_dir: Path,
+        launcher: Launcher,
+        max_restarts: int = 3,
+        on_update: Callable[[Driver], None] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.graph = graph
+        self.g = g
+        self.run_dir = run_dir
+        self.launcher = launcher
+        self.max_restarts = max_restarts
+        self.on_update = on_update
+        self.resume = resume
+        self.version = 0
+        self.gate = staleness_gate(graph)
+        self.replicas: dict[bytes, Replica] = {}
+        self.failure: Failure | None = None
+        self.stopping = False
+        self.completed = False
+        self._interrupted = False
+        self._drain_deadline: float | None = None
+        self.started = time.monotonic()
+
+    # -- public -------------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Ctrl-C: drain and stop."""
+        self._interrupted = True
+
+    async def run(self) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        zctx = zmq.asyncio.Context()
+        router = zctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        control = free_tcp_address()
+        router.bind(control)
+        self.router = router
+        plan = make_plan(self.graph, self.g, self.run_dir, control, self.resume)
+        plan_path = self.run_dir / "plan.json"
+        plan.save(plan_path)
+        self.plan, self.plan_path = plan, plan_path
+        try:
+            for rp in plan.replicas:
+                handle = self.launcher.start(plan, plan_path, rp)
+                spec = self.graph.node(rp.node)
+                self.replicas[rp.key.encode()] = Replica(rp, spec, handle)
+            await self._loop()
+        finally:
+            await self._shutdown()
+            router.close(linger=0)
+            zctx.destroy(linger=0)
+        return self._result()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self._done():
+            if await self.router.poll(POLL_MS):
+                while await self.router.poll(0):
+                    ident, frame = await self.router.recv_multipart()
+                    await self._on_message(ident, decode(frame))
+            self._check_health()
+            await self._maybe_start()
+            await self._maybe_drain()
+            if self.on_update is not None:
+                self.on_update(self)
+
+    def _done(self) -> bool:
+        if self.failure is not None or self.completed:
+            return True
+        if all(r.status == "finished" for r in self.replicas.values()):
+            self.completed = True
+            return True
+        return bool(self._drain_deadline is not None and time.monotonic() > self._drain_deadline)
+
+    async def _on_message(self, ident: bytes, message: dict[str, Any]) -> None:
+        replica = self.replicas.get(ident)
+        if replica is None:
+            return  # not one of ours (a stale restart or a stranger): ignore
+        replica.last_seen = time.monotonic()
+        kind = message["type"]
+        if kind == "hello":
+            replica.status = "starting"
+        elif kind == "ready":
+            replica.status = "ready"
+        elif kind == "heartbeat":
+            replica.metrics = message["metrics"]
+        elif kind == "admit":
+            granted = self._admit(replica, int(message["n"]))
+            await self._send(
+                ident, {"type": "admit_reply", "id": message["id"], "granted": granted}
+            )
+        elif kind == "accepted" and self.gate is not None:
+            versions = message.get("versions")
+            self.gate.accept(int(message["n"]), versions)
+        elif kind == "rejected" and self.gate is not None:
+            self.gate.reject(int(message["n"]))
+            await self._broadcast_capacity()
+        elif kind == "version":
+            await self._set_version(int(message["version"]))
+        elif kind == "finished":
+            replica.status = "finished"
+            replica.metrics = message.get("metrics", replica.metrics)
+            if replica.spec.ends_run:
+                self.completed = True
+        elif kind == "error":
+            replica.error = f"raised {message['error']}"
+            replica.trace = str(message.get("traceback", ""))
+
+    def _admit(self, replica: Replica, n: int) -> bool:
+        if self.gate is None:
+            return True
+        try:
+            if not self.gate.can_admit(n):
+                return False
+        except RuntimeError as err:  # the gate can never reopen: stop with its explanation
+            self._fail(replica, f"cannot continue: {err}")
+            return False
+        self.gate.admit(n)
+        return True
+
+    async def _set_version(self, version: int) -> None:
+        if version <= self.version:
+            return
+        self.version = version
+        if self.gate is not None:
+            self.gate.set_version(version)
+        for ident, replica in self.replicas.items():
+            if replica.status in ("ready", "running"):
+                await self._send(ident, {"type": "version", "version": version})
+
+    async def _broadcast_capacity(self) -> None:
+        for ident, replica in self.replicas.items():
+            if replica.spec.role == "source" and replica.status == "running":
+                await self._send(ident, {"type": "capacity"})
+
+    async def _maybe_start(self) -> None:
+        """Start everyone once all are set up; later, start restarted replicas at once."""
+        ready = [(i, r) for i, r in self.replicas.items() if r.status == "ready"]
+        if not ready or self.stopping:
+            return
+        initial = all(r.status in ("ready", "finished") for r in self.replicas.values())
+        already_running = any(r.status == "running" for r in self.replicas.values())
+        if initial or already_running:
+            for ident, replica in ready:
+                replica.status = "running"
+                await self._send(ident, {"type": "start", "version": self.version})
+
+    async def _maybe_drain(self) -> None:
+        if self._interrupted and self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + DRAIN_S
+            for ident, replica in self.replicas.items():
+                if replica.spec.role == "source" or not replica.plan.inputs:
+                    await self._send(ident, {"type": "drain"})
+
+    # -- health -------------------------------------------------------------------------------
+
+    def _check_health(self) -> None:
+        now = time.monotonic()
+        for replica in self.replicas.values():
+            if replica.status in ("finished", "failed", "stopped"):
+                continue
+            code = replica.handle.poll()
+            if code is not None and replica.error is None and replica.status == "finished":
+                continue
+            if code is not None:
+                reason = replica.error or f"exited with code {code}"
+                self._on_failure(replica, reason)
+            elif replica.error is not None:
+                continue  # it reported an error and is exiting; wait for its exit code
+            elif replica.status == "running" and now - replica.last_seen > STUCK_AFTER_S:
+                self._on_failure(replica, f"sent no heartbeat for {now - replica.last_seen:.0f} s")
+            elif replica.status == "starting" and now - replica.started_at > START_TIMEOUT_S:
+                self._on_failure(replica, f"did not finish setup in {START_TIMEOUT_S:.0f} s")
+
+    def _on_failure(self, replica: Replica, reason: str) -> None:
+        """Restart a stateless replica (within budget); otherwise fail the run."""
+        replica.handle.kill()
+        if replica.spec.stateless and replica.restarts < self.max_restarts and not self.stopping:
+            replica.restarts += 1
+            replica.handle = self.launcher.start(self.plan, self.plan_path, replica.plan)
+            replica.status = "starting"
+            replica.error = None
+            replica.started_at = replica.last_seen = time.monotonic()
+            return
+        self._fail(replica, reason)
+
+    def _fail(self, replica: Replica, reason: str) -> None:
+        replica.status = "failed"
+        if self.failure is None:
+            log = log_path(self.run_dir, replica.plan.node, replica.plan.replica)
+            tail = last_lines(log) or replica.trace.splitlines()[-20:]
+            restarts = f" after {replica.restarts} restart(s)" if replica.restarts else ""
+            self.failure = Failure(replica.plan.node, replica.plan.replica, reason + restarts, tail)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        for ident, replica in self.replicas.items():
+            if replica.handle.poll() is None:
+                await self._send(ident, {"type": "stop"})
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            if all(r.handle.poll() is not None for r in self.replicas.values()):
+                break
+            await asyncio.sleep(0.05)
+        for replica in self.replicas.values():
+            if replica.handle.poll() is None:
+                replica.handle.kill()
+            if replica.status not in ("finished", "failed"):
+                replica.status = "stopped"
+
+    async def _send(self, ident: bytes, message: dict[str, Any]) -> None:
+        await self.router.send_multipart([ident, encode(message)])
+
+    def _result(self) -> RunResult:
+        status = (
+            "failed"
+            if self.failure is not None
+            else "interrupted"
+            if self._interrupted
+            else "completed"
+        )
+        return RunResult(
+            status=status,
+            run_dir=self.run_dir,
+            wall_s=time.monotonic() - self.started,
+            version=self.version,
+            failure=self.failure,
+            metrics={r.key: dict(r.metrics) for r in self.replicas.values()},
+            staleness=self.gate.metrics() if self.gate is not None else {},
+            restarts={r.key: r.restarts for r in self.replicas.values() if r.restarts},
+        )

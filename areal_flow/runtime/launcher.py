@@ -1,0 +1,118 @@
+"""Launchers start replicas and tell the driver when one has ended.
+
+Rules:
+- ``LocalLauncher``: one OS process per replica (``python -m areal_flow.runtime.worker``), in
+  its own session (Ctrl-C reaches only the driver), stdout and stderr appended to
+  ``logs/<node>.<replica>.log`` in the run folder. The worker pins its own cores.
+- ``InProcessLauncher``: each replica is an asyncio task in the driver's loop — the fast path
+  for tests of light nodes; same driver, same sockets, same worker code.
+- A handle answers ``poll()`` (None while running, else an exit code) and ``kill()``; killing
+  is for replicas that ignored 'stop', and only ever targets the handle's own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Protocol
+
+from areal_flow.runtime.plan import ReplicaPlan, RunPlan
+
+
+class Handle(Protocol):
+    key: str
+    pid: int | None
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+
+class Launcher(Protocol):
+    def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle: ...
+
+
+def log_path(run_dir: Path, node: str, replica: int) -> Path:
+    return run_dir / "logs" / f"{node}.{replica}.log"
+
+
+def last_lines(path: Path, count: int = 20) -> list[str]:
+    """The last ``count`` lines of a log file ([] if it does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(errors="replace") as handle:
+        return [line.rstrip("\n") for line in deque(handle, maxlen=count)]
+
+
+class ProcessHandle:
+    def __init__(self, key: str, process: subprocess.Popen[bytes]) -> None:
+        self.key = key
+        self.process = process
+        self.pid: int | None = process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class LocalLauncher:
+    """One OS process per replica on this machine."""
+
+    def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle:
+        log = log_path(Path(plan.run_dir), replica.node, replica.replica)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "areal_flow.runtime.worker",
+                    str(plan_path),
+                    replica.node,
+                    str(replica.replica),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        return ProcessHandle(replica.key, process)
+
+
+class TaskHandle:
+    def __init__(self, key: str, task: asyncio.Task[int]) -> None:
+        self.key = key
+        self.task = task
+        self.pid: int | None = None
+
+    def poll(self) -> int | None:
+        if not self.task.done():
+            return None
+        if self.task.cancelled() or self.task.exception() is not None:
+            return 1
+        return self.task.result()
+
+    def kill(self) -> None:
+        self.task.cancel()
+
+
+class InProcessLauncher:
+    """Every replica as an asyncio task of the driver's event loop."""
+
+    def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle:
+        from areal_flow.runtime.worker import run_replica
+
+        task = asyncio.create_task(
+            run_replica(plan, replica.node, replica.replica), name=replica.key
+        )
+        return TaskHandle(replica.key, task)

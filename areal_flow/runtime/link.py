@@ -1,0 +1,101 @@
+"""A replica's side of the control plane: a DEALER socket to the driver.
+
+Rules:
+- One reader task dispatches everything the driver sends: start/stop/drain events, policy
+  version updates (written into the node context), and replies to admission requests.
+- ``admit(n)`` asks the driver's staleness gate for n trajectories and waits for the answer;
+  a denied request is retried when the driver reports new capacity or after a short timeout,
+  until granted or the run drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from areal_flow.runtime.control import decode, encode
+
+RETRY_ADMIT_S = 0.5
+
+
+class ControlLink:
+    """Talks to the driver for one replica."""
+
+    def __init__(
+        self,
+        zctx: zmq.asyncio.Context,
+        address: str,
+        identity: bytes,
+        on_version: Callable[[int], None],
+    ) -> None:
+        self.socket = zctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, identity)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(address)
+        self.started = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.draining = asyncio.Event()
+        self.capacity_changed = asyncio.Event()
+        self._on_version = on_version
+        self._replies: dict[int, asyncio.Future[bool]] = {}
+        self._ids = itertools.count()
+        self._reader: asyncio.Task[None] | None = None
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.create_task(self._read(), name="control-reader")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.socket.send(encode(message))
+
+    async def _read(self) -> None:
+        while True:
+            message = decode(await self.socket.recv())
+            kind = message["type"]
+            if kind == "start":
+                self._on_version(int(message.get("version", 0)))
+                self.started.set()
+            elif kind == "stop":
+                self.stopping.set()
+                self.draining.set()
+            elif kind == "drain":
+                self.draining.set()
+            elif kind == "version":
+                self._on_version(int(message["version"]))
+                self.capacity_changed.set()
+            elif kind == "capacity":
+                self.capacity_changed.set()
+            elif kind == "admit_reply":
+                future = self._replies.pop(int(message["id"]), None)
+                if future is not None and not future.done():
+                    future.set_result(bool(message["granted"]))
+
+    async def admit(self, n: int) -> bool:
+        """Wait until the gate admits ``n`` trajectories (True) or the run drains (False)."""
+        while not self.draining.is_set():
+            request = next(self._ids)
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._replies[request] = future
+            self.capacity_changed.clear()
+            await self.send({"type": "admit", "id": request, "n": n})
+            if await future:
+                return True
+            waiters = [
+                asyncio.create_task(self.capacity_changed.wait()),
+                asyncio.create_task(self.draining.wait()),
+            ]
+            _, pending = await asyncio.wait(
+                waiters, timeout=RETRY_ADMIT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+        return False
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.socket.close(linger=0)

@@ -1,0 +1,164 @@
+"""The terminal view of a running graph: per node its state and rates, per edge its queue.
+
+Rules:
+- Rates are computed from the cumulative counters every replica reports in its heartbeat,
+  over the last refresh interval; nothing here talks to replicas.
+- ``LiveView`` renders a rich table (refreshed a few times a second); ``QuietView`` prints one
+  plain line every ``every_s`` seconds, for CI logs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from areal_flow.graph import resolved_edges
+
+if TYPE_CHECKING:
+    from areal_flow.runtime.driver import Driver
+
+
+class Rates:
+    """batches/s per node from cumulative counters."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, float]] = {}
+        self.per_node: dict[str, float] = {}
+
+    def update(self, driver: Driver) -> None:
+        now = time.monotonic()
+        totals: dict[str, float] = defaultdict(float)
+        for replica in driver.replicas.values():
+            totals[replica.plan.node] += replica.metrics.get(
+                "batches_out", 0.0
+            ) or replica.metrics.get("batches_in", 0.0)
+        for node, total in totals.items():
+            then, before = self._last.get(node, (now, total))
+            if now - then >= 0.5:
+                self.per_node[node] = (total - before) / (now - then)
+                self._last[node] = (now, total)
+            else:
+                self._last.setdefault(node, (now, total))
+
+
+def node_states(driver: Driver) -> dict[str, str]:
+    """One word per node: the replicas' states, e.g. 'running' or 'running 1/2'."""
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for replica in driver.replicas.values():
+        by_node[replica.plan.node].append(replica.status)
+    words = {}
+    for node, states in by_node.items():
+        common = max(set(states), key=states.count)
+        words[node] = (
+            common if len(set(states)) == 1 else f"{common} {states.count(common)}/{len(states)}"
+        )
+    return words
+
+
+def edge_depths(driver: Driver) -> dict[int, float]:
+    depths: dict[int, float] = defaultdict(float)
+    for replica in driver.replicas.values():
+        for key, value in replica.metrics.items():
+            if key.startswith("edge.") and key.endswith(".depth"):
+                depths[int(key.split(".")[1])] += value
+    return depths
+
+
+def render(driver: Driver, rates: Rates) -> Group:
+    elapsed = time.monotonic() - driver.started
+    header = Text(
+        f"{driver.graph.name}  run {driver.run_dir}  elapsed {elapsed:,.0f} s  "
+        f"policy version {driver.version}",
+        style="bold",
+    )
+    nodes = Table(show_edge=False, pad_edge=False)
+    for column in ("node", "kind", "state", "batches/s", "in", "out", "busy s", "restarts"):
+        nodes.add_column(
+            column, justify="right" if column not in ("node", "kind", "state") else "left"
+        )
+    states = node_states(driver)
+    for spec in driver.graph.nodes:
+        reps = [r for r in driver.replicas.values() if r.plan.node == spec.name]
+        total: dict[str, float] = defaultdict(float)
+        for r in reps:
+            for key in ("batches_in", "batches_out", "busy_s"):
+                total[key] += r.metrics.get(key, 0.0)
+        nodes.add_row(
+            spec.name,
+            spec.kind,
+            states.get(spec.name, "-"),
+            f"{rates.per_node.get(spec.name, 0.0):.1f}",
+            f"{total['batches_in']:.0f}",
+            f"{total['batches_out']:.0f}",
+            f"{total['busy_s']:.1f}",
+            str(sum(r.restarts for r in reps)),
+        )
+    edges = Table(show_edge=False, pad_edge=False)
+    for column in ("edge", "queue", "capacity"):
+        edges.add_column(column)
+    depths = edge_depths(driver)
+    for edge in resolved_edges(driver.g):
+        edges.add_row(edge.label, f"{depths.get(edge.index, 0):.0f}", str(edge.spec.capacity))
+    parts: list[Text | Table] = [header, nodes, edges]
+    if driver.gate is not None:
+        m = driver.gate.metrics()
+        parts.append(
+            Text(
+                "staleness: "
+                + "  ".join(f"{k}={v:g}" for k, v in m.items() if not k.startswith("lag"))
+            )
+        )
+    return Group(*parts)
+
+
+class LiveView:
+    """A rich live table, refreshed at most ``hz`` times a second."""
+
+    def __init__(self, console: Console, hz: float = 4.0) -> None:
+        self.live = Live(console=console, auto_refresh=False, transient=False)
+        self.rates = Rates()
+        self.every = 1.0 / hz
+        self._last = 0.0
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def __call__(self, driver: Driver) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        self.rates.update(driver)
+        self.live.update(render(driver, self.rates), refresh=True)
+
+
+class QuietView:
+    """One line every ``every_s`` seconds."""
+
+    def __init__(self, console: Console, every_s: float = 10.0) -> None:
+        self.console = console
+        self.every_s = every_s
+        self.rates = Rates()
+        self._last = time.monotonic()
+
+    def __call__(self, driver: Driver) -> None:
+        self.rates.update(driver)
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        states = node_states(driver)
+        parts = [f"{n}:{states[n]}:{self.rates.per_node.get(n, 0):.1f}/s" for n in states]
+        self.console.print(
+            f"[{now - driver.started:,.0f}s] v{driver.version} " + " ".join(parts), highlight=False
+        )
