@@ -9,8 +9,8 @@ Rules:
   ``max(1, capacity // producers)`` credits. A restarted consumer therefore starts clean.
 - A producer sends only with credit: at most ``window`` batches are ever outstanding toward one
   consumer replica. Each batch the consumer *takes* (``recv`` returns it) returns one credit to
-  its producer. ``send`` picks the replica with most credit (load balancing) and waits when no
-  replica has any (backpressure).
+  its producer (sent in batches of half a window). ``send`` picks the replica with most
+  credit (load balancing) and waits when no replica has any (backpressure).
 - The receiver reads eagerly into a local queue (bounded by the credits it granted) and counts
   every message it rejects by reason — malformed frames, wrong schema, unknown senders — and
   keeps working. ``EndOfStream`` marks a producer that is done.
@@ -58,6 +58,7 @@ class EndOfStream:
 class _Producer:
     name: str
     outstanding: int = 0  # credits granted and not yet returned by a taken batch
+    returned: int = 0  # batches taken whose credit is not yet sent back
 
 
 class Receiver:
@@ -94,6 +95,8 @@ class Receiver:
 
     async def recv(self, timeout: float | None = None) -> Message | EndOfStream | None:
         """The next batch or end-of-stream; None if nothing came within ``timeout`` seconds."""
+        if not self._queue:
+            await self._drain()  # cheap when messages are waiting: no poll, no future
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._queue:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -104,8 +107,22 @@ class Receiver:
             await self._drain()
         identity, item = self._queue.popleft()
         if isinstance(item, Message):
-            await self._grant(identity, 1)
+            await self._give_back(identity)
         return item
+
+    async def _give_back(self, identity: bytes) -> None:
+        """Return a taken batch's credit; in batches of half a window to save messages.
+
+        A producer blocks only with its whole window outstanding, and then the consumer holds
+        (or has taken) all of it, so the half-window batch is always reached: no deadlock.
+        """
+        producer = self._producers.get(identity)
+        if producer is None:
+            return
+        producer.returned += 1
+        if producer.returned >= max(1, self.window // 2):
+            n, producer.returned = producer.returned, 0
+            await self._grant(identity, n)
 
     async def _drain(self) -> None:
         while True:
