@@ -28,7 +28,7 @@ from typing import Any, ClassVar, TypeAlias
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from areal_flow.spec import NodeSpec
+from areal_flow.spec import Graph, NodeSpec
 
 Output: TypeAlias = pa.RecordBatch | dict[str, pa.RecordBatch] | None
 
@@ -64,6 +64,7 @@ class NodeContext:
     version: int = 0  # current policy version, kept up to date by the runtime
     metrics: Metrics = field(default_factory=Metrics)
     resume_state: dict[str, Any] | None = None  # the node's saved state when resuming a run
+    graph: Graph | None = None  # the whole spec, for run-wide settings (staleness, seed)
 
     @property
     def name(self) -> str:

@@ -6,10 +6,16 @@ every response token carries the policy version that sampled it.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Literal
 
+import pyarrow as pa
 from pydantic import Field
 
+from areal_flow.node import NodeContext, Output, Streaming
+from areal_flow.schema import SCHEMAS
 from areal_flow.spec import NodeSpec, Port, Spec
 
 
@@ -52,4 +58,183 @@ class GeneratorConfig(NodeSpec):
         "resubmits each prefix.",
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine weight dtype.")
-    kv_cache_gib: float = Field(1.0, gt=0, le=1024, description="KV cache size (vLLM CPU).")
+    kv_cache_gib: int = Field(1, ge=1, le=1024, description="KV cache size in GiB (vLLM CPU).")
+    max_model_len: int = Field(
+        1024, ge=16, le=131072, description="Most prompt + response tokens per sequence."
+    )
+
+
+class Generator(Streaming):
+    """Keeps up to ``max_running`` sequences decoding; emits each prompt group when all its
+    samples have finished. Weight notices interrupt decoding (or, with
+    ``staleness.interrupt`` off, wait until nothing is in flight)."""
+
+    async def setup(self, ctx: NodeContext) -> None:  # type: ignore[override]
+        super().setup(ctx)
+        self.engine = await start_engine(self.config, ctx)  # type: ignore[arg-type]
+        self.interrupt = ctx.graph.staleness.interrupt if ctx.graph is not None else True
+        self.slots = asyncio.Semaphore(self.config.max_running)  # type: ignore[attr-defined]
+        self.quiet = asyncio.Condition()  # notified whenever a group finishes
+        self.submissions = asyncio.Lock()  # held while a non-interrupting update waits
+        self.groups: dict[str, _Group] = {}
+        self.tokens = 0
+        self.started_at = time.monotonic()
+
+    async def on_weights(self, version: int, ref: dict[str, Any]) -> None:  # type: ignore[override]
+        assert self.ctx is not None
+        if version <= self.engine.version:
+            return
+        began = time.monotonic()
+        if self.interrupt:
+            await self.engine.update_weights(version, ref["path"])
+        else:
+            async with self.submissions, self.quiet:
+                await self.quiet.wait_for(lambda: not self.groups)
+                await self.engine.update_weights(version, ref["path"])
+        metrics = self.ctx.metrics
+        metrics.count("weight_updates")
+        metrics.gauge("update_s", time.monotonic() - began)
+        metrics.gauge(
+            "publish_to_active_s", time.time() - float(ref.get("created_at", time.time()))
+        )
+        metrics.gauge("policy_version", version)
+
+    async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:
+        done: asyncio.Queue[pa.RecordBatch | None] = asyncio.Queue()
+        feeder = asyncio.create_task(self._feed(inputs, done))
+        collector = asyncio.create_task(self._collect(done))
+        try:
+            while True:
+                batch = await done.get()
+                if batch is None:
+                    break
+                yield batch
+            await feeder
+        finally:
+            feeder.cancel()
+            collector.cancel()
+
+    async def _feed(self, inputs: AsyncIterator[pa.RecordBatch], done: asyncio.Queue[Any]) -> None:
+        from areal_flow.engine.base import GenerationRequest
+
+        cfg: GeneratorConfig = self.config  # type: ignore[assignment]
+        sampling = sampling_config(cfg.sampling)
+        async for batch in inputs:
+            for prompt in batch.to_pylist():
+                n = int(prompt["group_size"])
+                for _ in range(min(n, cfg.max_running)):
+                    await self.slots.acquire()
+                async with self.submissions:
+                    self.groups[prompt["group_id"]] = _Group(prompt, n)
+                    await self.engine.submit(
+                        GenerationRequest(
+                            prompt["group_id"], prompt["prompt_token_ids"], n=n, sampling=sampling
+                        )
+                    )
+        async with self.quiet:
+            await self.quiet.wait_for(lambda: not self.groups)
+        await done.put(None)
+
+    async def _collect(self, done: asyncio.Queue[Any]) -> None:
+        assert self.ctx is not None
+        cfg: GeneratorConfig = self.config  # type: ignore[assignment]
+        async for sample in self.engine.samples():
+            group = self.groups[sample.request_id]
+            group.samples.append(sample)
+            self.tokens += len(sample.response_token_ids)
+            elapsed = max(time.monotonic() - self.started_at, 1e-9)
+            self.ctx.metrics.gauge("gen_tokens_per_s", self.tokens / elapsed)
+            self.ctx.metrics.count("samples")
+            if sample.finish_reason == "length":
+                self.ctx.metrics.count("truncated")
+            if len(group.samples) < group.n:
+                continue
+            del self.groups[sample.request_id]
+            for _ in range(min(group.n, cfg.max_running)):
+                self.slots.release()
+            await done.put(rollout_batch(group))
+            async with self.quiet:
+                self.quiet.notify_all()
+
+    async def teardown(self) -> None:  # type: ignore[override]
+        if hasattr(self, "engine"):
+            await self.engine.close()
+
+
+class _Group:
+    def __init__(self, prompt: dict[str, Any], n: int) -> None:
+        self.prompt = prompt
+        self.n = n
+        self.samples: list[Any] = []
+
+
+def rollout_batch(group: _Group) -> pa.RecordBatch:
+    """One rollout row per sample of a finished group, in sample order."""
+    rows = []
+    for sample in sorted(group.samples, key=lambda s: s.sample_index):
+        rows.append(
+            {
+                **group.prompt,
+                "sample_index": sample.sample_index,
+                "response": sample.text,
+                "response_token_ids": sample.response_token_ids,
+                "logprobs": sample.logprobs,
+                "versions": sample.versions,
+                "finish_reason": sample.finish_reason,
+            }
+        )
+    return pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["rollout"])
+
+
+def sampling_config(sampling: Sampling) -> Any:
+    from areal_flow.engine.base import SamplingConfig
+
+    return SamplingConfig(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        max_tokens=sampling.max_tokens,
+        stop=tuple(sampling.stop),
+    )
+
+
+async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
+    """The configured engine on the prepared model, on this replica's cores, started."""
+    from areal_flow.models import prepare_model
+
+    model = str(prepare_model(cfg.model))
+    cpus = tuple(ctx.cpus) or None
+    seed = ctx.seed * 1000 + ctx.replica
+    engine: Any
+    if cfg.engine == "vllm":
+        from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig
+
+        engine = VLLMEngine(
+            VLLMEngineConfig(
+                model=model,
+                dtype=cfg.dtype,
+                max_model_len=cfg.max_model_len,
+                max_num_seqs=cfg.max_running,
+                seed=seed,
+                interrupt_mode=cfg.interrupt_mode,
+                kv_cache_gib=cfg.kv_cache_gib,
+                cpus=cpus,
+                initial_version=ctx.version,
+            )
+        )
+    else:
+        from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
+
+        engine = HFEngine(
+            HFEngineConfig(
+                model=model,
+                dtype=cfg.dtype,
+                max_batch=cfg.max_running,
+                max_model_len=cfg.max_model_len,
+                seed=seed,
+                cpus=cpus,
+                initial_version=ctx.version,
+            )
+        )
+    await engine.start()
+    return engine

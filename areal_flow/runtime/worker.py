@@ -60,6 +60,7 @@ class Worker:
             seed=int(plan.graph.get("seed", 0)),
             device="cuda" if replica.gpus else "cpu",
             cpus=replica.cpus,
+            graph=Graph.model_validate(plan.graph),
         )
         self.link = ControlLink(
             zctx, plan.control, identity(replica.node, replica.replica), self._set_version
