@@ -69,7 +69,7 @@ class Generator(Streaming):
     samples have finished. Weight notices interrupt decoding (or, with
     ``staleness.interrupt`` off, wait until nothing is in flight)."""
 
-    async def setup(self, ctx: NodeContext) -> None:  # type: ignore[override]
+    async def setup(self, ctx: NodeContext) -> None:
         super().setup(ctx)
         self.engine = await start_engine(self.config, ctx)  # type: ignore[arg-type]
         self.interrupt = ctx.graph.staleness.interrupt if ctx.graph is not None else True
@@ -80,7 +80,7 @@ class Generator(Streaming):
         self.tokens = 0
         self.started_at = time.monotonic()
 
-    async def on_weights(self, version: int, ref: dict[str, Any]) -> None:  # type: ignore[override]
+    async def on_weights(self, version: int, ref: dict[str, Any]) -> None:
         assert self.ctx is not None
         if version <= self.engine.version:
             return
@@ -156,7 +156,7 @@ class Generator(Streaming):
             async with self.quiet:
                 self.quiet.notify_all()
 
-    async def teardown(self) -> None:  # type: ignore[override]
+    async def teardown(self) -> None:
         if hasattr(self, "engine"):
             await self.engine.close()
 
