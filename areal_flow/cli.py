@@ -140,6 +140,50 @@ def run(
     )
 
 
+@app.command("eval")
+def eval_(
+    model: Annotated[
+        str, typer.Option("--model", help="HF model folder, .gguf file or 'smollm2'.")
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="'arithmetic' (held-out split), 'arithmetic:add1,sub1', or a dataset file.",
+        ),
+    ] = "arithmetic",
+    problems: Annotated[int, typer.Option(min=1, help="Problems to score.")] = 200,
+    samples: Annotated[int, typer.Option(min=1, help="Samples per problem (n).")] = 4,
+    k: Annotated[int, typer.Option(min=1, help="k of pass@k (≤ samples).")] = 4,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.7,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 96,
+    engine: Annotated[str, typer.Option(help="'vllm' or 'hf'.")] = "vllm",
+    seed: Annotated[int, typer.Option(help="Seed of the arithmetic split and sampling.")] = 0,
+) -> None:
+    """pass@1 and pass@k of a model on held-out problems, with the training verifier."""
+    from areal_flow.evaluate import evaluate
+
+    if engine not in ("vllm", "hf"):
+        errors.print(f"[red]✗[/] --engine {engine!r}: use 'vllm' or 'hf'")
+        raise typer.Exit(1)
+    if k > samples:
+        errors.print(f"[red]✗[/] --k {k} needs --samples ≥ {k}")
+        raise typer.Exit(1)
+    result = evaluate(model, data, problems, samples, k, temperature, max_tokens, engine, seed)  # type: ignore[arg-type]
+    table = Table(title=f"{model} on {data}: {samples} samples per problem, T={temperature}")
+    for column in ("level", "problems", "pass@1", f"pass@{k}", "format"):
+        table.add_column(column, justify="right" if column != "level" else "left")
+    for level in result.pass1:
+        table.add_row(
+            level,
+            str(result.problems[level]),
+            f"{result.pass1[level]:.3f}",
+            f"{result.pass_k[level]:.3f}",
+            f"{result.format_rate[level]:.3f}",
+        )
+    console.print(table)
+
+
 def main() -> None:
     app()
 

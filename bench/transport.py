@@ -1,11 +1,15 @@
 """Edge throughput and latency: areal-flow channels vs raw pyzmq, in the same run.
 
-For 4 KiB, 64 KiB and 4 MiB record batches (one binary column), a producer process sends to a
-consumer in this process over TCP loopback, first as raw bytes on a DEALER → ROUTER pair (no
-flow control, no serialisation), then as Arrow batches through ``Sender`` → ``Receiver`` (credit
-flow control, schema checks). Then small-batch round trips (ping-pong through two edges).
+Throughput: for 4 KiB, 64 KiB and 4 MiB record batches (one binary column), a producer process
+sends to a consumer in this process over TCP loopback, as raw bytes on a DEALER → ROUTER pair
+(no flow control, no serialisation, blocking pyzmq) and as Arrow batches through ``Sender`` →
+``Receiver`` (credit flow control, schema checks, asyncio). Each pair of runs is repeated
+``--trials`` times, interleaved, and the median is shown, since the machine may be shared.
 
-    python bench/transport.py [--seconds 2] [--capacity 8]
+Latency: round trips of a 64-byte batch through two edges (ping → echo process → pong), for raw
+blocking pyzmq, raw ``zmq.asyncio`` (the floor for an asyncio node), and the channels.
+
+    python bench/transport.py [--seconds 1] [--capacity 8] [--trials 3] [--round-trips 3000]
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import zmq
@@ -22,10 +29,11 @@ import zmq.asyncio
 from rich.console import Console
 from rich.table import Table
 
-from areal_flow.transport import EndOfStream, Receiver, Sender
+from areal_flow.transport import EndOfStream, Message, Receiver, Sender
 
 SIZES = {"4 KiB": 4 * 2**10, "64 KiB": 64 * 2**10, "4 MiB": 4 * 2**20}
 SCHEMA = pa.schema([pa.field("payload", pa.binary())])
+SPAWN = multiprocessing.get_context("spawn")
 
 
 def payload_batch(size: int) -> pa.RecordBatch:
@@ -33,83 +41,34 @@ def payload_batch(size: int) -> pa.RecordBatch:
 
 
 def count_for(size: int, seconds: float) -> int:
-    """Messages to send so a run lasts about ``seconds`` at ~1.5 GB/s or 40k msg/s."""
-    return max(200, min(int(seconds * 1.5e9 / size), int(seconds * 40_000)))
+    """Messages to send so a run lasts about ``seconds`` at ~2 GB/s or 20k msg/s."""
+    return max(200, min(int(seconds * 2e9 / size), int(seconds * 20_000)))
 
 
-# -- producers (spawned processes) --------------------------------------------------------------
+def spawn(target: Callable[..., None], *args: object) -> Any:
+    process = SPAWN.Process(target=target, args=args)
+    process.start()
+    return process
+
+
+# -- throughput ---------------------------------------------------------------------------------
 
 
 def raw_producer(address: str, size: int, count: int) -> None:
     zctx = zmq.Context()
     socket = zctx.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, -1)
     socket.connect(address)
     data = b"x" * size
     socket.send(b"hello")
     for _ in range(count):
-        socket.send(data, copy=size < 65536)
+        socket.send(data, copy=False)  # pyzmq copies small frames anyway
     socket.send(b"end")
-    socket.close()
+    socket.close(linger=-1)  # raw has no receipts: wait until everything left
     zctx.term()
-
-
-def channel_producer(address: str, size: int, count: int) -> None:
-    async def main() -> None:
-        zctx = zmq.asyncio.Context()
-        sender = Sender(zctx, "bench", SCHEMA, "producer", [address])
-        batch = payload_batch(size)
-        for _ in range(count):
-            await sender.send(batch)
-        await sender.send_eos()
-        await asyncio.sleep(0.5)
-        sender.close()
-        zctx.destroy(linger=0)
-
-    asyncio.run(main())
-
-
-def echo(inbound: str, outbound_bind: str, count: int) -> None:
-    """Receives on one edge and sends back on another (round-trip partner)."""
-
-    async def main() -> None:
-        zctx = zmq.asyncio.Context()
-        receiver = Receiver(zctx, "ping", SCHEMA, capacity=1, bind=inbound)
-        sender = Sender(zctx, "pong", SCHEMA, "echo", [outbound_bind])
-        for _ in range(count):
-            item = await receiver.recv(timeout=30)
-            assert item is not None and not isinstance(item, EndOfStream)
-            await sender.send(item.batch)
-        await asyncio.sleep(0.5)
-        sender.close()
-        receiver.close()
-        zctx.destroy(linger=0)
-
-    asyncio.run(main())
-
-
-def raw_echo(inbound: str, count: int) -> None:
-    zctx = zmq.Context()
-    socket = zctx.socket(zmq.DEALER)
-    socket.connect(inbound)
-    socket.send(b"hello")
-    for _ in range(count):
-        socket.send(socket.recv())
-    time.sleep(0.2)
-    socket.close(linger=0)
-    zctx.term()
-
-
-# -- measurements -------------------------------------------------------------------------------
-
-
-def spawn(target: object, *args: object) -> multiprocessing.process.BaseProcess:
-    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
-    process.start()
-    return process
 
 
 def raw_throughput(size: int, count: int) -> float:
+    """Batches per second, timed from the first to the last arrival."""
     zctx = zmq.Context()
     router = zctx.socket(zmq.ROUTER)
     router.bind("tcp://127.0.0.1:0")
@@ -130,7 +89,23 @@ def raw_throughput(size: int, count: int) -> float:
     return (received - 1) / elapsed
 
 
+def channel_producer(address: str, size: int, count: int) -> None:
+    async def main() -> None:
+        zctx = zmq.asyncio.Context()
+        sender = Sender(zctx, "bench", SCHEMA, "producer", [address])
+        batch = payload_batch(size)
+        for _ in range(count):
+            await sender.send(batch)
+        assert await sender.send_eos(timeout=30) == [], "the consumer did not confirm the end"
+        sender.close()
+        zctx.destroy(linger=0)
+
+    asyncio.run(main())
+
+
 def channel_throughput(size: int, count: int, capacity: int) -> float:
+    """Batches per second, timed from the first to the last arrival."""
+
     async def main() -> float:
         zctx = zmq.asyncio.Context()
         receiver = Receiver(zctx, "bench", SCHEMA, capacity=capacity)
@@ -153,28 +128,18 @@ def channel_throughput(size: int, count: int, capacity: int) -> float:
     return asyncio.run(main())
 
 
-def channel_round_trips(count: int) -> list[float]:
-    async def main() -> list[float]:
-        zctx = zmq.asyncio.Context()
-        back = Receiver(zctx, "pong", SCHEMA, capacity=1)
-        ping_address = f"tcp://127.0.0.1:{_free_port()}"
-        process = spawn(echo, ping_address, back.address, count)
-        sender = Sender(zctx, "ping", SCHEMA, "bench", [ping_address])
-        batch = payload_batch(64)
-        times = []
-        for _ in range(count):
-            began = time.perf_counter()
-            await sender.send(batch)
-            item = await back.recv(timeout=30)
-            assert item is not None
-            times.append(time.perf_counter() - began)
-        process.join()
-        sender.close()
-        back.close()
-        zctx.destroy(linger=0)
-        return times[10:]  # warm-up
+# -- round trips --------------------------------------------------------------------------------
 
-    return asyncio.run(main())
+
+def raw_echo(address: str, count: int) -> None:
+    zctx = zmq.Context()
+    socket = zctx.socket(zmq.DEALER)
+    socket.connect(address)
+    socket.send(b"hello")
+    for _ in range(count):
+        socket.send(socket.recv())
+    socket.close(linger=1000)  # the last pong must leave; bounded in case the pinger is gone
+    zctx.term()
 
 
 def raw_round_trips(count: int) -> list[float]:
@@ -192,55 +157,145 @@ def raw_round_trips(count: int) -> list[float]:
     process.join()
     router.close(linger=0)
     zctx.term()
-    return times[10:]
+    return times
 
 
-def _free_port() -> int:
-    import socket
+def asyncio_echo(address: str, count: int) -> None:
+    async def main() -> None:
+        zctx = zmq.asyncio.Context()
+        socket = zctx.socket(zmq.DEALER)
+        socket.connect(address)
+        await socket.send(b"hello")
+        for _ in range(count):
+            await socket.send(await socket.recv())
+        socket.close(linger=1000)
+        zctx.term()
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    asyncio.run(main())
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1]
+def asyncio_round_trips(count: int) -> list[float]:
+    async def main() -> list[float]:
+        zctx = zmq.asyncio.Context()
+        router = zctx.socket(zmq.ROUTER)
+        router.bind("tcp://127.0.0.1:0")
+        process = spawn(asyncio_echo, router.getsockopt_string(zmq.LAST_ENDPOINT), count)
+        identity, _ = await router.recv_multipart()
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            await router.send_multipart([identity, b"x" * 64])
+            await router.recv_multipart()
+            times.append(time.perf_counter() - began)
+        process.join()
+        router.close(linger=0)
+        zctx.term()
+        return times
+
+    return asyncio.run(main())
+
+
+def channel_echo(pong_address: str, ping_addresses: Any, count: int) -> None:
+    """Receives on the ping edge and sends each batch back on the pong edge."""
+
+    async def main() -> None:
+        zctx = zmq.asyncio.Context()
+        receiver = Receiver(zctx, "ping", SCHEMA, capacity=4)
+        ping_addresses.put(receiver.address)
+        sender = Sender(zctx, "pong", SCHEMA, "echo", [pong_address])
+        for _ in range(count):
+            item = await receiver.recv(timeout=30)
+            assert isinstance(item, Message)
+            await sender.send(item.batch)
+        # The pinger ends only after it got every pong, so its end-of-stream means none is lost.
+        assert isinstance(await receiver.recv(timeout=30), EndOfStream)
+        sender.close()
+        receiver.close()
+        zctx.destroy(linger=0)
+
+    asyncio.run(main())
+
+
+def channel_round_trips(count: int) -> list[float]:
+    async def main() -> list[float]:
+        zctx = zmq.asyncio.Context()
+        back = Receiver(zctx, "pong", SCHEMA, capacity=4)
+        ping_addresses = SPAWN.Queue()
+        process = spawn(channel_echo, back.address, ping_addresses, count)
+        sender = Sender(zctx, "ping", SCHEMA, "bench", [ping_addresses.get(timeout=60)])
+        batch = payload_batch(64)
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            await sender.send(batch)
+            item = await back.recv(timeout=30)
+            assert isinstance(item, Message)
+            times.append(time.perf_counter() - began)
+        assert await sender.send_eos(timeout=30) == []
+        process.join()
+        sender.close()
+        back.close()
+        zctx.destroy(linger=0)
+        return times
+
+    return asyncio.run(main())
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def throughput_table(seconds: float, capacity: int, trials: int) -> Table:
+    table = Table(
+        title=f"edge throughput, TCP loopback, two processes, capacity {capacity}, "
+        f"median of {trials}"
+    )
+    for column in ("batch", "raw MB/s", "areal-flow MB/s", "raw batches/s", "batches/s", "ratio"):
+        table.add_column(column, justify="right")
+    for label, size in SIZES.items():
+        count = count_for(size, seconds)
+        raw, ours = [], []
+        for _ in range(trials):  # interleaved, so a noisy neighbour hits both alike
+            raw.append(raw_throughput(size, count))
+            ours.append(channel_throughput(size, count, capacity))
+        raw_rate, our_rate = statistics.median(raw), statistics.median(ours)
+        table.add_row(
+            label,
+            f"{raw_rate * size / 1e6:,.0f}",
+            f"{our_rate * size / 1e6:,.0f}",
+            f"{raw_rate:,.0f}",
+            f"{our_rate:,.0f}",
+            f"{our_rate / raw_rate:.2f}×",
+        )
+    return table
+
+
+def latency_table(count: int) -> Table:
+    table = Table(title=f"round trip of a 64-byte batch (two edges), µs, {count} trips")
+    for column in ("path", "p50", "p99"):
+        table.add_column(column, justify="right")
+    for name, measure in (
+        ("raw pyzmq (blocking)", raw_round_trips),
+        ("raw pyzmq (zmq.asyncio)", asyncio_round_trips),
+        ("areal-flow channel", channel_round_trips),
+    ):
+        samples = measure(count)[count // 10 :]  # the first tenth warms up
+        cuts = statistics.quantiles(samples, n=100)
+        table.add_row(name, f"{cuts[49] * 1e6:.0f}", f"{cuts[98] * 1e6:.0f}")
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="Rough length of each run.")
+    parser.add_argument("--seconds", type=float, default=1.0, help="Rough length of each run.")
     parser.add_argument("--capacity", type=int, default=8, help="Edge capacity (credits).")
-    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--trials", type=int, default=3, help="Runs per size; the median shows.")
+    parser.add_argument("--round-trips", type=int, default=3000)
     args = parser.parse_args()
-
-    table = Table(title="edge throughput, TCP loopback, producer and consumer in two processes")
-    for column in ("batch", "raw pyzmq MB/s", "areal-flow MB/s", "batches/s", "ratio"):
-        table.add_column(column, justify="right")
-    for label, size in SIZES.items():
-        count = count_for(size, args.seconds)
-        raw = raw_throughput(size, count)
-        ours = channel_throughput(size, count, args.capacity)
-        table.add_row(
-            label,
-            f"{raw * size / 1e6:,.0f}",
-            f"{ours * size / 1e6:,.0f}",
-            f"{ours:,.0f}",
-            f"{ours / raw:.2f}×",
-        )
-    latency = Table(title="round trip of a 64-byte batch (two edges), µs")
-    for column in ("path", "p50", "p99"):
-        latency.add_column(column, justify="right")
-    for name, samples in (
-        ("raw pyzmq", raw_round_trips(args.round_trips)),
-        ("areal-flow", channel_round_trips(args.round_trips)),
-    ):
-        latency.add_row(
-            name, f"{percentile(samples, 50) * 1e6:.0f}", f"{percentile(samples, 99) * 1e6:.0f}"
-        )
     console = Console()
-    console.print(table)
-    console.print(latency)
+    console.print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    console.print(throughput_table(args.seconds, args.capacity, args.trials))
+    console.print(latency_table(args.round_trips))
+    console.print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":

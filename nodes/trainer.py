@@ -1,17 +1,30 @@
 """Trainer: decoupled PPO on batches of scored groups; publishes weights after each step.
 
 Rules: a batch holds whole groups; π_prox is recomputed with the current weights before the
-update; version += 1 after every optimizer step; checkpoints make a resumed run lose and repeat
-nothing.
+update; version += 1 after every optimizer step, each followed by a one-row ``weights`` notice;
+checkpoints (every ``checkpoint_every`` steps, at the end, and on a clean stop) make a resumed
+run lose and repeat nothing. The compute lives in ``areal_flow.train`` (imported in ``setup``,
+so validating a graph never imports torch); this module holds the config and the async loop.
+Truncated responses: the filter's ``truncated`` option drops them; ``truncated='mask'`` here
+keeps them in the group baseline without loss tokens (the filter must then 'keep' them).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import pyarrow as pa
 from pydantic import Field
 
-from areal_flow.spec import NodeSpec, Port, Spec
+from areal_flow.node import NodeContext, Output, Streaming
+from areal_flow.spec import Graph, NodeSpec, Port, Spec
+
+if TYPE_CHECKING:
+    from areal_flow.train.weights import Store
 
 
 class DecoupledPPO(Spec):
@@ -72,3 +85,143 @@ class TrainerConfig(NodeSpec):
     )
     bf16: bool = Field(True, description="bf16 autocast (CPU and GPU).")
     checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N steps (and at stop).")
+    keep_checkpoints: int | None = Field(
+        3, ge=1, le=1000, description="Newest checkpoints kept on disk; null keeps all."
+    )
+    truncated: Literal["train", "mask"] = Field(
+        "train",
+        description="Responses cut at max_tokens (finish_reason 'length'): 'train' on them, or "
+        "'mask' them: they stay in their group's reward baseline but carry no loss (the filter "
+        "must 'keep' them for this).",
+    )
+    resume_from: Path | None = Field(
+        None,
+        description="Resume from a checkpoint: a step_<N> folder, a checkpoints folder or a run "
+        "folder (its latest checkpoint). The runtime's resume state takes precedence.",
+    )
+
+
+class Trainer(Streaming):
+    """Collects ``batch_groups`` whole groups, prepares the batch (advantages, π_prox), runs its
+    minibatch updates and yields one ``weights`` notice per optimizer step.
+
+    Heavy work runs in a thread (``asyncio.to_thread``) so the event loop keeps receiving
+    batches and heartbeating; input keeps being read into the pending queue while a step runs.
+    A resumed trainer first re-publishes its current version, so generators that started from
+    the initial model switch to the resumed policy.
+    """
+
+    def setup(self, ctx: NodeContext) -> None:
+        import torch
+
+        from areal_flow.train.session import TrainingSession
+
+        super().setup(ctx)
+        cfg: TrainerConfig = self.config  # type: ignore[assignment]
+        torch.set_num_threads(max(1, len(ctx.cpus) or len(os.sched_getaffinity(0))))
+        resume = (ctx.resume_state or {}).get("checkpoint") or cfg.resume_from
+        self.session = TrainingSession(
+            cfg,
+            run_dir=ctx.run_dir,
+            device=ctx.device,
+            seed=ctx.seed,
+            store=_weights_store(cfg.name, ctx.graph),
+            resume_from=Path(resume) if resume else None,
+        )
+        self.failed = False
+        self.feeder: asyncio.Task[None] | None = None
+        if self.session.step:
+            ctx.log.info("resumed at step %d, version %d", self.session.step, self.session.version)
+
+    async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:
+        try:
+            session = self.session
+            if session.step:
+                yield (await asyncio.to_thread(session.publish)).batch()
+            arrived = asyncio.Event()
+            self.feeder = asyncio.create_task(self._feed(inputs, arrived), name="trainer-feed")
+            async for out in self._train(arrived):
+                yield out
+            if session.dirty:
+                await asyncio.to_thread(session.checkpoint, session.snapshot())
+        except Exception:
+            self.failed = True  # no checkpoint of a state an error may have left half-updated
+            raise
+        finally:
+            if self.feeder is not None:
+                self.feeder.cancel()
+
+    async def _train(self, arrived: asyncio.Event) -> AsyncIterator[Output]:
+        assert self.ctx is not None and self.feeder is not None
+        cfg: TrainerConfig = self.config  # type: ignore[assignment]
+        session, metrics = self.session, self.ctx.metrics
+        while not session.done:
+            if not session.has_batch:
+                groups = await self._next_groups(arrived)
+                if not groups:
+                    self.ctx.log.warning(
+                        "input ended after %d of %d steps", session.step, cfg.steps
+                    )
+                    return
+                self._gauges(await asyncio.to_thread(session.prepare, groups))
+            ref, step_metrics = await asyncio.to_thread(session.train_next)
+            self._gauges(step_metrics)
+            metrics.count("steps")
+            metrics.count("trajectories_trained", step_metrics["sequences"])
+            yield ref.batch()
+            if session.step % cfg.checkpoint_every == 0:
+                await asyncio.to_thread(session.checkpoint, session.snapshot())
+
+    async def _next_groups(self, arrived: asyncio.Event) -> list[pa.RecordBatch]:
+        """``batch_groups`` groups, waiting for them; fewer (maybe none) once input ended."""
+        assert self.feeder is not None
+        need = self.config.batch_groups  # type: ignore[attr-defined]
+        while self.session.groups_ready < need and not self.feeder.done():
+            await arrived.wait()
+            arrived.clear()
+        if self.feeder.done():
+            self.feeder.result()  # an input error surfaces here
+        return self.session.take_groups(need)
+
+    async def _feed(self, inputs: AsyncIterator[pa.RecordBatch], arrived: asyncio.Event) -> None:
+        assert self.ctx is not None
+        try:
+            async for batch in inputs:
+                kept = self.session.add(batch)
+                self.ctx.metrics.count("trajectories_received", kept)
+                self.ctx.metrics.gauge("duplicates_dropped", self.session.duplicates)
+                self.ctx.metrics.gauge("groups_pending", self.session.groups_ready)
+                arrived.set()
+        finally:
+            arrived.set()
+
+    def _gauges(self, values: dict[str, float]) -> None:
+        assert self.ctx is not None
+        for name, value in values.items():
+            self.ctx.metrics.gauge(name, value)
+
+    def state(self) -> dict[str, Any] | None:
+        session = getattr(self, "session", None)
+        return session.state() if session is not None else None
+
+    async def teardown(self) -> None:
+        """Checkpoint on a clean stop (not after an error): waits for a step still running."""
+        session = getattr(self, "session", None)
+        if self.feeder is not None:
+            self.feeder.cancel()
+        if session is None or self.failed or not session.dirty:
+            return
+        await asyncio.to_thread(session.checkpoint, session.snapshot())
+
+
+def _weights_store(name: str, graph: Graph | None) -> Store:
+    """The store of the weight publisher this trainer feeds ('shm' without one)."""
+    if graph is None:
+        return "shm"
+    for edge in graph.edges:
+        if edge.split("src")[0] == name:
+            node = graph.node(edge.split("dst")[0])
+            store = getattr(node, "store", None)
+            if node.kind == "weight_publisher" and store in ("shm", "run_dir"):
+                return store
+    return "shm"

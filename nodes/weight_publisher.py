@@ -6,10 +6,13 @@ are deleted once no generator uses them.
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar, Literal
 
+import pyarrow as pa
 from pydantic import Field
 
+from areal_flow.node import NodeContext, Output, Transform
 from areal_flow.spec import NodeSpec, Port, Resources, light_resources
 
 
@@ -26,3 +29,52 @@ class WeightPublisherConfig(NodeSpec):
     )
     keep_versions: int = Field(2, ge=1, le=100, description="Versions kept before deletion.")
     resources: Resources = Field(default_factory=light_resources, description="Per replica.")
+
+
+class WeightPublisher(Transform):
+    """Verifies each weight notice's checksum, forwards it (the runtime delivers it to every
+    generator replica) and deletes version folders older than the newest ``keep_versions``.
+
+    Generator acknowledgements (which version each replica has loaded) are a control-plane
+    matter, not part of this node yet: until they arrive, ``keep_versions`` ≥ 2 is what keeps a
+    slow generator's version on disk while it loads.
+    """
+
+    def setup(self, ctx: NodeContext) -> None:
+        super().setup(ctx)
+        self.kept: dict[int, str] = {}  # version → folder, oldest first
+
+    def process(self, batch: pa.RecordBatch) -> Output:
+        from areal_flow.train.weights import verify_weights
+
+        assert self.ctx is not None
+        metrics = self.ctx.metrics
+        for row in batch.to_pylist():
+            began = time.perf_counter()
+            verify_weights(row["path"], row["checksum"])
+            metrics.gauge("verify_s", time.perf_counter() - began)
+            metrics.gauge("publish_to_forward_s", time.time() - float(row["created_at"]))
+            metrics.gauge("version", row["version"])
+            metrics.count("versions_published")
+            self.kept[int(row["version"])] = row["path"]
+        self._prune()
+        return batch
+
+    def _prune(self) -> None:
+        from areal_flow.train.weights import remove_version
+
+        assert self.ctx is not None
+        keep: int = self.config.keep_versions  # type: ignore[attr-defined]
+        newest = sorted(self.kept)
+        for version in newest[: max(0, len(newest) - keep)]:
+            remove_version(self.kept.pop(version))
+            self.ctx.metrics.count("versions_deleted")
+
+    def teardown(self) -> None:
+        """Free shared memory: versions in /dev/shm are RAM and nothing reads them after a run
+        (a resumed trainer re-publishes its version). ``run_dir`` versions are kept."""
+        from areal_flow.train.weights import remove_version
+
+        if self.config.store == "shm":  # type: ignore[attr-defined]
+            for path in getattr(self, "kept", {}).values():
+                remove_version(path)

@@ -7,6 +7,7 @@ import json
 
 import pyarrow as pa
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,3 +130,50 @@ def test_fuzz_corrupted_real_bodies(position: int, junk: bytes) -> None:
     except BadMessage:
         return
     assert message.batch.num_rows == 4  # a corruption that still parses keeps the row count
+
+
+_ANY_JSON = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["data", "hello", "credit", "eos", "eos_ack", "other"]),
+    st.dictionaries(
+        st.sampled_from(["producer", "seq", "version", "rows", "fp", "sent_at", "n", "edge"]),
+        _ANY_JSON,
+    ),
+    st.binary(max_size=256),
+)
+def test_fuzz_well_formed_json_headers_only_ever_raise_bad_message(
+    kind: str, fields: dict[str, object], body: bytes
+) -> None:
+    frame = json.dumps({"kind": kind, **fields}).encode()
+    with contextlib.suppress(BadMessage):
+        header = decode_header(frame)
+        if header["kind"] == "data":
+            decode_data(header, body, SCHEMA, "e")
+
+
+def test_decoded_batch_points_into_the_received_frame() -> None:
+    zctx = zmq.Context()
+    a, b = zctx.socket(zmq.PAIR), zctx.socket(zmq.PAIR)
+    a.bind("inproc://codec")
+    b.connect("inproc://codec")
+    big = pa.RecordBatch.from_pydict({"id": list(range(50_000)), "text": ["x"] * 50_000}, SCHEMA)
+    a.send_multipart(encode_data(big, "p", 0, 0), copy=False)
+    header, body = b.recv_multipart(copy=False)
+    message = decode_data(decode_header(header.buffer), body.buffer, SCHEMA, "e")
+    frame = pa.py_buffer(body.buffer)
+    ids = message.batch.column("id").buffers()[1]
+    assert frame.address <= ids.address < frame.address + frame.size  # no copy was made
+    assert message.batch.equals(big)
+    for socket in (a, b):
+        socket.close(linger=0)
+    zctx.term()

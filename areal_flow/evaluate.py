@@ -1,0 +1,160 @@
+"""Held-out evaluation: pass@1 and pass@k of a model folder with the training verifier.
+
+Rules:
+- Data: ``arithmetic`` (the held-out test split of the built-in task, all training levels),
+  ``arithmetic:add1,sub1`` (chosen levels), or a dataset file (JSONL / Parquet / save_to_disk
+  folder, GSM8K answers understood). Problems are the first ``problems`` of the split, so two
+  evaluations with the same arguments score the same problems.
+- Prompts are rendered exactly as the prompt source renders them (chat template + the answer
+  format instruction); answers are scored by the same verifier, strict extraction.
+- pass@k uses the unbiased estimator of Chen et al. (2021) from n ≥ k samples per problem:
+  1 − C(n − c, k) / C(n, k), averaged over problems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ALL = "all"
+
+
+@dataclass
+class EvalResult:
+    """Scores overall (key ``all``) and per level."""
+
+    model: str
+    data: str
+    samples: int
+    k: int
+    pass1: dict[str, float] = field(default_factory=dict)
+    pass_k: dict[str, float] = field(default_factory=dict)
+    format_rate: dict[str, float] = field(default_factory=dict)
+    problems: dict[str, int] = field(default_factory=dict)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples (drawn from n with c correct) is correct."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def load_eval_problems(spec: str, problems: int, seed: int = 0) -> list[Any]:
+    """The problems named by ``spec`` (see module rules)."""
+    from areal_flow.data.arithmetic import DEFAULT_MIX, ArithmeticTask
+    from areal_flow.data.datasets import load_problems
+
+    if spec == "arithmetic" or spec.startswith("arithmetic:"):
+        levels = spec.partition(":")[2]
+        mix = {level: 1.0 for level in levels.split(",")} if levels else dict(DEFAULT_MIX)
+        return list(ArithmeticTask(seed=seed, mix=mix).dataset("test", problems))
+    return list(load_problems(spec))[:problems]
+
+
+def evaluate(
+    model: str | Path,
+    data: str = "arithmetic",
+    problems: int = 200,
+    samples: int = 4,
+    k: int = 4,
+    temperature: float = 0.7,
+    max_tokens: int = 96,
+    engine: Literal["vllm", "hf"] = "vllm",
+    seed: int = 0,
+) -> EvalResult:
+    """Generate ``samples`` answers per problem and score them."""
+    if k > samples:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {samples}")
+    return asyncio.run(
+        _evaluate(str(model), data, problems, samples, k, temperature, max_tokens, engine, seed)
+    )
+
+
+async def _evaluate(
+    model: str,
+    data: str,
+    problems: int,
+    samples: int,
+    k: int,
+    temperature: float,
+    max_tokens: int,
+    engine_kind: str,
+    seed: int,
+) -> EvalResult:
+    from transformers import AutoTokenizer
+
+    from areal_flow.data.problem import prompt_text
+    from areal_flow.engine.base import GenerationRequest, SamplingConfig
+    from areal_flow.models import prepare_model
+    from areal_flow.reward import RewardConfig, VerifierPool
+
+    folder = prepare_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    items = load_eval_problems(data, problems, seed)
+    sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens)
+    engine = await _start_engine(engine_kind, str(folder), seed)
+    try:
+        for index, problem in enumerate(items):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt_text(problem.question)}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            await engine.submit(GenerationRequest(str(index), ids, n=samples, sampling=sampling))
+        answers: dict[int, list[str]] = defaultdict(list)
+        async for sample in engine.samples():
+            answers[int(sample.request_id)].append(sample.text)
+            if sum(len(v) for v in answers.values()) == len(items) * samples:
+                break
+    finally:
+        await engine.close()
+    with VerifierPool(RewardConfig(), workers=2) as pool:
+        pairs = [(a, items[i].answer) for i in sorted(answers) for a in answers[i]]
+        verdicts = await pool.score(pairs)
+    return _tally(model, data, items, answers, verdicts, samples, k)
+
+
+def _tally(
+    model: str,
+    data: str,
+    items: list[Any],
+    answers: dict[int, list[str]],
+    verdicts: list[Any],
+    samples: int,
+    k: int,
+) -> EvalResult:
+    result = EvalResult(model=model, data=data, samples=samples, k=k)
+    by_level: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    cursor = 0
+    for index in sorted(answers):
+        chunk = verdicts[cursor : cursor + len(answers[index])]
+        cursor += len(chunk)
+        correct = sum(v.correct for v in chunk)
+        formatted = sum(v.format_ok for v in chunk)
+        for level in (ALL, items[index].level):
+            by_level[level].append((len(chunk), correct, formatted))
+    for level, rows in sorted(by_level.items()):
+        result.problems[level] = len(rows)
+        result.pass1[level] = sum(c / n for n, c, _ in rows) / len(rows)
+        result.pass_k[level] = sum(pass_at_k(n, c, k) for n, c, _ in rows) / len(rows)
+        result.format_rate[level] = sum(f / n for n, _, f in rows) / len(rows)
+    return result
+
+
+async def _start_engine(kind: str, model: str, seed: int) -> Any:
+    if kind == "vllm":
+        from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig
+
+        engine: Any = VLLMEngine(VLLMEngineConfig(model=model, seed=seed))
+    else:
+        from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
+
+        engine = HFEngine(HFEngineConfig(model=model, seed=seed))
+    await engine.start()
+    return engine

@@ -1,0 +1,100 @@
+"""Variable-length attention for packed rows in pure torch: ``attn_implementation="areal_packed"``.
+
+Why: with ``sdpa``, transformers runs a packed row (restarting ``position_ids``) under a
+block-diagonal N × N mask, so attention costs N² for a row of N tokens whatever its sequences'
+lengths, and the mask itself is N² booleans. Here each sequence of the row gets its own causal
+``scaled_dot_product_attention`` call: cost Σ Lᵢ², no mask, no padding — what flash-attention's
+varlen kernels do on GPU, for any device.
+
+Rules:
+- Segments are found from ``position_ids`` (a new sequence wherever the position is 0), which
+  transformers hands every attention call. Only a single row without padding mask and without a
+  cache is split; everything else (padded batches, generation) goes to plain ``sdpa`` with the
+  mask transformers builds for it.
+- The mask builder registered under the same name returns no mask when there is no padding
+  mask (packed or single sequence: the attention is causal per segment) and defers to
+  ``sdpa_mask`` otherwise.
+- ``register()`` is idempotent; the policy calls it before loading a model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+NAME = "areal_packed"
+
+
+def register() -> str:
+    """Register the attention and its mask builder with transformers; returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, packed_attention)
+    AttentionMaskInterface.register(NAME, packed_mask)
+    return NAME
+
+
+def packed_mask(**kwargs: Any) -> Any:
+    """transformers calls mask builders with keyword arguments only."""
+    from transformers.masking_utils import sdpa_mask
+
+    if kwargs.get("attention_mask") is None:
+        return None
+    return sdpa_mask(**kwargs)
+
+
+def segment_bounds(position_ids: torch.Tensor) -> list[int]:
+    """Start offsets of the sequences in one packed row, plus its length."""
+    starts = torch.nonzero(position_ids.reshape(-1) == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("a packed row must start a sequence at position 0")
+    return [*starts, int(position_ids.numel())]
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention per sequence of a packed row; ``sdpa`` for any other input."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    positions = kwargs.get("position_ids")
+    q_len = query.shape[2]
+    packed = (
+        attention_mask is None
+        and positions is not None
+        and query.shape[0] == 1
+        and key.shape[2] == q_len
+        and positions.numel() == q_len
+    )
+    if not packed:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    assert positions is not None
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: one K/V head serves several query heads
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    bounds = segment_bounds(positions)
+    outputs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=True,
+        )
+        for start, end in itertools.pairwise(bounds)
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None

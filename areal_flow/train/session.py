@@ -1,0 +1,296 @@
+"""The trainer's synchronous core: data position, batch preparation, optimizer steps, publishing
+and checkpoints. The trainer node drives it from its event loop (``nodes/trainer.py``).
+
+Rules:
+- Threads: ``add``/``take_groups``/``snapshot`` run on the node's event loop only; the
+  heavy methods (``prepare``, ``train_next``, ``publish``, ``checkpoint``) run in a worker
+  thread and hold ``lock``, so a checkpoint taken at teardown waits for a step still running
+  after its caller was cancelled, and always sees a whole step.
+- Data position: every accepted trajectory id is *known*; an id arriving twice (a source that
+  replays after a resume) is dropped and counted. Ids become *trained* when the optimizer step
+  that used them completes. Checkpoints store trained ids, pending groups and the interrupted
+  batch, so a resumed run trains each id exactly once.
+- A batch is prepared once: advantages (group-relative), π_prox per token with the weights before
+  its first update, and a seeded split into K minibatches (K = ``updates_per_batch``, fewer when
+  the step budget ends inside the batch, so every trained batch is trained whole).
+- Truncated responses (``finish_reason == 'length'``) with ``truncated='mask'`` stay in their
+  group's baseline but get no loss tokens (``trainable`` False).
+- version = initial version + optimizer steps; after each step the weights are published.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from areal_flow.schema import SCHEMAS
+from areal_flow.train.batch import (
+    check_rows,
+    minibatch_assignment,
+    prepared_table,
+    rows_of_minibatch,
+    split_groups,
+    to_sequences,
+    trajectory_ids,
+)
+from areal_flow.train.weights import Store, WeightsRef, publish_weights, weights_root
+
+if TYPE_CHECKING:
+    from nodes.trainer import TrainerConfig
+
+
+class TrainingSession:
+    """One trainer's model, optimizer and data position."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        *,
+        run_dir: Path,
+        device: str = "cpu",
+        seed: int = 0,
+        store: Store = "shm",
+        resume_from: Path | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        from areal_flow.models import prepare_model
+        from areal_flow.train.checkpoint import checkpoints_dir, load_checkpoint
+        from areal_flow.train.policy import Policy
+
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.seed = seed
+        self.lock = threading.Lock()
+        checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+        model_dir = checkpoint.path if checkpoint else prepare_model(cfg.model)
+        self.policy = Policy(
+            model_dir,
+            optimizer=cfg.optimizer,
+            total_steps=cfg.steps,
+            device=device,
+            bf16=cfg.bf16,
+            temperature=cfg.temperature,
+            micro_batch_tokens=cfg.micro_batch_tokens,
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.weights_root = weights_root(store, run_dir)
+        self.checkpoint_root = checkpoints_dir(run_dir)
+        self.version = 0
+        self.step = 0
+        self.trained: list[str] = []
+        self.known: set[str] = set()
+        self.pending: deque[pa.RecordBatch] = deque()
+        self.batch: pa.Table | None = None
+        self.next_minibatch = 0
+        self.duplicates = 0
+        self.last_checkpoint: Path | None = None
+        self.dirty = False  # state changed since the last checkpoint
+        self.publish_s = 0.0  # trainer state → weights file ready, last publish
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    # -- data (event loop) ------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.cfg.steps
+
+    @property
+    def has_batch(self) -> bool:
+        return self.batch is not None
+
+    @property
+    def groups_ready(self) -> int:
+        return len(self.pending)
+
+    def add(self, batch: pa.RecordBatch) -> int:
+        """Queue the groups of a scored batch; returns the rows kept (duplicates dropped)."""
+        check_rows(batch)
+        ids = trajectory_ids(batch)
+        fresh = [i not in self.known for i in ids]
+        if not all(fresh):
+            self.duplicates += fresh.count(False)
+            batch = batch.filter(pa.array(fresh))
+            ids = [i for i, keep in zip(ids, fresh, strict=True) if keep]
+        if batch.num_rows == 0:
+            return 0
+        self.known.update(ids)
+        scored = batch.select(SCHEMAS["scored"].names).cast(SCHEMAS["scored"])
+        self.pending.extend(split_groups(scored))
+        self.dirty = True
+        return batch.num_rows
+
+    def take_groups(self, n: int) -> list[pa.RecordBatch]:
+        return [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
+
+    def snapshot(self) -> pa.Table:
+        """The pending groups as a table, for ``checkpoint``; clears ``dirty`` now, so groups
+        added while the checkpoint is written mark the state dirty again."""
+        self.dirty = False
+        return pa.Table.from_batches(list(self.pending), schema=SCHEMAS["scored"])
+
+    # -- compute (worker thread) ------------------------------------------------------------
+
+    def prepare(self, groups: list[pa.RecordBatch]) -> dict[str, float]:
+        """Advantages, π_prox and the minibatch split of a new batch; returns batch metrics."""
+        import torch
+
+        from areal_flow.rl import group_advantages, version_lag_stats
+
+        began = time.perf_counter()
+        with self.lock:
+            table = pa.Table.from_batches(groups, schema=SCHEMAS["scored"])
+            algo = self.cfg.algo
+            rewards = torch.tensor(table.column("reward").to_pylist(), dtype=torch.float32)
+            advantages = group_advantages(
+                rewards,
+                table.column("group_id").to_pylist(),
+                estimator=algo.advantage,
+                batch_norm=algo.batch_norm,
+            )
+            truncated = [r == "length" for r in table.column("finish_reason").to_pylist()]
+            trainable = [not (t and self.cfg.truncated == "mask") for t in truncated]
+            k = min(algo.updates_per_batch, self.cfg.steps - self.step, table.num_rows)
+            split = minibatch_assignment(table.num_rows, k, self.seed * 1_000_003 + self.step)
+            draft = prepared_table(
+                groups, advantages.tolist(), [[]] * table.num_rows, trainable, split
+            )
+            prox, entropy = self._proximal_logprobs(draft, k)
+            self.batch = draft.set_column(
+                draft.schema.get_field_index("prox_logprobs"),
+                "prox_logprobs",
+                pa.array(prox, pa.list_(pa.float32())),
+            )
+            self.next_minibatch = 0
+            self.dirty = True
+        lengths = [len(r) for r in table.column("response_token_ids").to_pylist()]
+        return {
+            "groups": float(len(groups)),
+            "trajectories": float(table.num_rows),
+            "reward_mean": float(rewards.mean()),
+            "accuracy": sum(table.column("correct").to_pylist()) / table.num_rows,
+            "truncated_frac": sum(truncated) / table.num_rows,
+            "response_len_mean": sum(lengths) / len(lengths),
+            "entropy": _weighted_mean(entropy, lengths),
+            "prox_s": time.perf_counter() - began,
+            **version_lag_stats(_nonempty(table.column("versions").to_pylist()), self.version),
+        }
+
+    def _proximal_logprobs(self, draft: pa.Table, k: int) -> tuple[list[list[float]], list[float]]:
+        """π_prox per row, computed minibatch by minibatch with the update's micro-batches."""
+        prox: list[list[float]] = [[] for _ in range(draft.num_rows)]
+        entropy = [0.0] * draft.num_rows
+        split = draft.column("minibatch").to_pylist()
+        for m in range(k):
+            rows = [i for i, s in enumerate(split) if s == m]
+            logp, ent = self.policy.response_logprobs(to_sequences(draft.take(rows)))
+            for row, lp, en in zip(rows, logp, ent, strict=True):
+                prox[row] = lp.tolist()
+                entropy[row] = en
+        return prox, entropy
+
+    def train_next(self) -> tuple[WeightsRef, dict[str, float]]:
+        """One optimizer step on the next minibatch; version += 1; publish. Returns the notice
+        and the step's metrics."""
+        with self.lock:
+            if self.batch is None:
+                raise RuntimeError("train_next called without a prepared batch; call prepare()")
+            rows = rows_of_minibatch(self.batch, self.next_minibatch)
+            metrics = self.policy.train_step(to_sequences(rows), self.cfg.algo)
+            self.step += 1
+            self.version += 1
+            self.trained.extend(trajectory_ids(rows))
+            self.next_minibatch += 1
+            if self.next_minibatch > max(self.batch.column("minibatch").to_pylist()):
+                self.batch = None
+            self.dirty = True
+            ref = self._publish()
+        metrics.update(
+            version=float(self.version),
+            step=float(self.step),
+            publish_s=self.publish_s,
+        )
+        return ref, metrics
+
+    def publish(self) -> WeightsRef:
+        """Publish the current weights (e.g. the resumed version, for the generators)."""
+        with self.lock:
+            return self._publish()
+
+    def _publish(self) -> WeightsRef:
+        began = time.perf_counter()
+        ref = publish_weights(self.policy.state_dict(), self.weights_root, self.version)
+        self.publish_s = time.perf_counter() - began
+        return ref
+
+    def checkpoint(self, pending: pa.Table) -> Path:
+        """Write a checkpoint of the current step; ``pending`` from ``snapshot()``."""
+        from areal_flow.train.checkpoint import save_checkpoint
+
+        with self.lock:
+            tables = {"pending": pending}
+            if self.batch is not None:
+                tables["batch"] = self.batch
+            self.last_checkpoint = save_checkpoint(
+                self.checkpoint_root,
+                self.step,
+                model=self.policy.model,
+                tokenizer=self.tokenizer,
+                train_state=self.policy.train_state(),
+                meta={
+                    "version": self.version,
+                    "trained_ids": self.trained,
+                    "next_minibatch": self.next_minibatch,
+                    "config": self.cfg.model_dump(mode="json"),
+                },
+                tables=tables,
+                keep=self.cfg.keep_checkpoints,
+            )
+            return self.last_checkpoint
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "version": self.version,
+            "step": self.step,
+        }
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def _restore(self, checkpoint: Any) -> None:
+        from areal_flow.train.checkpoint import restore_rng
+
+        self.policy.load_train_state(checkpoint.train_state)
+        restore_rng(checkpoint)
+        meta = checkpoint.meta
+        self.version = int(meta["version"])
+        self.step = int(meta["step"])
+        self.trained = list(meta["trained_ids"])
+        self.known = set(self.trained)
+        pending = checkpoint.tables.get("pending")
+        if pending is not None and pending.num_rows:
+            for batch in pending.combine_chunks().to_batches():
+                self.pending.extend(split_groups(batch))
+                self.known.update(trajectory_ids(batch))
+        batch = checkpoint.tables.get("batch")
+        if batch is not None and batch.num_rows:
+            self.batch = batch
+            self.next_minibatch = int(meta["next_minibatch"])
+            self.known.update(trajectory_ids(batch))
+        self.last_checkpoint = checkpoint.path
+
+
+def _weighted_mean(values: list[float], weights: list[int]) -> float:
+    total = sum(weights)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / total if total else 0.0
+
+
+def _nonempty(versions: list[list[int]]) -> list[list[int]]:
+    return [v for v in versions if v]

