@@ -102,7 +102,12 @@ class Worker:
             self.link.close()
 
     async def _main(self) -> None:
-        weights = asyncio.create_task(self._weights_loop(), name="weights")
+        # A node fed only by weight edges (the publisher) relays them: they are its data.
+        self.data_wires = self.inbox.data_wires or self.inbox.weight_wires
+        relays = not self.inbox.data_wires
+        weights = asyncio.create_task(
+            self._weights_loop() if not relays else asyncio.sleep(0), name="weights"
+        )
         try:
             if isinstance(self.node, Source):
                 await self._source_loop(self.node)
@@ -137,7 +142,7 @@ class Worker:
     async def _transform_loop(self, node: Transform) -> None:
         limit = max(1, type(node).concurrency)
         pending: set[asyncio.Task[None]] = set()
-        async for item in self.inbox.stream(self.inbox.data_wires):
+        async for item in self.inbox.stream(self.data_wires):
             await self._received(item)
             pending.add(asyncio.create_task(self._transform_one(node, item)))
             if len(pending) >= limit:
@@ -154,7 +159,7 @@ class Worker:
 
     async def _streaming_loop(self, node: Streaming) -> None:
         async def inputs() -> AsyncIterator[pa.RecordBatch]:
-            async for item in self.inbox.stream(self.inbox.data_wires):
+            async for item in self.inbox.stream(self.data_wires):
                 await self._received(item)
                 yield item.batch
 
