@@ -4,7 +4,7 @@ The public API for graph files: the spec models below. Runtime pieces live in su
 are imported where used, so ``import areal_flow`` stays light (no torch, zmq or mlflow).
 """
 
-from areal_flow.spec import Edge, Graph, NodeSpec, Port, Resources, Staleness, Tracking
+from areal_flow.spec import Edge, Evaluation, Graph, NodeSpec, Port, Resources, Staleness, Tracking
 
-__all__ = ["Edge", "Graph", "NodeSpec", "Port", "Resources", "Staleness", "Tracking"]
+__all__ = ["Edge", "Evaluation", "Graph", "NodeSpec", "Port", "Resources", "Staleness", "Tracking"]
 __version__ = "0.1.0"

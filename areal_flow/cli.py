@@ -8,9 +8,10 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -123,11 +124,59 @@ def run(
     graph, _ = _load(file, set_)
     folder = run_dir or new_run_dir(graph)
     console.print(f"run folder: {folder}")
+    tracker = _tracker(graph, folder)
     if quiet or not sys.stdout.isatty():
-        result = run_graph(graph, run_dir=folder, on_update=QuietView(console))
+        view: Any = QuietView(console)
+        result = run_graph(graph, run_dir=folder, on_update=_both(view, tracker))
     else:
         with LiveView(console) as view:
-            result = run_graph(graph, run_dir=folder, on_update=view)
+            result = run_graph(graph, run_dir=folder, on_update=_both(view, tracker))
+    _finish_run(graph, result, tracker)
+
+
+def _tracker(graph: Graph, folder: Path) -> Any:
+    """The MLflow tracker of this run, or None when tracking is off."""
+    if not graph.tracking.enabled:
+        return None
+    from areal_flow.runtime.tracking import RunTracker
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return RunTracker(graph, folder)
+
+
+def _both(*callbacks: Any) -> Any:
+    def update(driver: Any) -> None:
+        for callback in callbacks:
+            if callback is not None:
+                callback(driver)
+
+    return update
+
+
+def _finish_run(graph: Graph, result: Any, tracker: Any) -> None:
+    """Summary (and held-out evaluation) of a finished run, MLflow closed, exit code set."""
+    from areal_flow.report import build_summary, eval_settings, evaluate_run, summary_table
+    from areal_flow.runtime.tracking import latest_checkpoint
+
+    folder = result.run_dir
+    checkpoint = latest_checkpoint(folder)
+    summary = build_summary(result, checkpoint)
+    settings = eval_settings(graph) if result.ok else None
+    if settings is not None and checkpoint is not None:
+        console.print(
+            f"evaluating on {settings.problems} held-out problems of {settings.data} "
+            f"({settings.samples} samples each, T={settings.temperature}) ..."
+        )
+        summary.eval_settings = dataclasses.asdict(settings)
+        summary.base, summary.final, summary.base_cached = evaluate_run(
+            settings, checkpoint, base=graph.evaluation.base if graph.evaluation else True
+        )
+    saved = summary.save(folder)
+    if result.ok or summary.steps:
+        console.print(summary_table(summary))
+    if tracker is not None:
+        tracker.finish(result, saved)
+        console.print(f"MLflow: {tracker.ui_command}")
     if result.failure is not None:
         errors.print(f"[bold red]run failed:[/] {result.failure}", highlight=False)
         raise typer.Exit(1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,15 +69,46 @@ def evaluate(
     seed: int = 0,
 ) -> EvalResult:
     """Generate ``samples`` answers per problem and score them."""
+    return evaluate_models(
+        [model], data, problems, samples, k, temperature, max_tokens, engine, seed
+    )[0]
+
+
+def evaluate_models(
+    models: Sequence[str | Path],
+    data: str = "arithmetic",
+    problems: int = 200,
+    samples: int = 4,
+    k: int = 4,
+    temperature: float = 0.7,
+    max_tokens: int = 96,
+    engine: Literal["vllm", "hf"] = "vllm",
+    seed: int = 0,
+) -> list[EvalResult]:
+    """Score several checkpoints of one model family with one engine: it starts on the first
+    and loads each next one's weights in place (an engine start costs far more than a load).
+    The tokenizer is the first model's."""
     if k > samples:
         raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {samples}")
+    if not models:
+        return []
     return asyncio.run(
-        _evaluate(str(model), data, problems, samples, k, temperature, max_tokens, engine, seed)
+        _evaluate(
+            [str(m) for m in models],
+            data,
+            problems,
+            samples,
+            k,
+            temperature,
+            max_tokens,
+            engine,
+            seed,
+        )
     )
 
 
 async def _evaluate(
-    model: str,
+    models: list[str],
     data: str,
     problems: int,
     samples: int,
@@ -85,35 +117,59 @@ async def _evaluate(
     max_tokens: int,
     engine_kind: str,
     seed: int,
-) -> EvalResult:
+) -> list[EvalResult]:
     from transformers import AutoTokenizer
 
     from areal_flow.data.problem import prompt_text
-    from areal_flow.engine.base import GenerationRequest, SamplingConfig
     from areal_flow.models import prepare_model
-    from areal_flow.reward import RewardConfig, VerifierPool
 
-    folder = prepare_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    folders = [prepare_model(model) for model in models]
+    tokenizer = AutoTokenizer.from_pretrained(folders[0])
     items = load_eval_problems(data, problems, seed)
-    sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens)
-    engine = await _start_engine(engine_kind, str(folder), seed)
+    prompts = []
+    for problem in items:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt_text(problem.question)}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    results = []
+    engine = await _start_engine(engine_kind, str(folders[0]), seed)
     try:
-        for index, problem in enumerate(items):
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt_text(problem.question)}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            await engine.submit(GenerationRequest(str(index), ids, n=samples, sampling=sampling))
-        answers: dict[int, list[str]] = defaultdict(list)
-        async for sample in engine.samples():
-            answers[int(sample.request_id)].append(sample.text)
-            if sum(len(v) for v in answers.values()) == len(items) * samples:
-                break
+        for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
+            if version:
+                await engine.update_weights(version, folder)
+            answers = await _generate(engine, prompts, samples, temperature, max_tokens)
+            results.append(await _score(model, data, items, answers, samples, k))
     finally:
         await engine.close()
+    return results
+
+
+async def _generate(
+    engine: Any, prompts: list[list[int]], samples: int, temperature: float, max_tokens: int
+) -> dict[int, list[str]]:
+    from areal_flow.engine.base import GenerationRequest, SamplingConfig
+
+    sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens)
+    for index, ids in enumerate(prompts):
+        await engine.submit(GenerationRequest(str(index), ids, n=samples, sampling=sampling))
+    answers: dict[int, list[str]] = defaultdict(list)
+    if not prompts:
+        return answers
+    async for sample in engine.samples():
+        answers[int(sample.request_id)].append(sample.text)
+        if sum(len(v) for v in answers.values()) == len(prompts) * samples:
+            break
+    return answers
+
+
+async def _score(
+    model: str, data: str, items: list[Any], answers: dict[int, list[str]], samples: int, k: int
+) -> EvalResult:
+    from areal_flow.reward import RewardConfig, VerifierPool
+
     with VerifierPool(RewardConfig(), workers=2) as pool:
         pairs = [(a, items[i].answer) for i in sorted(answers) for a in answers[i]]
         verdicts = await pool.score(pairs)

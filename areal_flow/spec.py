@@ -87,6 +87,43 @@ class Staleness(Spec):
     )
 
 
+class RayOptions(Spec):
+    """Settings of the Ray launcher (``launcher: ray``); ignored by the local launcher."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join: 'auto', 'HOST:6379' or 'ray://HOST:10001'. Default: "
+        "$RAY_ADDRESS, else a cluster started on this machine with 'ray start', else a new "
+        "local one.",
+    )
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="How the placement group lays replicas (one bundle each) over Ray nodes: "
+        "PACK fills few nodes, SPREAD uses many, STRICT_* make it a hard rule.",
+    )
+    data_ports: tuple[int, int] = Field(
+        (20000, 20999),
+        description="Inclusive TCP port range of the ZeroMQ sockets (data edges and the "
+        "driver's control socket); open it between the nodes.",
+    )
+    placement_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long to wait for the cluster to grant the placement group (resources "
+        "busy, autoscaling) before the run fails.",
+    )
+
+    @field_validator("data_ports")
+    @classmethod
+    def _port_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(
+                f"data_ports {list(value)} must be [low, high] with 1024 ≤ low ≤ high ≤ 65535"
+            )
+        return value
+
+
 class Tracking(Spec):
     """Where MLflow records the run."""
 
@@ -97,6 +134,42 @@ class Tracking(Spec):
     )
     experiment: str | None = Field(None, description="MLflow experiment; default the graph name.")
     enabled: bool = Field(True, description="Set false to run without MLflow.")
+
+
+class Evaluation(Spec):
+    """Held-out evaluation of the initial and the final policy when a run completes.
+
+    Unset fields follow the graph: data from the prompt source (its held-out split and
+    levels), temperature, max tokens and engine from the generator — so the score is measured
+    the way the policy was trained.
+    """
+
+    data: str | None = Field(
+        None,
+        description="'arithmetic', 'arithmetic:add1,sub1' or a dataset file; default: the "
+        "prompt source's task, held-out split.",
+    )
+    problems: int = Field(100, ge=1, le=100_000, description="Held-out problems scored.")
+    samples: int = Field(4, ge=1, le=256, description="Samples per problem (pass@k needs k).")
+    k: int = Field(4, ge=1, le=256, description="k of pass@k.")
+    temperature: float | None = Field(
+        None, ge=0, description="Sampling temperature; default the generator's."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens per answer; default the generator's."
+    )
+    engine: Literal["vllm", "hf"] | None = Field(
+        None, description="Inference engine; default the generator's."
+    )
+    base: bool = Field(
+        True, description="Also score the initial model (cached per model and settings)."
+    )
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> Evaluation:
+        if self.k > self.samples:
+            raise ValueError(f"k = {self.k} needs samples ≥ {self.k}, got {self.samples}")
+        return self
 
 
 class NodeSpec(Spec):
@@ -190,8 +263,14 @@ class Graph(Spec):
     edges: list[Edge] = Field(default_factory=list, description="Connections between ports.")
     staleness: Staleness = Field(default_factory=Staleness, description="Staleness bound η.")
     tracking: Tracking = Field(default_factory=Tracking, description="MLflow settings.")
+    evaluation: Evaluation | None = Field(
+        None, description="Score the initial and final policy on held-out problems at the end."
+    )
     launcher: Literal["local", "ray"] = Field(
         "local", description="'local': one OS process per replica; 'ray': Ray actors."
+    )
+    ray: RayOptions = Field(
+        default_factory=RayOptions, description="Ray launcher settings (launcher 'ray')."
     )
     run_dir: Path = Field(
         Path("runs"),

@@ -11,7 +11,7 @@ Sync baseline (same graph): areal-flow run graphs/math_rl.py --set staleness.max
 Draw it:   areal-flow viz graphs/math_rl.py -o math_rl.png
 """
 
-from areal_flow import Graph, Resources, Staleness, Tracking
+from areal_flow import Evaluation, Graph, Resources, Staleness, Tracking
 from nodes import (
     GeneratorConfig,
     GroupFilterConfig,
@@ -61,4 +61,5 @@ graph = Graph(
     ],
     staleness=Staleness(max_lag=4),
     tracking=Tracking(experiment="math_rl"),
+    evaluation=Evaluation(problems=100, samples=4),
 )

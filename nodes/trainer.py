@@ -22,6 +22,7 @@ from pydantic import Field
 
 from areal_flow.node import NodeContext, Output, Streaming
 from areal_flow.spec import Graph, NodeSpec, Port, Spec
+from areal_flow.train.steplog import StepLog
 
 if TYPE_CHECKING:
     from areal_flow.train.weights import Store
@@ -85,6 +86,9 @@ class TrainerConfig(NodeSpec):
     )
     bf16: bool = Field(True, description="bf16 autocast (CPU and GPU).")
     checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N steps (and at stop).")
+    samples_every: int = Field(
+        10, ge=1, description="Write sample rollouts of the batch every N steps (and step 1)."
+    )
     keep_checkpoints: int | None = Field(
         3, ge=1, le=1000, description="Newest checkpoints kept on disk; null keeps all."
     )
@@ -128,6 +132,7 @@ class Trainer(Streaming):
             store=_weights_store(cfg.name, ctx.graph),
             resume_from=Path(resume) if resume else None,
         )
+        self.steplog = StepLog(ctx.run_dir, samples_every=cfg.samples_every)
         self.failed = False
         self.feeder: asyncio.Task[None] | None = None
         if self.session.step:
@@ -155,6 +160,7 @@ class Trainer(Streaming):
         assert self.ctx is not None and self.feeder is not None
         cfg: TrainerConfig = self.config  # type: ignore[assignment]
         session, metrics = self.session, self.ctx.metrics
+        batch_metrics: dict[str, float] = {}
         while not session.done:
             if not session.has_batch:
                 groups = await self._next_groups(arrived)
@@ -163,9 +169,12 @@ class Trainer(Streaming):
                         "input ended after %d of %d steps", session.step, cfg.steps
                     )
                     return
-                self._gauges(await asyncio.to_thread(session.prepare, groups))
+                batch_metrics = await asyncio.to_thread(session.prepare, groups)
+                self._gauges(batch_metrics)
+                self.steplog.maybe_write_samples(session.step + 1, pa.Table.from_batches(groups))
             ref, step_metrics = await asyncio.to_thread(session.train_next)
             self._gauges(step_metrics)
+            self.steplog.write(session.step, {**batch_metrics, **step_metrics})
             metrics.count("steps")
             metrics.count("trajectories_trained", step_metrics["sequences"])
             yield ref.batch()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -35,9 +35,9 @@ class Rates:
         now = time.monotonic()
         totals: dict[str, float] = defaultdict(float)
         for replica in driver.replicas.values():
-            totals[replica.plan.node] += replica.metrics.get(
-                "batches_out", 0.0
-            ) or replica.metrics.get("batches_in", 0.0)
+            # Sinks (and the trainer, whose only output is weights) are rated by what they take.
+            counter = "batches_out" if _data_outputs(replica) else "batches_in"
+            totals[replica.plan.node] += replica.metrics.get(counter, 0.0)
         for node, total in totals.items():
             then, before = self._last.get(node, (now, total))
             if now - then >= 0.5:
@@ -45,6 +45,53 @@ class Rates:
                 self._last[node] = (now, total)
             else:
                 self._last.setdefault(node, (now, total))
+
+
+def _data_outputs(replica: Any) -> bool:
+    return any(not wire.weights for wire in replica.plan.outputs)
+
+
+class Progress:
+    """Step, reward, accuracy, staleness, tokens/s per node, elapsed and ETA in one line.
+
+    The ETA extrapolates the pace since the first optimizer step (start-up excluded)."""
+
+    def __init__(self) -> None:
+        self.first_step: tuple[float, int] | None = None
+
+    def line(self, driver: Driver) -> str:
+        now = time.monotonic()
+        parts = [f"elapsed {_clock(now - driver.started)}", f"version {driver.version}"]
+        trainer = next((r for r in driver.replicas.values() if r.spec.role == "trainer"), None)
+        if trainer is not None:
+            parts.extend(self._trainer(trainer, now))
+        rates: dict[str, float] = defaultdict(float)
+        for replica in driver.replicas.values():
+            for key in ("gen_tokens_per_s", "tokens_per_s"):
+                if key in replica.metrics:
+                    rates[replica.plan.node] += replica.metrics[key]
+        parts.extend(f"{node} {rate:,.0f} tok/s" for node, rate in rates.items())
+        return "  ".join(parts)
+
+    def _trainer(self, trainer: Any, now: float) -> list[str]:
+        done = int(trainer.metrics.get("steps", 0))
+        total = int(getattr(trainer.spec, "steps", 0) or 0)
+        parts = [f"step {done}/{total}" if total else f"step {done}"]
+        if done and self.first_step is None:
+            self.first_step = (now, done)
+        if self.first_step is not None and total and trainer.status == "running":
+            since, first = self.first_step
+            if done > first:
+                parts.append(f"ETA {_clock((now - since) / (done - first) * (total - done))}")
+        for key, label in (("reward_mean", "reward"), ("accuracy", "acc"), ("lag_mean", "lag")):
+            if key in trainer.metrics:
+                parts.append(f"{label} {trainer.metrics[key]:.2f}")
+        return parts
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def node_states(driver: Driver) -> dict[str, str]:
@@ -70,13 +117,8 @@ def edge_depths(driver: Driver) -> dict[int, float]:
     return depths
 
 
-def render(driver: Driver, rates: Rates) -> Group:
-    elapsed = time.monotonic() - driver.started
-    header = Text(
-        f"{driver.graph.name}  run {driver.run_dir}  elapsed {elapsed:,.0f} s  "
-        f"policy version {driver.version}",
-        style="bold",
-    )
+def render(driver: Driver, rates: Rates, status: str) -> Group:
+    header = Text(f"{driver.graph.name}  run {driver.run_dir}", style="bold")
     nodes = Table(show_edge=False, pad_edge=False)
     for column in ("node", "kind", "state", "batches/s", "in", "out", "busy s", "restarts"):
         nodes.add_column(
@@ -105,7 +147,7 @@ def render(driver: Driver, rates: Rates) -> Group:
     depths = edge_depths(driver)
     for edge in resolved_edges(driver.g):
         edges.add_row(edge.label, f"{depths.get(edge.index, 0):.0f}", str(edge.spec.capacity))
-    parts: list[Text | Table] = [header, nodes, edges]
+    parts: list[Text | Table] = [header, Text(status), nodes, edges]
     if driver.gate is not None:
         m = driver.gate.metrics()
         parts.append(
@@ -123,6 +165,7 @@ class LiveView:
     def __init__(self, console: Console, hz: float = 4.0) -> None:
         self.live = Live(console=console, auto_refresh=False, transient=False)
         self.rates = Rates()
+        self.progress = Progress()
         self.every = 1.0 / hz
         self._last = 0.0
 
@@ -139,7 +182,7 @@ class LiveView:
             return
         self._last = now
         self.rates.update(driver)
-        self.live.update(render(driver, self.rates), refresh=True)
+        self.live.update(render(driver, self.rates, self.progress.line(driver)), refresh=True)
 
 
 class QuietView:
@@ -149,6 +192,7 @@ class QuietView:
         self.console = console
         self.every_s = every_s
         self.rates = Rates()
+        self.progress = Progress()
         self._last = time.monotonic()
 
     def __call__(self, driver: Driver) -> None:
@@ -159,6 +203,4 @@ class QuietView:
         self._last = now
         states = node_states(driver)
         parts = [f"{n}:{states[n]}:{self.rates.per_node.get(n, 0):.1f}/s" for n in states]
-        self.console.print(
-            f"[{now - driver.started:,.0f}s] v{driver.version} " + " ".join(parts), highlight=False
-        )
+        self.console.print(self.progress.line(driver) + "  |  " + " ".join(parts), highlight=False)

@@ -176,6 +176,7 @@ class TrainingSession:
             "trajectories": float(table.num_rows),
             "reward_mean": float(rewards.mean()),
             "accuracy": sum(table.column("correct").to_pylist()) / table.num_rows,
+            "format_rate": sum(table.column("format_ok").to_pylist()) / table.num_rows,
             "truncated_frac": sum(truncated) / table.num_rows,
             "response_len_mean": sum(lengths) / len(lengths),
             "entropy": _weighted_mean(entropy, lengths),

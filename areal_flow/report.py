@@ -1,0 +1,224 @@
+"""The end of a run: held-out evaluation of the initial and final policy, and the summary.
+
+Rules:
+- Evaluation runs only for a graph with an ``evaluation`` section, a trainer and a completed
+  run with a checkpoint. Unset settings follow the graph (see ``Evaluation``): the prompt
+  source's task and levels on the held-out split, the generator's temperature, max tokens and
+  engine — the policy is scored the way it was trained, with the training verifier (strict).
+- The initial model's score depends only on the model and the settings, so it is cached in
+  ``~/.cache/areal-flow/evals`` (``$AREAL_FLOW_EVAL_CACHE``) and shown as cached; the final
+  checkpoint is always scored fresh. Both are scored with one engine (weights loaded in place).
+- ``summary.json`` in the run folder holds everything the table shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from areal_flow.spec import Graph
+
+if TYPE_CHECKING:
+    from areal_flow.runtime.driver import RunResult
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The resolved evaluation of one graph."""
+
+    model: str
+    data: str
+    problems: int
+    samples: int
+    k: int
+    temperature: float
+    max_tokens: int
+    engine: str
+    seed: int
+
+    def cache_key(self) -> str:
+        from areal_flow.models import prepare_model
+
+        folder = prepare_model(self.model)
+        weights = sorted(folder.glob("*.safetensors"))
+        stamp = [(p.name, p.stat().st_size) for p in weights]
+        text = json.dumps([asdict(self), str(folder), stamp], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass
+class Summary:
+    """What the run did and how much better the policy got."""
+
+    status: str
+    wall_s: float
+    steps: int
+    trajectories: int
+    version: int
+    tokens_per_s: dict[str, float]
+    checkpoint: str | None
+    eval_settings: dict[str, Any] | None = None
+    base: dict[str, dict[str, float]] | None = None  # metric → level → value
+    final: dict[str, dict[str, float]] | None = None
+    base_cached: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def save(self, run_dir: Path) -> Path:
+        path = run_dir / "summary.json"
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+
+def eval_settings(graph: Graph) -> EvalSettings | None:
+    """The evaluation ``graph`` asks for, its gaps filled from its nodes; None if none."""
+    spec = graph.evaluation
+    trainers = [n for n in graph.nodes if n.role == "trainer"]
+    if spec is None or not trainers:
+        return None
+    generator = next((n for n in graph.nodes if n.kind == "generator"), None)
+    source = next((n for n in graph.nodes if n.kind == "prompt_source"), None)
+    data = spec.data
+    if data is None:
+        if source is None or getattr(source, "dataset", None) != "arithmetic":
+            raise ValueError(
+                "evaluation.data: set it (a dataset file or 'arithmetic'); it can only be "
+                "derived from a prompt source on the built-in arithmetic task"
+            )
+        levels = getattr(source, "levels", None)
+        data = "arithmetic:" + ",".join(levels) if levels else "arithmetic"
+    sampling = getattr(generator, "sampling", None)
+    return EvalSettings(
+        model=str(getattr(trainers[0], "model", "smollm2")),
+        data=data,
+        problems=spec.problems,
+        samples=spec.samples,
+        k=spec.k,
+        temperature=_pick(spec.temperature, getattr(sampling, "temperature", None), 0.7),
+        max_tokens=int(_pick(spec.max_tokens, getattr(sampling, "max_tokens", None), 256)),
+        engine=str(_pick(spec.engine, getattr(generator, "engine", None), "vllm")),
+        seed=graph.seed,
+    )
+
+
+def _pick(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def eval_cache_dir() -> Path:
+    env = os.environ.get("AREAL_FLOW_EVAL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "areal-flow" / "evals"
+
+
+def evaluate_run(
+    settings: EvalSettings, checkpoint: Path, base: bool = True
+) -> tuple[dict[str, Any] | None, dict[str, Any], bool]:
+    """(base scores or None, final scores, base came from the cache)."""
+    from areal_flow.evaluate import evaluate_models
+
+    cached_path = eval_cache_dir() / f"{settings.cache_key()}.json"
+    base_scores = json.loads(cached_path.read_text()) if base and cached_path.exists() else None
+    models = [str(checkpoint)] if base_scores is not None or not base else []
+    if base and base_scores is None:
+        models = [settings.model, str(checkpoint)]
+    results = evaluate_models(
+        models,
+        settings.data,
+        settings.problems,
+        settings.samples,
+        settings.k,
+        settings.temperature,
+        settings.max_tokens,
+        settings.engine,  # type: ignore[arg-type]
+        settings.seed,
+    )
+    scores = [_scores(r) for r in results]
+    final = scores[-1]
+    if base and base_scores is None:
+        base_scores = scores[0]
+        cached_path.parent.mkdir(parents=True, exist_ok=True)
+        cached_path.write_text(json.dumps(base_scores))
+        return base_scores, final, False
+    return base_scores, final, base_scores is not None
+
+
+def _scores(result: Any) -> dict[str, dict[str, float]]:
+    return {
+        "pass@1": dict(result.pass1),
+        f"pass@{result.k}": dict(result.pass_k),
+        "format": dict(result.format_rate),
+        "problems": {k: float(v) for k, v in result.problems.items()},
+    }
+
+
+def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
+    """Totals from the step log and the replicas' final metrics (evaluation added later)."""
+    from areal_flow.train.steplog import read_steps
+
+    steps = read_steps(result.run_dir)
+    rates: dict[str, float] = {}
+    for key, values in result.metrics.items():
+        if "gen_tokens_per_s" in values:
+            node = key.rsplit("/", 1)[0]
+            rates[node] = rates.get(node, 0.0) + float(values["gen_tokens_per_s"])
+    train_s = sum(float(s.get("step_s", 0.0)) for s in steps)
+    if train_s > 0:
+        rates["trainer (training)"] = sum(float(s.get("tokens", 0.0)) for s in steps) / train_s
+    return Summary(
+        status=result.status,
+        wall_s=result.wall_s,
+        steps=len(steps),
+        trajectories=int(sum(float(s.get("sequences", 0.0)) for s in steps)),
+        version=result.version,
+        tokens_per_s=rates,
+        checkpoint=str(checkpoint) if checkpoint else None,
+    )
+
+
+def summary_table(summary: Summary) -> Table:
+    """Base vs final accuracy per level, then the run's totals."""
+    table = Table(title="run summary", show_edge=False)
+    table.add_column("")
+    base, final = summary.base or {}, summary.final or {}
+    metrics = [m for m in final if m != "problems"]
+    levels = sorted(final.get("pass@1", {}), key=lambda lvl: (lvl != ALL, lvl))
+    for level in levels:
+        table.add_column(level, justify="right")
+    if final:
+        count = final.get("problems", {})
+        table.add_row("held-out problems", *[f"{count.get(lvl, 0):.0f}" for lvl in levels])
+    for metric in metrics:
+        if base:
+            tag = " (cached)" if summary.base_cached else ""
+            table.add_row(
+                f"base {metric}{tag}", *[f"{base[metric].get(lvl, 0):.3f}" for lvl in levels]
+            )
+        table.add_row(f"final {metric}", *[f"{final[metric].get(lvl, 0):.3f}" for lvl in levels])
+        if base:
+            table.add_row(
+                f"Δ {metric}",
+                *[f"{final[metric].get(lvl, 0) - base[metric].get(lvl, 0):+.3f}" for lvl in levels],
+            )
+    totals = Table(show_edge=False, show_header=False)
+    totals.add_column("")
+    totals.add_column("", justify="right")
+    totals.add_row("status", summary.status)
+    totals.add_row("wall time", f"{summary.wall_s:,.0f} s")
+    totals.add_row("optimizer steps", str(summary.steps))
+    totals.add_row("trajectories trained", str(summary.trajectories))
+    totals.add_row("policy version", str(summary.version))
+    for node, rate in summary.tokens_per_s.items():
+        totals.add_row(f"{node} tokens/s", f"{rate:,.0f}")
+    totals.add_row("checkpoint", summary.checkpoint or "-")
+    outer = Table.grid(padding=(1, 0))
+    if final:
+        outer.add_row(table)
+    outer.add_row(totals)
+    return outer

@@ -1,0 +1,250 @@
+"""MLflow tracking of a graph run: one MLflow run per graph run.
+
+Rules:
+- Store: the spec's ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite database in
+  the run folder (``sqlite:///<run>/mlflow.db``, artifacts in ``<run>/mlartifacts``) — no
+  server needed. Telemetry is switched off before mlflow is imported.
+- Params: the graph spec flattened to dotted paths, nodes by name (``nodes.gen.sampling.
+  temperature``). Artifacts: the spec (``graph.json``), the graph drawing, the sample-rollout
+  tables the trainer writes, the run summary; the final checkpoint is recorded by path (tag
+  ``checkpoint``), not copied.
+- Metrics, per trainer step (MLflow ``step`` = optimizer step): everything in the trainer's
+  step log (reward, accuracy, format rate, loss, clip fraction, importance weights, entropy,
+  version lag, training tokens/s, publish time) plus, sampled from heartbeats when that step
+  is seen, generation tokens/s, queue depths per edge, the staleness gate's counters and lag
+  histogram, and publish latency.
+- MLflow never slows the driver: calls run in one background thread fed by a queue; a failing
+  tracking store is logged once and tracking turns off, the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from areal_flow.spec import Graph
+from areal_flow.train.steplog import read_steps, samples_dir
+
+if TYPE_CHECKING:
+    from areal_flow.runtime.driver import Driver, RunResult
+
+log = logging.getLogger(__name__)
+
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value
+
+
+def tracking_uri(graph: Graph, run_dir: Path) -> str:
+    """Where this run is tracked (see the module rules)."""
+    return (
+        graph.tracking.uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+    )
+
+
+def flatten_spec(graph: Graph) -> dict[str, str]:
+    """The spec as ``dotted.path → value`` with nodes keyed by name."""
+    data = graph.model_dump(mode="json")
+    data["nodes"] = {node.pop("name"): node for node in data["nodes"]}
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = str(value)[:PARAM_VALUE_LIMIT]
+
+    walk("", data)
+    return flat
+
+
+class RunTracker:
+    """Feeds one MLflow run from the driver's updates; call ``finish`` at the end."""
+
+    def __init__(self, graph: Graph, run_dir: Path) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        self.graph = graph
+        self.run_dir = run_dir
+        self.uri = tracking_uri(graph, run_dir)
+        self.run_id: str | None = None
+        self.steps_logged = 0
+        self.samples_logged: set[str] = set()
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="mlflow", daemon=True)
+        self._broken = False
+        self._thread.start()
+        self._submit(self._start)
+
+    # -- driver side (cheap; never blocks on MLflow) ---------------------------------------
+
+    def __call__(self, driver: Driver) -> None:
+        """Queue the trainer's new steps, with the heartbeat metrics of this moment."""
+        steps = read_steps(self.run_dir)
+        if len(steps) <= self.steps_logged:
+            return
+        fresh, self.steps_logged = steps[self.steps_logged :], len(steps)
+        system = system_metrics(driver)
+        self._submit(lambda: self._log_steps(fresh, system))
+        self._submit(self._log_new_samples)
+
+    def finish(self, result: RunResult, summary: Path | None = None) -> None:
+        """Log what is left, the summary and the final checkpoint's path; close the run."""
+        steps = read_steps(self.run_dir)
+        fresh, self.steps_logged = steps[self.steps_logged :], len(steps)
+        if fresh:
+            self._submit(lambda: self._log_steps(fresh, {}))
+        self._submit(self._log_new_samples)
+        self._submit(lambda: self._end(result, summary))
+        self._jobs.put(None)
+        self._thread.join(timeout=120)
+
+    @property
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.uri}"
+
+    # -- MLflow thread ---------------------------------------------------------------------
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        if not self._broken:
+            self._jobs.put(job)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._broken:
+                continue
+            try:
+                job()
+            except Exception as err:  # tracking must never take the run down
+                self._broken = True
+                log.warning("MLflow tracking at %s failed, tracking off: %s", self.uri, err)
+
+    def _start(self) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+        name = self.graph.tracking.experiment or self.graph.name
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            local = self.uri.startswith("sqlite:///") and str(self.run_dir.resolve()) in self.uri
+            artifacts = (self.run_dir.resolve() / "mlartifacts").as_uri() if local else None
+            experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
+        else:
+            experiment_id = experiment.experiment_id
+        run = self.client.create_run(
+            experiment_id, run_name=self.run_dir.name, tags={"run_dir": str(self.run_dir)}
+        )
+        self.run_id = run.info.run_id
+        params = [mlflow.entities.Param(k, v) for k, v in flatten_spec(self.graph).items()]
+        for start in range(0, len(params), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+        spec = self.run_dir / "graph.json"
+        if spec.exists():
+            self.client.log_artifact(self.run_id, str(spec))
+        self._log_drawing()
+
+    def _log_drawing(self) -> None:
+        from areal_flow.graph import Machine, build
+        from areal_flow.viz import draw
+
+        assert self.run_id is not None
+        path = draw(build(self.graph, Machine.detect()), self.run_dir / "graph.png")
+        self.client.log_artifact(self.run_id, str(path))
+
+    def _log_steps(self, steps: list[dict[str, Any]], system: dict[str, float]) -> None:
+        import mlflow
+
+        assert self.run_id is not None
+        metrics: list[Any] = []
+        for record in steps:
+            step = int(record["step"])
+            millis = int(float(record.get("time", 0)) * 1000)
+            values = {k: v for k, v in record.items() if k not in ("step", "time")}
+            if record is steps[-1]:
+                values.update(system)
+            metrics.extend(
+                mlflow.entities.Metric(_metric_name(k), float(v), millis, step)
+                for k, v in values.items()
+                if isinstance(v, int | float)
+            )
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+
+    def _log_new_samples(self) -> None:
+        assert self.run_id is not None
+        folder = samples_dir(self.run_dir)
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("step_*.jsonl")):
+            if path.name not in self.samples_logged:
+                self.client.log_artifact(self.run_id, str(path), "samples")
+                self.samples_logged.add(path.name)
+
+    def _end(self, result: RunResult, summary: Path | None) -> None:
+        assert self.run_id is not None
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is not None:
+            self.client.set_tag(self.run_id, "checkpoint", str(checkpoint))
+        self.client.set_tag(self.run_id, "status", result.status)
+        self.client.log_metric(self.run_id, "wall_s", result.wall_s)
+        if summary is not None and summary.exists():
+            self.client.log_artifact(self.run_id, str(summary))
+            for name, value in eval_metrics(json.loads(summary.read_text())).items():
+                self.client.log_metric(self.run_id, _metric_name(name), value)
+        status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
+        self.client.set_terminated(self.run_id, status)
+
+
+def system_metrics(driver: Driver) -> dict[str, float]:
+    """Node throughput, queue depths and staleness counters from the latest heartbeats."""
+    from areal_flow.graph import resolved_edges
+
+    out: dict[str, float] = {}
+    for replica in driver.replicas.values():
+        node = replica.plan.node
+        for key in ("gen_tokens_per_s", "publish_to_forward_s"):
+            if key in replica.metrics:
+                out[f"{node}/{key}"] = out.get(f"{node}/{key}", 0.0) + replica.metrics[key]
+        for key, value in replica.metrics.items():
+            if key.startswith("edge.") and key.endswith(".depth"):
+                out[key] = out.get(key, 0.0) + value
+    labels = {
+        f"edge.{e.index}.depth": e.label.replace(" -> ", " to ") for e in resolved_edges(driver.g)
+    }
+    out = {f"queue/{labels[k]}" if k in labels else k: v for k, v in out.items()}
+    if driver.gate is not None:
+        out.update({f"staleness/{k}": v for k, v in driver.gate.metrics().items()})
+    return out
+
+
+def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """``eval/<base|final>/<metric>/<level>`` from a run summary's held-out scores."""
+    out = {}
+    for which in ("base", "final"):
+        for metric, levels in (summary.get(which) or {}).items():
+            for level, value in levels.items():
+                out[f"eval/{which}/{metric}/{level}"] = float(value)
+    return out
+
+
+def _metric_name(key: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / `` and spaces."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The run's latest checkpoint folder, if it wrote one."""
+    from areal_flow.train.checkpoint import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(run_dir)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,93 @@
+"""The main job, shortened: graphs/math_rl.py through the real CLI with a tiny model.
+
+Everything is real (processes, ZeroMQ, Arrow, the HF engine, MLflow's SQLite store); only the
+model is a 2-layer random Llama and the step budget is 3, so it runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("e2e") / "run"
+    model = str(tiny_model_dir)
+    overrides = {
+        "nodes.prompts.model": model,
+        "nodes.gen.model": model,
+        "nodes.gen.engine": "hf",
+        "nodes.gen.sampling.max_tokens": "16",
+        "nodes.trainer.model": model,
+        "nodes.trainer.steps": "3",
+        "nodes.trainer.samples_every": "2",
+        # A random model earns no reward: keep its (uniform) groups so steps happen.
+        "nodes.filter.drop_uniform_reward": "false",
+        "evaluation.problems": "6",
+        "evaluation.samples": "2",
+        "evaluation.k": "2",
+    }
+    command = [sys.executable, "-m", "areal_flow.cli", "run", "graphs/math_rl.py", "-q"]
+    command += ["--run-dir", str(run_dir)]
+    command += [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "AREAL_FLOW_EVAL_CACHE": str(run_dir.parent / "evals")}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: SQLite in the run folder
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "run summary" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
+    return run_dir
+
+
+def test_metrics_and_artifacts_land_in_mlflow(finished_run: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{finished_run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("math_rl")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["nodes.trainer.steps"] == "3"
+    assert run.data.params["staleness.max_lag"] == "4"
+    for name in ("reward_mean", "accuracy", "format_rate", "loss", "clip_frac", "iw_mean"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2, 3], name
+    assert "eval/final/pass_1/all" in run.data.metrics
+    assert any(k.startswith("queue/") for k in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"graph.json", "graph.png", "summary.json", "samples"} <= artifacts
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert "samples/step_000002.jsonl" in samples
+    assert run.data.tags["checkpoint"].endswith("step_3")
+
+
+def test_final_checkpoint_loads_in_plain_transformers(finished_run: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["trajectories"] == 3 * 4 * 8
+    checkpoint = Path(summary["checkpoint"])
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    ids = tokenizer("1 + 1 =", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape[-1] == len(tokenizer) and torch.isfinite(logits).all()
+    assert set(summary["final"]["pass@1"]) >= {"all"}
