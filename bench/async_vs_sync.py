@@ -1,0 +1,208 @@
+"""Asynchronous vs synchronous RL on the same graph, model, machine and trajectory budget.
+
+For each workload, ``graphs/math_rl.py`` runs twice through the real CLI: asynchronous (the
+graph as written: η = staleness.max_lag, interruptible generation) and synchronous
+(``--set staleness.max_lag=0 --set staleness.interrupt=false``; nothing else changes). Both train
+the same number of steps, i.e. the same number of trajectories. Checkpoints every
+``--eval-every`` steps are scored afterwards on the same held-out problems (one engine per run,
+weights loaded in place), giving held-out accuracy against wall-clock time since launch.
+
+Workloads:
+- ``default``: the graph's embedded defaults.
+- ``longtail``: max tokens 512 and a mix of easy and hard levels, so response lengths are
+  long-tailed and generation dominates (the regime of the AReaL paper).
+
+Prints per run: wall time, trajectories/s, generation and training tokens/s, final held-out
+accuracy; per workload the async/sync ratios and the accuracy of each at the async run's finish
+time. Writes the table as JSON and a PNG of accuracy vs wall-clock.
+
+    python bench/async_vs_sync.py [--workloads default longtail] [--steps 20] [--eval-every 5]
+        [--problems 100] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+GRAPH = ROOT / "graphs" / "math_rl.py"
+MODES = {
+    "async": [],
+    "sync": ["staleness.max_lag=0", "staleness.interrupt=false"],
+}
+WORKLOADS = {
+    "default": [],
+    "longtail": [
+        "nodes.gen.sampling.max_tokens=512",
+        "nodes.prompts.levels=[add1,sub1,word1,add2,mul2,chain2,word2]",
+    ],
+}
+
+
+def run_once(workload: str, mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """One CLI run; returns its summary, step log and checkpoint times."""
+    run_dir = folder / f"{workload}-{mode}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    sets = [
+        *WORKLOADS[workload],
+        *MODES[mode],
+        f"nodes.trainer.steps={args.steps}",
+        f"nodes.trainer.checkpoint_every={args.eval_every}",
+        "nodes.trainer.keep_checkpoints=null",
+        "evaluation=null",  # scored below, every checkpoint with one engine
+        "tracking.enabled=false",
+    ]
+    command = [sys.executable, "-m", "areal_flow.cli", "run", str(GRAPH), "-q"]
+    command += ["--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    launched = time.time()
+    log = (folder / f"{workload}-{mode}.log").open("w")
+    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"{workload}/{mode} run failed; see {log.name}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    steps = [json.loads(line) for line in (run_dir / "metrics" / "steps.jsonl").open()]
+    at = {int(s["step"]): float(s["time"]) - launched for s in steps}
+    checkpoints = sorted(
+        (p for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir()),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    return {
+        "run_dir": str(run_dir),
+        "summary": summary,
+        "checkpoints": [(str(p), at[int(p.name.split("_")[1])]) for p in checkpoints],
+    }
+
+
+def score(run: dict[str, Any], base_acc: float, args: argparse.Namespace) -> None:
+    """Held-out accuracy of every checkpoint of ``run`` (adds ``curve`` and ``final_acc``)."""
+    from areal_flow.evaluate import evaluate_models
+    from areal_flow.loader import load_graph
+    from areal_flow.report import eval_settings
+
+    settings = eval_settings(load_graph(GRAPH))
+    assert settings is not None
+    paths = [p for p, _ in run["checkpoints"]]
+    results = evaluate_models(
+        paths, settings.data, args.problems, settings.samples, settings.k,
+        settings.temperature, settings.max_tokens, settings.engine,  # type: ignore[arg-type]
+    )  # fmt: skip
+    run["curve"] = [(0.0, base_acc)] + [
+        (t, r.pass1["all"]) for (_, t), r in zip(run["checkpoints"], results, strict=True)
+    ]
+    run["final_acc"] = results[-1].pass1["all"]
+    for path in paths:  # checkpoints hold the optimizer too: ~1.6 GB each for SmolLM2
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def accuracy_at(curve: list[tuple[float, float]], t: float) -> float:
+    """Held-out accuracy of the newest checkpoint written by time ``t``."""
+    return max((p for p in curve if p[0] <= t), key=lambda p: p[0])[1]
+
+
+def base_accuracy(args: argparse.Namespace) -> float:
+    from areal_flow.evaluate import evaluate
+    from areal_flow.loader import load_graph
+    from areal_flow.report import eval_settings
+
+    settings = eval_settings(load_graph(GRAPH))
+    assert settings is not None
+    result = evaluate(
+        settings.model, settings.data, args.problems, settings.samples, settings.k,
+        settings.temperature, settings.max_tokens, settings.engine,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return result.pass1["all"]
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
+    for ax, (workload, runs) in zip(axes[0], results.items(), strict=True):
+        for mode, run in runs.items():
+            xs, ys = zip(*run["curve"], strict=True)
+            ax.step(xs, ys, where="post", marker="o", label=mode)
+        ax.set_title(f"{workload} workload")
+        ax.set_xlabel("wall-clock since launch (s)")
+        ax.set_ylabel("held-out accuracy (pass@1)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--steps", type=int, default=20, help="Optimizer steps per run.")
+    parser.add_argument("--eval-every", type=int, default=5, help="Checkpoint/eval interval.")
+    parser.add_argument("--problems", type=int, default=100, help="Held-out problems scored.")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    console.print("scoring the base model ...")
+    base = base_accuracy(args)
+    results: dict[str, dict[str, Any]] = {}
+    for workload in args.workloads:
+        results[workload] = {}
+        for mode in MODES:
+            console.print(f"[bold]{workload}/{mode}[/]: training {args.steps} steps ...")
+            run = run_once(workload, mode, args, args.out)
+            score(run, base, args)
+            results[workload][mode] = run
+            s = run["summary"]
+            console.print(
+                f"  {s['wall_s']:.0f} s, {s['trajectories']} trajectories, "
+                f"held-out accuracy {run['final_acc']:.3f}"
+            )
+    table = Table(title=f"async vs sync, {args.steps} steps each (base accuracy {base:.3f})")
+    for column in ("workload", "mode", "wall s", "traj/s", "gen tok/s", "train tok/s", "final acc"):
+        table.add_column(column, justify="left" if column in ("workload", "mode") else "right")
+    for workload, runs in results.items():
+        for mode, run in runs.items():
+            s = run["summary"]
+            rates = s["tokens_per_s"]
+            table.add_row(
+                workload,
+                mode,
+                f"{s['wall_s']:.0f}",
+                f"{s['trajectories'] / s['wall_s']:.2f}",
+                f"{sum(v for k, v in rates.items() if 'train' not in k):.0f}",
+                f"{rates.get('trainer (training)', 0):.0f}",
+                f"{run['final_acc']:.3f}",
+            )
+        a, b = runs["async"], runs["sync"]
+        t = a["summary"]["wall_s"]
+        rate_a = a["summary"]["trajectories"] / t
+        rate_b = b["summary"]["trajectories"] / b["summary"]["wall_s"]
+        table.add_row(
+            workload,
+            "[bold]async / sync[/]",
+            f"{b['summary']['wall_s'] / t:.2f}× faster",
+            f"{rate_a / rate_b:.2f}×",
+            "",
+            "",
+            f"at {t:.0f} s: {accuracy_at(a['curve'], t):.3f} vs {accuracy_at(b['curve'], t):.3f}",
+        )
+    console.print(table)
+    (args.out / "async_vs_sync.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / "async_vs_sync.png")
+    console.print(f"wrote {args.out / 'async_vs_sync.json'} and {args.out / 'async_vs_sync.png'}")
+
+
+if __name__ == "__main__":
+    main()
