@@ -34,19 +34,37 @@ def new_run_dir(graph: Graph) -> Path:
 def run_graph(
     graph: Graph,
     run_dir: Path | None = None,
-    launcher: Literal["local", "inprocess"] = "local",
+    launcher: Literal["local", "inprocess", "ray"] | None = None,
     on_update: Callable[[Driver], None] | None = None,
     max_restarts: int = 3,
     resume: bool = False,
 ) -> RunResult:
-    """Run ``graph`` until it completes, fails, or Ctrl-C drains it."""
+    """Run ``graph`` until it completes, fails, or Ctrl-C drains it.
+
+    ``launcher`` defaults to the graph's own; 'ray' places the graph on a Ray cluster first
+    and raises ``GraphInvalid`` when the cluster cannot hold it.
+    """
+    kind = launcher or graph.launcher
+    if kind != "inprocess" and kind != graph.launcher:
+        graph = graph.model_copy(update={"launcher": kind})  # placement is checked per launcher
     g = build(graph, Machine.detect())
     run_dir = run_dir or new_run_dir(graph)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "graph.json").write_text(graph.model_dump_json(indent=2))
-    chosen: Launcher = InProcessLauncher() if launcher == "inprocess" else LocalLauncher()
-    driver = Driver(graph, g, run_dir, chosen, max_restarts, on_update, resume)
-    return asyncio.run(_run_with_sigint(driver))
+    with _launcher(kind, graph, run_dir) as chosen:
+        driver = Driver(graph, g, run_dir, chosen, max_restarts, on_update, resume)
+        return asyncio.run(_run_with_sigint(driver))
+
+
+def _launcher(
+    kind: str, graph: Graph, run_dir: Path
+) -> contextlib.AbstractContextManager[Launcher]:
+    """The launcher for ``kind``, as a context that frees what it holds (a Ray cluster's)."""
+    if kind == "ray":
+        from areal_flow.runtime.ray_launcher import RayLauncher
+
+        return RayLauncher(graph, run_dir)
+    return contextlib.nullcontext(InProcessLauncher() if kind == "inprocess" else LocalLauncher())
 
 
 async def _run_with_sigint(driver: Driver) -> RunResult:

@@ -145,14 +145,14 @@ class Driver:
 
     async def run(self) -> RunResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        plan = make_plan(self.graph, self.g, self.run_dir, free_tcp_address(), self.resume)
+        plan = self.launcher.prepare(plan)  # the addresses replicas and driver will bind
         zctx = zmq.asyncio.Context()
         router = zctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        control = free_tcp_address()
-        router.bind(control)
+        router.bind(plan.control)
         self.router = router
-        plan = make_plan(self.graph, self.g, self.run_dir, control, self.resume)
         plan_path = self.run_dir / "plan.json"
         plan.save(plan_path)
         self.plan, self.plan_path = plan, plan_path

@@ -6,6 +6,7 @@ Rules:
   ``logs/<node>.<replica>.log`` in the run folder. The worker pins its own cores.
 - ``InProcessLauncher``: each replica is an asyncio task in the driver's loop — the fast path
   for tests of light nodes; same driver, same sockets, same worker code.
+- The Ray launcher (``ray_launcher.py``) runs the same worker process inside a Ray actor.
 - A handle answers ``poll()`` (None while running, else an exit code) and ``kill()``; killing
   is for replicas that ignored 'stop', and only ever targets the handle's own process.
 """
@@ -33,6 +34,11 @@ class Handle(Protocol):
 
 
 class Launcher(Protocol):
+    def prepare(self, plan: RunPlan) -> RunPlan:
+        """The plan as this launcher will run it (the Ray launcher's actors pick the addresses
+        they can bind); called once, before the driver binds the control address and saves it."""
+        ...
+
     def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle: ...
 
 
@@ -65,6 +71,9 @@ class ProcessHandle:
 
 class LocalLauncher:
     """One OS process per replica on this machine."""
+
+    def prepare(self, plan: RunPlan) -> RunPlan:
+        return plan
 
     def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle:
         log = log_path(Path(plan.run_dir), replica.node, replica.replica)
@@ -108,6 +117,9 @@ class TaskHandle:
 
 class InProcessLauncher:
     """Every replica as an asyncio task of the driver's event loop."""
+
+    def prepare(self, plan: RunPlan) -> RunPlan:
+        return plan
 
     def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle:
         from areal_flow.runtime.worker import run_replica

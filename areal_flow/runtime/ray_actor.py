@@ -1,0 +1,131 @@
+"""The Ray actor behind one replica, and the replica process it runs (the Ray nodes' side).
+
+Rules:
+- ``ReplicaHost`` is a threaded actor: ``run`` blocks while the replica runs, and ``where``,
+  ``reserve`` and ``read_log`` answer meanwhile. It knows nothing of the driver's loop.
+- The replica is a child process running ``areal_flow.runtime.worker`` exactly as the local
+  launcher runs it, started through this module's ``main``, which first asks Linux to SIGKILL
+  it when the actor's process ends: no replica outlives its actor.
+- The child's output is kept in memory (at most ``LOG_BUFFER_BYTES`` unread; older bytes are
+  dropped and the driver is told how many) until the driver reads it; nothing is written on
+  the node except the plan, at the driver's path, when that folder is not shared.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from areal_flow.runtime.ray_placement import reserve_ports
+
+LOG_BUFFER_BYTES = 16 * 1024**2
+PR_SET_PDEATHSIG = 1
+
+
+class ReplicaHost:
+    """The actor behind one replica (a threaded Ray actor): reports where it runs, reserves
+    ports on its node, runs the replica's worker process and buffers its output."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.lock = threading.Lock()
+        self.buffer = bytearray()
+        self.base = 0  # log offset of buffer[0]
+
+    def where(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "gpus": [int(g) for g in ray.get_gpu_ids()],
+        }
+
+    def reserve(self, host: str, count: int, low: int, high: int, exclude: list[int]) -> list[int]:
+        return reserve_ports(host, count, low, high, exclude)
+
+    def run(
+        self, plan_json: str, plan_path: str, node: str, replica: int, env: dict[str, str], cwd: str
+    ) -> int:
+        """Run the replica to its end; its exit code."""
+        _write_plan(Path(plan_path), plan_json)
+        # The child is forked by this thread, which waits for it: Linux's parent-death signal
+        # follows the forking thread, so it must outlive the child (it does: it waits).
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "areal_flow.runtime.ray_actor",
+                plan_path,
+                node,
+                str(replica),
+                str(os.getpid()),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            cwd=cwd if Path(cwd).is_dir() else None,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        reader = threading.Thread(target=self._collect, args=(process.stdout,), daemon=True)
+        reader.start()
+        code = process.wait()
+        reader.join()
+        return code
+
+    def _collect(self, pipe: IO[bytes]) -> None:
+        for chunk in iter(lambda: pipe.read1(65536), b""):  # type: ignore[attr-defined]
+            with self.lock:
+                self.buffer += chunk
+                overflow = len(self.buffer) - LOG_BUFFER_BYTES
+                if overflow > 0:
+                    del self.buffer[:overflow]
+                    self.base += overflow
+
+    def read_log(self, offset: int) -> tuple[int, bytes]:
+        """Output from ``offset`` on (the driver has everything before it): (start, bytes)."""
+        with self.lock:
+            done = min(max(0, offset - self.base), len(self.buffer))
+            del self.buffer[:done]
+            self.base += done
+            return self.base, bytes(self.buffer)
+
+
+def _write_plan(path: Path, text: str) -> None:
+    """The plan at the driver's path on this node (a shared folder already has it)."""
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this process when its actor's process ends (Linux), so no replica outlives it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the actor was gone before the signal was armed
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A replica process under an actor: ``PLAN NODE REPLICA ACTOR_PID``."""
+    plan_path, node, replica, parent = argv or sys.argv[1:]
+    _die_with(int(parent))
+    from areal_flow.runtime.worker import main as worker_main
+
+    return worker_main([plan_path, node, replica])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
