@@ -46,12 +46,14 @@ def _load(file: Path, overrides: list[str] | None) -> tuple[Graph, object]:
         graph = load_graph(file, overrides or [])
         return graph, build(graph)
     except GraphInvalid as err:
-        errors.print(f"[bold red]{file}: {len(err.problems)} problem(s)[/]")
-        for problem in err.problems:
-            errors.print(
-                f"  [red]✗[/] [bold]{problem.where}[/]: {problem.message}", highlight=False
-            )
+        _print_problems(str(file), err)
         raise typer.Exit(1) from None
+
+
+def _print_problems(what: str, err: GraphInvalid) -> None:
+    errors.print(f"[bold red]{what}: {len(err.problems)} problem(s)[/]")
+    for problem in err.problems:
+        errors.print(f"  [red]✗[/] [bold]{problem.where}[/]: {problem.message}", highlight=False)
 
 
 @app.command()
@@ -116,22 +118,47 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="A plain progress line every 10 s (CI logs).")
     ] = False,
+    launcher: Annotated[
+        str | None,
+        typer.Option("--launcher", help="'local' or 'ray' (default: the graph's launcher)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster to join (implies --launcher ray)."),
+    ] = None,
 ) -> None:
-    """Run a graph with the local launcher and show it live."""
+    """Run a graph (local processes or Ray actors) and show it live."""
     from areal_flow.runtime import new_run_dir, run_graph
     from areal_flow.runtime.live import LiveView, QuietView
 
-    graph, _ = _load(file, set_)
+    graph, _ = _load(file, [*(set_ or []), *_launcher_overrides(launcher, address)])
     folder = run_dir or new_run_dir(graph)
     console.print(f"run folder: {folder}")
     tracker = _tracker(graph, folder)
-    if quiet or not sys.stdout.isatty():
-        view: Any = QuietView(console)
-        result = run_graph(graph, run_dir=folder, on_update=_both(view, tracker))
-    else:
-        with LiveView(console) as view:
+    try:
+        if quiet or not sys.stdout.isatty():
+            view: Any = QuietView(console)
             result = run_graph(graph, run_dir=folder, on_update=_both(view, tracker))
+        else:
+            with LiveView(console) as view:
+                result = run_graph(graph, run_dir=folder, on_update=_both(view, tracker))
+    except GraphInvalid as err:  # the Ray cluster cannot hold the graph: nothing started
+        _print_problems(f"{file} on {graph.launcher}", err)
+        raise typer.Exit(1) from None
     _finish_run(graph, result, tracker)
+
+
+def _launcher_overrides(launcher: str | None, address: str | None) -> list[str]:
+    if launcher not in (None, "local", "ray"):
+        errors.print(f"[red]✗[/] --launcher {launcher!r}: use 'local' or 'ray'")
+        raise typer.Exit(1)
+    if address is not None and launcher == "local":
+        errors.print("[red]✗[/] --address joins a Ray cluster: it needs --launcher ray")
+        raise typer.Exit(1)
+    overrides = [f"launcher={launcher}"] if launcher else []
+    if address is not None:
+        overrides += ["launcher=ray", f"ray.address={address}"]
+    return overrides
 
 
 def _tracker(graph: Graph, folder: Path) -> Any:
@@ -218,7 +245,17 @@ def eval_(
     if k > samples:
         errors.print(f"[red]✗[/] --k {k} needs --samples ≥ {k}")
         raise typer.Exit(1)
-    result = evaluate(model, data, problems, samples, k, temperature, max_tokens, engine, seed)  # type: ignore[arg-type]
+    result = evaluate(
+        model,
+        data,
+        problems=problems,
+        samples=samples,
+        k=k,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        engine=engine,
+        seed=seed,
+    )
     table = Table(title=f"{model} on {data}: {samples} samples per problem, T={temperature}")
     for column in ("level", "problems", "pass@1", f"pass@{k}", "format"):
         table.add_column(column, justify="right" if column != "level" else "left")
