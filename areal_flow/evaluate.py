@@ -57,21 +57,9 @@ def load_eval_problems(spec: str, problems: int, seed: int = 0) -> list[Any]:
     return list(load_problems(spec))[:problems]
 
 
-def evaluate(
-    model: str | Path,
-    data: str = "arithmetic",
-    problems: int = 200,
-    samples: int = 4,
-    k: int = 4,
-    temperature: float = 0.7,
-    max_tokens: int = 96,
-    engine: Literal["vllm", "hf"] = "vllm",
-    seed: int = 0,
-) -> EvalResult:
-    """Generate ``samples`` answers per problem and score them."""
-    return evaluate_models(
-        [model], data, problems, samples, k, temperature, max_tokens, engine, seed
-    )[0]
+def evaluate(model: str | Path, data: str = "arithmetic", **settings: Any) -> EvalResult:
+    """Score one model; ``settings`` as ``evaluate_models``."""
+    return evaluate_models([model], data, **settings)[0]
 
 
 def evaluate_models(
@@ -92,18 +80,9 @@ def evaluate_models(
         raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {samples}")
     if not models:
         return []
+    names = [str(m) for m in models]
     return asyncio.run(
-        _evaluate(
-            [str(m) for m in models],
-            data,
-            problems,
-            samples,
-            k,
-            temperature,
-            max_tokens,
-            engine,
-            seed,
-        )
+        _evaluate(names, data, problems, samples, k, temperature, max_tokens, engine, seed)
     )
 
 
@@ -204,13 +183,8 @@ def _tally(
 
 
 async def _start_engine(kind: str, model: str, seed: int) -> Any:
-    if kind == "vllm":
-        from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig
+    from areal_flow.engine import create_engine
 
-        engine: Any = VLLMEngine(VLLMEngineConfig(model=model, seed=seed))
-    else:
-        from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
-
-        engine = HFEngine(HFEngineConfig(model=model, seed=seed))
+    engine = create_engine(kind, model=model, seed=seed)
     await engine.start()
     return engine

@@ -111,16 +111,16 @@ def accuracy_at(curve: list[tuple[float, float]], t: float) -> float:
 
 
 def base_accuracy(args: argparse.Namespace) -> float:
-    from areal_flow.evaluate import evaluate
+    from areal_flow.evaluate import evaluate_models
     from areal_flow.loader import load_graph
     from areal_flow.report import eval_settings
 
     settings = eval_settings(load_graph(GRAPH))
     assert settings is not None
-    result = evaluate(
-        settings.model, settings.data, args.problems, settings.samples, settings.k,
+    result = evaluate_models(
+        [settings.model], settings.data, args.problems, settings.samples, settings.k,
         settings.temperature, settings.max_tokens, settings.engine,  # type: ignore[arg-type]
-    )  # fmt: skip
+    )[0]  # fmt: skip
     return result.pass1["all"]
 
 

@@ -200,41 +200,28 @@ def sampling_config(sampling: Sampling) -> Any:
 
 async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
     """The configured engine on the prepared model, on this replica's cores, started."""
+    from areal_flow.engine import create_engine
     from areal_flow.models import prepare_model
 
     model = str(prepare_model(cfg.model))
     cpus = tuple(ctx.cpus) or None
     seed = ctx.seed * 1000 + ctx.replica
-    engine: Any
+    settings: dict[str, Any] = {
+        "model": model,
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "seed": seed,
+        "cpus": cpus,
+        "initial_version": ctx.version,
+    }
     if cfg.engine == "vllm":
-        from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig
-
-        engine = VLLMEngine(
-            VLLMEngineConfig(
-                model=model,
-                dtype=cfg.dtype,
-                max_model_len=cfg.max_model_len,
-                max_num_seqs=cfg.max_running,
-                seed=seed,
-                interrupt_mode=cfg.interrupt_mode,
-                kv_cache_gib=cfg.kv_cache_gib,
-                cpus=cpus,
-                initial_version=ctx.version,
-            )
+        settings.update(
+            max_num_seqs=cfg.max_running,
+            interrupt_mode=cfg.interrupt_mode,
+            kv_cache_gib=cfg.kv_cache_gib,
         )
     else:
-        from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
-
-        engine = HFEngine(
-            HFEngineConfig(
-                model=model,
-                dtype=cfg.dtype,
-                max_batch=cfg.max_running,
-                max_model_len=cfg.max_model_len,
-                seed=seed,
-                cpus=cpus,
-                initial_version=ctx.version,
-            )
-        )
+        settings.update(max_batch=cfg.max_running)
+    engine = create_engine(cfg.engine, **settings)
     await engine.start()
     return engine
