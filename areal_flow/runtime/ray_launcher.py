@@ -250,6 +250,8 @@ class RayLauncher:
         places = dict(zip(self.fresh, answers, strict=True))
         here = ray.get_runtime_context().get_node_id()
         spread = any(p["node_id"] != here for p in places.values())
+        if spread:
+            raise GraphInvalid([_needs_curve(places, here)])
         low, high = self.options.data_ports
         control_host = ray.util.get_node_ip_address() if spread else LOOPBACK
         (control_port,) = reserve_ports(control_host, 1, low, high)
@@ -302,6 +304,19 @@ class RayLauncher:
         if self.owns_ray:
             self.ray.shutdown()
             self.owns_ray = False
+
+
+def _needs_curve(places: dict[str, dict[str, Any]], here: str) -> Problem:
+    # Off 127.0.0.1 every data and control socket must be CurveZMQ-authenticated with keys
+    # made for the run (areal_flow/transport/curve.py). Until the transport has them, a run
+    # whose replicas leave the driver's node is refused rather than sent in the clear.
+    away = sorted({key.split("/")[0] for key, p in places.items() if p["node_id"] != here})
+    return Problem(
+        "ray.strategy",
+        f"replicas of {', '.join(away)} landed on another Ray node than the driver; sockets "
+        "off 127.0.0.1 need CurveZMQ keys, which this build's transport does not have yet — "
+        "run the driver on the node that holds the graph (STRICT_PACK) until it does",
+    )
 
 
 def _describe(resources: dict[str, float]) -> str:
