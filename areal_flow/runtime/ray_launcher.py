@@ -45,6 +45,7 @@ LOOPBACK = "127.0.0.1"
 NAMESPACE = "areal_flow"
 LOG_PULL_S = 0.5  # the driver fetches new log output this often per replica
 FINAL_PULL_S = 10.0  # the last log fetch of a replica that ended may take this long
+KILL_PULL_S = 2.0  # ... and of one being killed (the driver stops everything within 10 s)
 KILLED = -9  # an actor that died took its replica with it (SIGKILL), as kill -9 would
 RESOURCE_NAMES = ("CPU", "GPU", "memory")
 # Environment the driver passes on to every replica (node's own variables are kept).
@@ -107,13 +108,13 @@ class RayHandle:
             self._note(f"the Ray actor of {self.key} died: {_first_line(err)}")
             code = KILLED
         else:
-            self._pull_log(final=True)
+            self._pull_log(final=FINAL_PULL_S)
         self._end(code)
         return code
 
     def kill(self) -> None:
         if self._code is None:
-            self._pull_log(final=True)
+            self._pull_log(final=KILL_PULL_S)
             self._note(f"{self.key} killed: its Ray actor was stopped")
             self._end(KILLED)
 
@@ -121,15 +122,17 @@ class RayHandle:
         self._code = code
         self._ray.kill(self.actor, no_restart=True)
 
-    def _pull_log(self, final: bool = False) -> None:
+    def _pull_log(self, final: float | None = None) -> None:
+        """Fetch new output: a request every ``LOG_PULL_S``, never waiting — or, ``final``,
+        everything left, waiting up to that many seconds."""
         if self._pending is not None:
-            ready, _ = self._ray.wait([self._pending], timeout=FINAL_PULL_S if final else 0)
+            ready, _ = self._ray.wait([self._pending], timeout=final or 0)
             if not ready:
                 return
             self._append(self._pending)
             self._pending = None
-        if final:
-            self._append(self.actor.read_log.remote(self._offset), FINAL_PULL_S)
+        if final is not None:
+            self._append(self.actor.read_log.remote(self._offset), final)
         elif time.monotonic() >= self._next_pull:
             self._pending = self.actor.read_log.remote(self._offset)
             self._next_pull = time.monotonic() + LOG_PULL_S
@@ -169,7 +172,11 @@ class RayLauncher:
         self.run_name = run_dir.name
         self.owns_ray = not self.ray.is_initialized()
         if self.owns_ray:
-            self.ray.init(address=self.options.address, log_to_driver=False)
+            # Replicas' output goes to the run folder, not the driver's terminal; a cluster
+            # started here is only for this run (no dashboard).
+            self.ray.init(
+                address=self.options.address, log_to_driver=False, include_dashboard=False
+            )
         self.fresh: dict[str, Any] = {}  # idle actors from ``prepare``, by replica key
         self.handles: list[RayHandle] = []
         self.started = 0
