@@ -14,17 +14,19 @@ Rules:
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from areal_flow.runtime.ray_placement import reserve_ports
 
 LOG_BUFFER_BYTES = 16 * 1024**2
+OUTPUT_GRACE_S = 2.0  # after the replica exits, its output has this long to be read
 PR_SET_PDEATHSIG = 1
 
 
@@ -78,11 +80,13 @@ class ReplicaHost:
         reader = threading.Thread(target=self._collect, args=(process.stdout,), daemon=True)
         reader.start()
         code = process.wait()
-        reader.join()
+        # Processes the replica started may hold the pipe open after it exits: do not wait
+        # for them, only for what the replica itself wrote.
+        reader.join(timeout=OUTPUT_GRACE_S)
         return code
 
-    def _collect(self, pipe: IO[bytes]) -> None:
-        for chunk in iter(lambda: pipe.read1(65536), b""):  # type: ignore[attr-defined]
+    def _collect(self, pipe: io.BufferedReader) -> None:
+        for chunk in iter(lambda: pipe.read1(65536), b""):
             with self.lock:
                 self.buffer += chunk
                 overflow = len(self.buffer) - LOG_BUFFER_BYTES
