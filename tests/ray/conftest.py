@@ -17,15 +17,14 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-ray = pytest.importorskip(
-    "ray", reason="Ray is not installed: pip install -e '.[ray]' (scripts/setup.sh dev does)"
-)
 
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
     """A 2-CPU Ray cluster started by this process; yields its address for ``--address``.
     Ray's temp folder is short: its socket paths must fit in 107 bytes."""
+    import ray
+
     folder = tempfile.mkdtemp(prefix="afray")
     try:
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=folder, log_to_driver=False)

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 
 from areal_flow.graph import GraphInvalid
 from areal_flow.runtime import Driver, RunResult, run_graph
 from areal_flow.spec import Graph, Resources
 from areal_flow.testing import CollectSinkConfig, FunctionConfig, ListSourceConfig, read_sink
+
+ray = pytest.importorskip(
+    "ray", reason="Ray is not installed: pip install -e '.[ray]' (scripts/setup.sh dev does)"
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
-from areal_flow.graph import build
+from areal_flow.graph import GraphInvalid, build
+from areal_flow.runtime import run_graph
 from areal_flow.runtime.plan import make_plan
 from areal_flow.runtime.ray_placement import (
     GIB,
@@ -116,3 +118,11 @@ def test_rewire_moves_every_address_consistently(tmp_path: Path) -> None:
     assert fn0.outputs[0].addresses == fn1.outputs[0].addresses == sink.inputs[0].addresses
     assert all(r.cpus == [] for r in moved.replicas), "Ray owns the cores: no pinning"
     assert fn1.gpus == [2]
+
+
+def test_launcher_ray_without_ray_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
+    with pytest.raises(GraphInvalid, match=r"launcher: 'ray' needs the ray package: pip install"):
+        run_graph(graph(Resources(cpus=0)), tmp_path, launcher="ray")
