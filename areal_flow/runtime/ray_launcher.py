@@ -34,6 +34,7 @@ from areal_flow.runtime.launcher import Handle, log_path
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 from areal_flow.runtime.ray_actor import ReplicaHost
 from areal_flow.runtime.ray_placement import (
+    RESOURCES,
     cluster_problems,
     replica_bundles,
     reserve_ports,
@@ -47,7 +48,6 @@ LOG_PULL_S = 0.5  # the driver fetches new log output this often per replica
 FINAL_PULL_S = 10.0  # the last log fetch of a replica that ended may take this long
 KILL_PULL_S = 2.0  # ... and of one being killed (the driver stops everything within 10 s)
 KILLED = -9  # an actor that died took its replica with it (SIGKILL), as kill -9 would
-RESOURCE_NAMES = ("CPU", "GPU", "memory")
 # Environment the driver passes on to every replica (node's own variables are kept).
 PASSED_ENV = (
     "AREAL_FLOW_",
@@ -215,7 +215,7 @@ class RayLauncher:
         timeout = self.options.placement_timeout_s
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout)
         if not ready:
-            free = {k: v for k, v in ray.available_resources().items() if k in RESOURCE_NAMES}
+            free = {k: v for k, v in ray.available_resources().items() if k in RESOURCES}
             raise GraphInvalid(
                 [
                     Problem(
