@@ -15,7 +15,7 @@ import pytest
 
 from areal_flow.graph import GraphInvalid
 from areal_flow.runtime import Driver, RunResult, run_graph
-from areal_flow.spec import Graph, Resources
+from areal_flow.spec import Graph, RayOptions, Resources
 from areal_flow.testing import CollectSinkConfig, FunctionConfig, ListSourceConfig, read_sink
 
 ray = pytest.importorskip(
@@ -222,3 +222,21 @@ def test_math_graph_trains_what_the_local_launcher_trains(
         assert result.staleness.get("accepted") == 2 * 2 * 4, result.staleness
     assert trained["ray"] == trained["local"]
     assert trained["ray"][0] == 2 and len(trained["ray"][1]) == 2 * 2 * 4
+
+
+def test_a_cluster_too_busy_to_grant_the_bundles_fails_after_the_timeout(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    hog = placement_group([{"CPU": 2.0}])  # another job holds every CPU
+    ray.get(hog.ready(), timeout=30)
+    try:
+        graph = pipeline(fn_resources=Resources(cpus=1)).model_copy(
+            update={"ray": RayOptions(placement_timeout_s=1.0)}
+        )
+        with pytest.raises(GraphInvalid, match=r"did not grant the 4 bundles within 1 s"):
+            run_graph(graph, tmp_path, launcher="ray")
+    finally:
+        remove_placement_group(hog)
+    assert not (tmp_path / "plan.json").exists()
