@@ -122,7 +122,9 @@ class Trainer(Streaming):
 
         super().setup(ctx)
         cfg: TrainerConfig = self.config  # type: ignore[assignment]
-        torch.set_num_threads(max(1, len(ctx.cpus) or len(os.sched_getaffinity(0))))
+        # Pinned cores, else the launcher's thread budget (Ray does not pin), else all cores.
+        budget = len(ctx.cpus) or int(os.environ.get("OMP_NUM_THREADS", "0"))
+        torch.set_num_threads(max(1, budget or len(os.sched_getaffinity(0))))
         resume = (ctx.resume_state or {}).get("checkpoint") or cfg.resume_from
         self.session = TrainingSession(
             cfg,
