@@ -23,7 +23,7 @@ from pathlib import Path
 from areal_flow.data import ArithmeticTask
 from areal_flow.reward import RewardConfig, VerifierPool, score_answer
 
-GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
+GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def _gsm8k_solutions(rng: random.Random, n: int) -> list[tuple[str, str]]:
