@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -165,13 +166,16 @@ class Trainer(Streaming):
         batch_metrics: dict[str, float] = {}
         while not session.done:
             if not session.has_batch:
+                waited = time.perf_counter()
                 groups = await self._next_groups(arrived)
+                wait_s = time.perf_counter() - waited  # trainer idle: generation fell behind
                 if not groups:
                     self.ctx.log.warning(
                         "input ended after %d of %d steps", session.step, cfg.steps
                     )
                     return
                 batch_metrics = await asyncio.to_thread(session.prepare, groups)
+                batch_metrics["wait_s"] = wait_s
                 self._gauges(batch_metrics)
                 self.steplog.maybe_write_samples(session.step + 1, pa.Table.from_batches(groups))
             ref, step_metrics = await asyncio.to_thread(session.train_next)
