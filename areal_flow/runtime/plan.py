@@ -8,6 +8,7 @@ Rules:
 - Whole-CPU requests get dedicated cores, assigned in node order; 0 or fractional requests get
   no pinning and share what is left. GPUs are assigned the same way.
 - The plan is plain JSON in the run folder (``plan.json``): workers read it, tests inspect it.
+- A resumed run's plan also carries each replica's resume state (``resume.py`` fills it).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class ReplicaPlan(BaseModel):
     gpus: list[int]
     inputs: list[Wire]
     outputs: list[Wire]
+    resume_state: dict[str, Any] | None = None  # the node's saved state (a resumed run)
+    skip_groups: list[str] = []  # a resumed source: groups already resolved, not to issue again
 
     @property
     def key(self) -> str:

@@ -15,7 +15,8 @@ Rules:
   so the trainer only steps when nothing is in flight, and every trajectory is sampled by the
   version that trains on it (lag 0). η = None turns the gate off.
 - ``reject`` gives capacity back (filtered-out trajectories); ``accept`` does not (the trainer
-  owns them). Versions never go backwards.
+  owns them). ``lose`` gives back what died with a restarted replica, ``cancel`` what was
+  admitted but never sent. Versions never go backwards.
 - Guarantee and its limit: the gate bounds the *volume* of admitted data. Per-trajectory lag
   ≤ η holds when trajectories complete in admission order (always for η = 0); a very long
   generation overtaken by many later ones can arrive with a larger lag (interruptible rollouts
@@ -54,7 +55,7 @@ class StalenessController:
         self.running = 0  # admitted, not yet accepted or rejected
         self.rejected = 0  # filtered out (cumulative)
         self.admitted = 0  # cumulative
-        self.lost = 0  # in flight when a crashed run was restored (cumulative)
+        self.lost = 0  # died in flight: with a restarted replica or before a resume (cumulative)
         self.lag_histogram: dict[int, int] = {}  # trainer version − rollout version → count
 
     # ----------------------------------------------------------------------------------- gate
@@ -127,6 +128,21 @@ class StalenessController:
         self._leave_running("reject", n)
         self.running -= int(n)
         self.rejected += int(n)
+
+    def lose(self, n: int) -> None:
+        """``n`` in-flight trajectories died with a replica (restarted stateless node): their
+        capacity comes back and they are counted as ``lost``; their prompts are issued again."""
+        self._leave_running("lose", n)
+        self.running -= int(n)
+        self.lost += int(n)
+
+    def cancel(self, n: int) -> None:
+        """``n`` admitted trajectories never entered the graph as counted work (the source had
+        nothing, skipped a group already trained before a resume, or re-issued a group that
+        another copy already stands for): as if they had never been admitted."""
+        self._leave_running("cancel", n)
+        self.running -= int(n)
+        self.admitted -= int(n)
 
     def set_version(self, version: int) -> None:
         """The trainer finished a step: its policy is now ``version``."""

@@ -120,6 +120,40 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, meta, state, {k: v for k, v in tables.items() if v is not None})
 
 
+@dataclass(frozen=True)
+class DataPosition:
+    """What a checkpoint holds of the data: the groups it trained or keeps, by group id."""
+
+    path: Path
+    step: int
+    version: int
+    held: dict[str, int]  # group id → trajectories trained, pending or in the kept batch
+    pending: int  # trajectories received but not yet trained (pending groups)
+
+
+def data_position(ref: str | Path) -> DataPosition:
+    """The data position of a checkpoint (or a run folder's latest), without loading torch."""
+    path = resolve_checkpoint(ref)
+    meta = json.loads((path / META_FILE).read_text())
+    held: dict[str, int] = {}
+    for trajectory in meta["trained_ids"]:
+        group = str(trajectory).rsplit("/", 1)[0]
+        held[group] = held.get(group, 0) + 1
+    pending = 0
+    for name in TABLES:
+        table = _read_table(path / f"{name}.arrow")
+        if table is None:
+            continue
+        if name == "pending":
+            pending = table.num_rows
+        trained = set(meta["trained_ids"]) if name == "batch" else set()
+        samples = table.column("sample_index").to_pylist()
+        for group, sample in zip(table.column("group_id").to_pylist(), samples, strict=True):
+            if f"{group}/{sample}" not in trained:  # a kept batch's trained minibatches
+                held[group] = held.get(group, 0) + 1
+    return DataPosition(path, int(meta["step"]), int(meta["version"]), held, pending)
+
+
 def restore_rng(checkpoint: Checkpoint) -> None:
     """Put torch's and Python's random generators back where the checkpoint left them."""
     import torch
