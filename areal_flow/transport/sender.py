@@ -5,7 +5,12 @@ Rules:
   replica with most credit (load balancing). With no credit anywhere it waits (backpressure);
   it never sends without credit.
 - Whenever a connection completes (socket monitor), the sender forgets the credit it had there
-  and says ``hello`` first, so a restarted consumer starts clean.
+  and says ``hello`` first, so a restarted consumer starts clean. What the consumer sent on
+  the connection that ended (credit above all) is discarded unread: a new consumer says
+  nothing before the hello, and stale credit would send batches it must reject.
+- Sockets queue only to live connections (``IMMEDIATE``): a batch for a consumer that died is
+  refused at once and goes to another replica or waits, never into a queue that a restarted
+  consumer would receive before the hello (and reject).
 - Nothing runs in the background: credit, acks and connection events are read, without
   blocking, each time ``send``/``send_eos`` runs; ``wake.Wakeup`` sleeps until one arrives.
   Waits wake at least every ``LIVENESS_S`` and have a deadline when the caller gives one.
@@ -72,6 +77,7 @@ class Sender:
             socket = zctx.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SNDHWM, SAFETY_HWM)
+            socket.setsockopt(zmq.IMMEDIATE, 1)
             monitor = socket.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             )
@@ -102,8 +108,13 @@ class Sender:
         self._check_schema(batch)
         async with self._lock:
             frames = encode_data(batch, self.producer, self._seq, version)
-            peer = await self._acquire(timeout)
-            peer.sync.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            while True:
+                peer = await self._acquire(timeout)
+                try:
+                    peer.sync.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    break
+                except zmq.Again:  # its connection just went: its credit is void
+                    peer.credit = 0
             peer.credit -= 1
             self._seq += 1
             self.sent += 1
@@ -122,8 +133,7 @@ class Sender:
                 for peer in self.peers:
                     if peer.connected and not (peer.eos_sent or peer.eos_acked):
                         eos = encode_control("eos", producer=self.producer)
-                        peer.sync.send_multipart(eos, zmq.NOBLOCK)
-                        peer.eos_sent = True
+                        peer.eos_sent = _send_now(peer.sync, eos)
                 missing = [p.address for p in self.peers if not p.eos_acked]
                 left = deadline - time.monotonic()
                 if not missing or left <= 0:
@@ -175,8 +185,8 @@ class Sender:
                 self._on_event(peer, peer.sync_monitor.recv_multipart())
             if peer.greet:
                 hello = encode_control("hello", producer=self.producer, edge=self.edge)
-                peer.sync.send_multipart(hello, zmq.NOBLOCK)
-                peer.greet, peer.connected = False, True
+                if _send_now(peer.sync, hello):
+                    peer.greet, peer.connected = False, True
             while has_input(peer.sync):
                 self._on_control(peer, peer.sync.recv_multipart(zmq.NOBLOCK))
 
@@ -185,6 +195,8 @@ class Sender:
         peer.credit = 0  # a new or lost connection: old credit is void either way
         peer.connected = peer.eos_sent = False
         peer.greet = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        while has_input(peer.sync):  # left over from the old connection: void too
+            peer.sync.recv_multipart(zmq.NOBLOCK)
 
     def _on_control(self, peer: _Peer, frames: list[bytes]) -> None:
         try:
@@ -217,3 +229,12 @@ class Sender:
             peer.socket.disable_monitor()
             peer.monitor.close(linger=0)
             peer.socket.close(linger=0)
+
+
+def _send_now(socket: zmq.Socket, frames: list[bytes]) -> bool:
+    """Send a control message if the connection is up; False if it just went."""
+    try:
+        socket.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
