@@ -1,12 +1,16 @@
 """Generator: streams rollouts from an inference engine; new weights interrupt generation.
 
 Rules: never waits for the trainer; emits one batch per finished prompt group (all n samples);
-every response token carries the policy version that sampled it.
+every response token carries the policy version that sampled it. Stateless: what it holds (the
+engine, groups in flight) is rebuilt or given back when a replica dies — the runtime restarts
+it with the newest weights and its source issues the lost groups again. A group id may arrive
+twice (a re-issue racing a copy that survived): each copy is its own engine request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
@@ -38,6 +42,7 @@ class GeneratorConfig(NodeSpec):
     }
     outputs: ClassVar[dict[str, Port]] = {"rollouts": Port(record="rollout")}
     role: ClassVar[str] = "generator"
+    stateless: ClassVar[bool] = True
 
     kind: Literal["generator"] = "generator"
     model: str = Field(
@@ -76,7 +81,8 @@ class Generator(Streaming):
         self.slots = asyncio.Semaphore(self.config.max_running)  # type: ignore[attr-defined]
         self.quiet = asyncio.Condition()  # notified whenever a group finishes
         self.submissions = asyncio.Lock()  # held while a non-interrupting update waits
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, _Group] = {}  # by engine request id
+        self.requests = itertools.count()
         self.tokens = 0
         self.started_at = time.monotonic()
 
@@ -124,11 +130,12 @@ class Generator(Streaming):
                 n = int(prompt["group_size"])
                 for _ in range(min(n, cfg.max_running)):
                     await self.slots.acquire()
+                request = f"{prompt['group_id']}#{next(self.requests)}"
                 async with self.submissions:
-                    self.groups[prompt["group_id"]] = _Group(prompt, n)
+                    self.groups[request] = _Group(prompt, n)
                     await self.engine.submit(
                         GenerationRequest(
-                            prompt["group_id"], prompt["prompt_token_ids"], n=n, sampling=sampling
+                            request, prompt["prompt_token_ids"], n=n, sampling=sampling
                         )
                     )
         async with self.quiet:

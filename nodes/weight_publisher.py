@@ -1,12 +1,15 @@
 """Weight publisher: delivers each new policy version to every generator replica.
 
 Rules: safetensors only (never pickle); every version carries a checksum; superseded versions
-are deleted once no generator uses them.
+are deleted once no generator uses them. Stateless: a restarted replica adopts the versions it
+finds beside the next notice, so pruning goes on; the runtime hands restarted generators the
+newest notice itself.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import pyarrow as pa
@@ -22,6 +25,7 @@ class WeightPublisherConfig(NodeSpec):
     inputs: ClassVar[dict[str, Port]] = {"weights": Port(record="weights", weights=True)}
     outputs: ClassVar[dict[str, Port]] = {"weights": Port(record="weights", weights=True)}
     role: ClassVar[str] = "publisher"
+    stateless: ClassVar[bool] = True
 
     kind: Literal["weight_publisher"] = "weight_publisher"
     store: Literal["shm", "run_dir"] = Field(
@@ -56,9 +60,17 @@ class WeightPublisher(Transform):
             metrics.gauge("publish_to_forward_s", time.time() - float(row["created_at"]))
             metrics.gauge("version", row["version"])
             metrics.count("versions_published")
+            if not self.kept:
+                self._adopt(Path(row["path"]).parent, int(row["version"]))
             self.kept[int(row["version"])] = row["path"]
         self._prune()
         return batch
+
+    def _adopt(self, root: Path, version: int) -> None:
+        """Older versions already in the store (published before this replica restarted)."""
+        for folder in root.glob("v*"):
+            if folder.is_dir() and folder.name[1:].isdigit() and int(folder.name[1:]) < version:
+                self.kept[int(folder.name[1:])] = str(folder)
 
     def _prune(self) -> None:
         from areal_flow.train.weights import remove_version

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 from areal_flow.graph import Machine, build
+from areal_flow.runtime.control import STUCK_AFTER_S
 from areal_flow.runtime.driver import Driver, Failure, RunResult
 from areal_flow.runtime.launcher import InProcessLauncher, Launcher, LocalLauncher
+from areal_flow.runtime.resume import ResumeError, resume_point
 from areal_flow.spec import Graph
 
-__all__ = ["Driver", "Failure", "RunResult", "new_run_dir", "run_graph"]
+__all__ = ["Driver", "Failure", "ResumeError", "RunResult", "new_run_dir", "run_graph"]
 
 
 def new_run_dir(graph: Graph) -> Path:
@@ -38,12 +40,18 @@ def run_graph(
     on_update: Callable[[Driver], None] | None = None,
     max_restarts: int = 3,
     resume: bool = False,
+    stuck_after_s: float = STUCK_AFTER_S,
 ) -> RunResult:
     """Run ``graph`` until it completes, fails, or Ctrl-C drains it.
 
     ``launcher`` defaults to the graph's own; 'ray' places the graph on a Ray cluster first
-    and raises ``GraphInvalid`` when the cluster cannot hold it.
+    and raises ``GraphInvalid`` when the cluster cannot hold it. ``resume`` continues the run
+    in ``run_dir`` from its latest checkpoint (``ResumeError`` when it has none).
+    ``stuck_after_s``: a running replica silent this long is reported stuck.
     """
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir of the run to continue")
+    point = resume_point(run_dir) if resume and run_dir is not None else None
     kind = launcher or graph.launcher
     if kind != "inprocess" and kind != graph.launcher:
         graph = graph.model_copy(update={"launcher": kind})  # placement is checked per launcher
@@ -52,7 +60,7 @@ def run_graph(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "graph.json").write_text(graph.model_dump_json(indent=2))
     with _launcher(kind, graph, run_dir) as chosen:
-        driver = Driver(graph, g, run_dir, chosen, max_restarts, on_update, resume)
+        driver = Driver(graph, g, run_dir, chosen, max_restarts, on_update, point, stuck_after_s)
         return asyncio.run(_run_with_sigint(driver))
 
 

@@ -7,7 +7,13 @@ Rules:
 - It watches every replica: exit codes (polled), error reports, and heartbeats. A replica that
   dies or raises is restarted when its kind is stateless (at most ``max_restarts`` times per
   replica); otherwise the run stops and ``RunResult.failure`` names the node with its error or
-  exit code and its last log lines. A replica silent for ``STUCK_AFTER_S`` counts as failed.
+  exit code and its last log lines. A replica silent for ``stuck_after_s`` is reported stuck
+  and counts as failed. The driver pings every replica, so none outlives a dead driver.
+- With a staleness gate it also keeps the group ledger (``ledger.py``): the prompt groups that
+  die with a restarted replica give their capacity back and are issued again by their source.
+  A restarted replica starts with the newest weights notice and the producers already ended.
+- Resumed (``resume.py``): the gate, the version and every replica's resume state come from
+  the run folder's latest checkpoint and ledger.
 - The run completes when every replica has finished (end-of-stream reached the sinks), or when
   a replica of an ``ends_run`` kind (the trainer) finishes. ``interrupt()`` (Ctrl-C) drains:
   sources stop, in-flight data gets ``DRAIN_S`` to land, then everything is stopped.
@@ -27,8 +33,10 @@ import networkx as nx
 import zmq
 import zmq.asyncio
 
+from areal_flow.graph import resolved_edges
 from areal_flow.runtime.control import (
     DRAIN_S,
+    HEARTBEAT_S,
     START_TIMEOUT_S,
     STOP_GRACE_S,
     STUCK_AFTER_S,
@@ -36,7 +44,9 @@ from areal_flow.runtime.control import (
     encode,
 )
 from areal_flow.runtime.launcher import Handle, Launcher, last_lines, log_path
+from areal_flow.runtime.ledger import LEDGER_FILE, MESSAGES, Ledger
 from areal_flow.runtime.plan import ReplicaPlan, free_tcp_address, make_plan
+from areal_flow.runtime.resume import ResumePoint, resumed_gate, resumed_plan
 from areal_flow.runtime.staleness import StalenessController
 from areal_flow.spec import Graph, NodeSpec
 
@@ -118,7 +128,8 @@ class Driver:
         launcher: Launcher,
         max_restarts: int = 3,
         on_update: Callable[[Driver], None] | None = None,
-        resume: bool = False,
+        resume: ResumePoint | None = None,
+        stuck_after_s: float = STUCK_AFTER_S,
     ) -> None:
         self.graph = graph
         self.g = g
@@ -127,8 +138,14 @@ class Driver:
         self.max_restarts = max_restarts
         self.on_update = on_update
         self.resume = resume
-        self.version = 0
+        self.stuck_after_s = stuck_after_s
+        self.version = resume.version if resume is not None else 0
         self.gate = staleness_gate(graph)
+        if self.gate is not None and resume is not None:
+            self.gate = resumed_gate(resume, self.gate)
+        self.ledger: Ledger | None = None
+        self.weights_notice: dict[str, Any] | None = None  # the newest, for restarted replicas
+        self._pinged = 0.0
         self.replicas: dict[bytes, Replica] = {}
         self.failure: Failure | None = None
         self.stopping = False
@@ -145,7 +162,9 @@ class Driver:
 
     async def run(self) -> RunResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        plan = make_plan(self.graph, self.g, self.run_dir, free_tcp_address(), self.resume)
+        plan = make_plan(self.graph, self.g, self.run_dir, free_tcp_address())
+        if self.resume is not None:
+            plan = resumed_plan(plan, self.resume, {n.name: n.role for n in self.graph.nodes})
         plan = self.launcher.prepare(plan)  # the addresses replicas and driver will bind
         zctx = zmq.asyncio.Context()
         router = zctx.socket(zmq.ROUTER)
@@ -156,6 +175,10 @@ class Driver:
         plan_path = self.run_dir / "plan.json"
         plan.save(plan_path)
         self.plan, self.plan_path = plan, plan_path
+        if self.gate is not None:
+            self.ledger = Ledger.for_graph(self.g, self.gate, self.run_dir / LEDGER_FILE)
+            resumed = str(self.resume.checkpoint) if self.resume is not None else None
+            self.ledger.write("start", version=self.version, resumed_from=resumed)
         try:
             for rp in plan.replicas:
                 handle = self.launcher.start(plan, plan_path, rp)
@@ -166,6 +189,9 @@ class Driver:
             await self._shutdown()
             router.close(linger=0)
             zctx.destroy(linger=0)
+            if self.ledger is not None:
+                self.ledger.write("end", gate=self.gate.state_dict() if self.gate else None)
+                self.ledger.close()
         return self._result()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -176,8 +202,9 @@ class Driver:
                 while await self.router.poll(0):
                     ident, frame = await self.router.recv_multipart()
                     await self._on_message(ident, decode(frame))
-            self._check_health()
+            await self._check_health()
             await self._maybe_start()
+            await self._ping()
             await self._maybe_drain()
             if self.on_update is not None:
                 self.on_update(self)
@@ -207,13 +234,15 @@ class Driver:
             await self._send(
                 ident, {"type": "admit_reply", "id": message["id"], "granted": granted}
             )
-        elif kind == "accepted" and self.gate is not None:
-            versions = message.get("versions")
-            self.gate.accept(int(message["n"]), versions)
-        elif kind == "rejected" and self.gate is not None:
-            self.gate.reject(int(message["n"]))
-            await self._broadcast_capacity()
+        elif kind in MESSAGES and self.ledger is not None:
+            settled = self.ledger.handle(replica.key, replica.plan.node, message)
+            for source, groups in settled.items():
+                await self._send(source.encode(), {"type": "settled", "groups": groups})
+            if kind in ("rejected", "cancel"):
+                await self._broadcast_capacity()
         elif kind == "version":
+            if message.get("notice") is not None:
+                self.weights_notice = message["notice"]
             await self._set_version(int(message["version"]))
         elif kind == "finished":
             replica.status = "finished"
@@ -261,7 +290,29 @@ class Driver:
         if initial or already_running:
             for ident, replica in ready:
                 replica.status = "running"
-                await self._send(ident, {"type": "start", "version": self.version})
+                await self._send(ident, self._start_message(replica))
+
+    def _start_message(self, replica: Replica) -> dict[str, Any]:
+        """Start, with what a (re)started replica must catch up on."""
+        done = [r.plan.node for r in self.replicas.values() if r.status == "finished"]
+        sources = {e.index: e.src for e in resolved_edges(self.g)}
+        ended = {w.edge: done.count(sources[w.edge]) for w in replica.plan.inputs}
+        return {
+            "type": "start",
+            "version": self.version,
+            "ledger": self.ledger is not None,
+            "ended": ended,
+            "weights": self.weights_notice,
+        }
+
+    async def _ping(self) -> None:
+        """Tell every replica the driver is alive (they stop when it falls silent)."""
+        if time.monotonic() - self._pinged < HEARTBEAT_S:
+            return
+        self._pinged = time.monotonic()
+        for ident, replica in self.replicas.items():
+            if replica.status in ("starting", "ready", "running"):
+                await self._send(ident, {"type": "ping"})
 
     async def _maybe_drain(self) -> None:
         if self._interrupted and self._drain_deadline is None:
@@ -272,7 +323,7 @@ class Driver:
 
     # -- health -------------------------------------------------------------------------------
 
-    def _check_health(self) -> None:
+    async def _check_health(self) -> None:
         now = time.monotonic()
         for replica in self.replicas.values():
             if replica.status in ("finished", "failed", "stopped"):
@@ -280,21 +331,30 @@ class Driver:
             code = replica.handle.poll()
             if code is not None and replica.error is None and replica.status == "finished":
                 continue
+            silent = now - replica.last_seen
             if code is not None:
                 reason = replica.error or f"exited with code {code}"
-                self._on_failure(replica, reason)
+                await self._on_failure(replica, reason)
             elif replica.error is not None:
                 continue  # it reported an error and is exiting; wait for its exit code
-            elif replica.status == "running" and now - replica.last_seen > STUCK_AFTER_S:
-                self._on_failure(replica, f"sent no heartbeat for {now - replica.last_seen:.0f} s")
+            elif replica.status in ("ready", "running") and silent > self.stuck_after_s:
+                await self._on_failure(
+                    replica,
+                    f"is stuck: no heartbeat for {silent:.1f} s (its process is hung or its event "
+                    "loop is blocked, e.g. by blocking code in an async process())",
+                )
             elif replica.status == "starting" and now - replica.started_at > START_TIMEOUT_S:
-                self._on_failure(replica, f"did not finish setup in {START_TIMEOUT_S:.0f} s")
+                await self._on_failure(replica, f"did not finish setup in {START_TIMEOUT_S:.0f} s")
 
-    def _on_failure(self, replica: Replica, reason: str) -> None:
+    async def _on_failure(self, replica: Replica, reason: str) -> None:
         """Restart a stateless replica (within budget); otherwise fail the run."""
         replica.handle.kill()
         if replica.spec.stateless and replica.restarts < self.max_restarts and not self.stopping:
             replica.restarts += 1
+            if self.ledger is not None:
+                lost = self.ledger.lose(replica.key, replica.plan.node, reason)
+                for source, groups in lost.items():
+                    await self._send(source.encode(), {"type": "reissue", "groups": groups})
             replica.handle = self.launcher.start(self.plan, self.plan_path, replica.plan)
             replica.status = "starting"
             replica.error = None

@@ -5,13 +5,20 @@ Rules:
   version updates (written into the node context), and replies to admission requests.
 - ``admit(n)`` asks the driver's staleness gate for n trajectories and waits for the answer;
   a denied request is retried when the driver reports new capacity or after a short timeout,
-  until granted or the run drains.
+  until granted or the run drains. An answer that does not come within ``ADMIT_REPLY_S`` is
+  asked for again (never an endless wait).
+- The driver pings every replica; ``heard_s`` says how long it has been silent, so a replica
+  whose driver died stops instead of waiting forever.
+- A gated source gets ``reissue`` (groups lost with a replica) and ``settled`` (groups done)
+  messages; they are queued here until its loop takes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +28,7 @@ import zmq.asyncio
 from areal_flow.runtime.control import decode, encode
 
 RETRY_ADMIT_S = 0.5
+ADMIT_REPLY_S = 5.0
 
 
 class ControlLink:
@@ -41,8 +49,14 @@ class ControlLink:
         self.stopping = asyncio.Event()
         self.draining = asyncio.Event()
         self.capacity_changed = asyncio.Event()
+        self.ledger_changed = asyncio.Event()  # a reissue or settled message came
+        self.start: dict[str, Any] = {}  # the driver's start message
+        self.reissue: deque[str] = deque()
+        self.settled: set[str] = set()
+        self.heard = time.monotonic()
         self._on_version = on_version
         self._replies: dict[int, asyncio.Future[bool]] = {}
+        self._abandoned: dict[int, int] = {}  # requests that timed out → trajectories asked
         self._ids = itertools.count()
         self._reader: asyncio.Task[None] | None = None
 
@@ -55,8 +69,10 @@ class ControlLink:
     async def _read(self) -> None:
         while True:
             message = decode(await self.socket.recv())
+            self.heard = time.monotonic()
             kind = message["type"]
             if kind == "start":
+                self.start = message
                 self._on_version(int(message.get("version", 0)))
                 self.started.set()
             elif kind == "stop":
@@ -69,10 +85,21 @@ class ControlLink:
                 self.capacity_changed.set()
             elif kind == "capacity":
                 self.capacity_changed.set()
+            elif kind == "reissue":
+                self.reissue.extend(message["groups"])
+                self.ledger_changed.set()
+            elif kind == "settled":
+                self.settled.update(message["groups"])
+                self.ledger_changed.set()
             elif kind == "admit_reply":
-                future = self._replies.pop(int(message["id"]), None)
+                request, granted = int(message["id"]), bool(message["granted"])
+                future = self._replies.pop(request, None)
                 if future is not None and not future.done():
-                    future.set_result(bool(message["granted"]))
+                    future.set_result(granted)
+                elif request in self._abandoned:
+                    n = self._abandoned.pop(request)
+                    if granted:
+                        await self.send({"type": "cancel", "n": n})
 
     async def admit(self, n: int) -> bool:
         """Wait until the gate admits ``n`` trajectories (True) or the run drains (False)."""
@@ -82,8 +109,13 @@ class ControlLink:
             self._replies[request] = future
             self.capacity_changed.clear()
             await self.send({"type": "admit", "id": request, "n": n})
-            if await future:
-                return True
+            try:
+                if await asyncio.wait_for(future, ADMIT_REPLY_S):
+                    return True
+            except asyncio.TimeoutError:
+                self._replies.pop(request, None)
+                self._abandoned[request] = n  # a late grant is given back
+                continue
             waiters = [
                 asyncio.create_task(self.capacity_changed.wait()),
                 asyncio.create_task(self.draining.wait()),
@@ -94,6 +126,15 @@ class ControlLink:
             for task in pending:
                 task.cancel()
         return False
+
+    @property
+    def heard_s(self) -> float:
+        """Seconds since the driver last sent anything (it pings every replica)."""
+        return time.monotonic() - self.heard
+
+    def take_settled(self) -> set[str]:
+        settled, self.settled = self.settled, set()
+        return settled
 
     def close(self) -> None:
         if self._reader is not None:

@@ -61,6 +61,12 @@ class Inbox:
     def weight_wires(self) -> list[Wire]:
         return [w for w in self.wires if w.weights]
 
+    def assume_ended(self, edge: int, producers: int) -> None:
+        """``producers`` replicas feeding ``edge`` finished before this replica (re)started:
+        their end-of-stream went to a predecessor, so count it here."""
+        if edge in self._ended:
+            self._ended[edge] = max(self._ended[edge], producers)
+
     def _open(self, wire: Wire) -> bool:
         return self._ended[wire.edge] < max(wire.producers, 1)
 
@@ -68,7 +74,8 @@ class Inbox:
         """Batches from ``wires`` as they come, until all their producers ended."""
         pending: dict[asyncio.Task[object], Wire] = {}
         for wire in wires:
-            pending[asyncio.create_task(self._next(wire))] = wire
+            if self._open(wire):
+                pending[asyncio.create_task(self._next(wire))] = wire
         try:
             while pending:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

@@ -4,9 +4,15 @@ Rules:
 - The worker owns the loop; node code never sees a socket. Sync ``setup``/``process`` run in a
   thread so heartbeats keep flowing while a model loads or a batch is processed.
 - Staleness accounting is done here, not in nodes: a gated source asks the driver before each
-  batch; rows dropped between trajectory record types are reported as rejected; batches
-  reaching a ``trainer`` are reported as accepted with their version lag; weight notices leaving
-  a node advance the global policy version.
+  batch (``issuer.py``); rows dropped between trajectory record types are reported as rejected;
+  batches reaching a ``trainer`` are reported as accepted with their version lag; weight notices
+  leaving a node advance the global policy version (the driver keeps the newest notice).
+- With the driver's ledger on, every replica also reports the prompt groups it takes and sends
+  on, so the driver knows which groups die with a replica (``ledger.py``).
+- A restarted replica catches up before it runs: the newest weights notice goes through
+  ``on_weights`` and producers that already finished count as ended.
+- A replica whose driver has been silent for ``DRIVER_SILENT_S`` stops (no orphan waits on a
+  dead driver); as a process it exits after ``STOP_GRACE_S`` more, whatever its node is doing.
 - Any exception is reported to the driver (type, message, traceback) and the process exits 1.
 - Run as a process: ``python -m areal_flow.runtime.worker PLAN NODE REPLICA``. The process
   first pins itself to its cores and sets thread counts, before torch is imported.
@@ -20,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import AsyncIterator
@@ -32,21 +39,27 @@ import zmq.asyncio
 
 from areal_flow.node import Node, NodeContext, Output, Source, Streaming, Transform
 from areal_flow.registry import node_class
-from areal_flow.runtime.control import HEARTBEAT_S, identity
+from areal_flow.runtime.control import DRIVER_SILENT_S, HEARTBEAT_S, STOP_GRACE_S, identity
+from areal_flow.runtime.issuer import IDLE_SOURCE_S, Issuer, group_rows
 from areal_flow.runtime.link import ControlLink
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 from areal_flow.runtime.ports import Inbox, Outbox, Received
 from areal_flow.spec import Graph
 
 TRAJECTORY_RECORDS = ("rollout", "scored")
-IDLE_SOURCE_S = 0.01  # a source with nothing ready is asked again after this
+GROUP_RECORDS = ("prompt", *TRAJECTORY_RECORDS)  # records whose groups the ledger follows
 
 
 class Worker:
     """Runs one replica of one node until its inputs end, the run stops, or it fails."""
 
     def __init__(
-        self, plan: RunPlan, replica: ReplicaPlan, zctx: zmq.asyncio.Context, node: Node
+        self,
+        plan: RunPlan,
+        replica: ReplicaPlan,
+        zctx: zmq.asyncio.Context,
+        node: Node,
+        hard_exit: bool = False,
     ) -> None:
         self.plan = plan
         self.replica = replica
@@ -60,8 +73,11 @@ class Worker:
             seed=int(plan.graph.get("seed", 0)),
             device="cuda" if replica.gpus else "cpu",
             cpus=replica.cpus,
+            resume_state=replica.resume_state,
             graph=Graph.model_validate(plan.graph),
         )
+        self.hard_exit = hard_exit  # a process (not a task of the driver's loop)
+        self.ledger = False  # the driver follows prompt groups (told at start)
         self.link = ControlLink(
             zctx, plan.control, identity(replica.node, replica.replica), self._set_version
         )
@@ -101,7 +117,19 @@ class Worker:
             self.outbox.close()
             self.link.close()
 
+    async def _catch_up(self) -> None:
+        """What a (re)started replica learns at start: ledger on, producers that already
+        finished, and the newest weights notice."""
+        start = self.link.start
+        self.ledger = bool(start.get("ledger"))
+        for edge, count in start.get("ended", {}).items():
+            self.inbox.assume_ended(int(edge), int(count))
+        notice = start.get("weights")
+        if notice is not None and self.inbox.weight_wires and self.inbox.data_wires:
+            await _maybe_await_in_thread(self.node.on_weights, int(notice["version"]), notice)
+
     async def _main(self) -> None:
+        await self._catch_up()
         # A node fed only by weight edges (the publisher) relays them: they are its data.
         self.data_wires = self.inbox.data_wires or self.inbox.weight_wires
         relays = not self.inbox.data_wires
@@ -126,15 +154,22 @@ class Worker:
     # -- node kinds -------------------------------------------------------------------------
 
     async def _source_loop(self, node: Source) -> None:
-        gated = any(w.record == "prompt" for w in self.replica.outputs)
+        gated = [w.port for w in self.replica.outputs if w.record == "prompt"]
+        if gated:
+            issuer = Issuer(
+                node,
+                gated[0],
+                self.link,
+                self._emit,
+                self._timed,
+                skip=self.replica.skip_groups,
+                ledger=self.ledger,
+            )
+            await issuer.run()
+            return
         while not self.link.draining.is_set() and not node.exhausted:
-            cost = node.next_cost()
-            if gated and not await self.link.admit(cost):
-                break
             out = await self._timed(node.next_batch)
             if out is None:
-                if gated:
-                    await self.link.send({"type": "rejected", "n": cost})
                 await asyncio.sleep(IDLE_SOURCE_S)
                 continue
             await self._emit(out)
@@ -176,11 +211,15 @@ class Worker:
     async def _received(self, item: Received) -> None:
         self.stats["batches_in"] += 1
         self.stats["rows_in"] += item.batch.num_rows
+        batch = item.batch
         if self.spec.role == "trainer" and item.wire.record in TRAJECTORY_RECORDS:
-            versions = _oldest_versions(item.batch)
+            versions = _oldest_versions(batch)
+            rows = batch.column("group_id").to_pylist()
             await self.link.send(
-                {"type": "accepted", "n": item.batch.num_rows, "versions": versions}
+                {"type": "accepted", "n": batch.num_rows, "versions": versions, "rows": rows}
             )
+        elif self.ledger and item.wire.record in GROUP_RECORDS:
+            await self.link.send({"type": "took", "groups": group_rows(batch)})
 
     async def _account_drops(self, item: Received, out: Output) -> None:
         if item.wire.record not in TRAJECTORY_RECORDS:
@@ -193,18 +232,28 @@ class Worker:
         else:
             return
         if kept < item.batch.num_rows:
-            await self.link.send({"type": "rejected", "n": item.batch.num_rows - kept})
+            dropped = group_rows(item.batch)
+            for group, rows in _trajectory_groups(out, self.replica.outputs).items():
+                dropped[group] = dropped.get(group, 0) - rows
+            groups = {g: n for g, n in dropped.items() if n > 0}
+            await self.link.send(
+                {"type": "rejected", "n": item.batch.num_rows - kept, "groups": groups}
+            )
 
     async def _emit(self, out: Output) -> None:
         # The driver learns a new policy version before any generator can load it, so no
         # trajectory ever claims a version newer than the staleness gate knows.
-        version = _weights_version(out, self.replica.outputs)
-        if version is not None:
+        notice = _weights_notice(out, self.replica.outputs)
+        if notice is not None:
+            version = int(notice["version"])
             self._set_version(version)
-            await self.link.send({"type": "version", "version": version})
-        for _, batch in await self.outbox.emit(out, self.ctx.version):
+            await self.link.send({"type": "version", "version": version, "notice": notice})
+        records = {w.port: w.record for w in self.replica.outputs}
+        for port, batch in await self.outbox.emit(out, self.ctx.version):
             self.stats["batches_out"] += 1
             self.stats["rows_out"] += batch.num_rows
+            if self.ledger and records.get(port) in GROUP_RECORDS and self.spec.role != "source":
+                await self.link.send({"type": "sent", "groups": group_rows(batch)})
 
     async def _timed(self, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
@@ -223,13 +272,20 @@ class Worker:
         }
 
     async def _heartbeat(self) -> None:
-        while True:
+        while self.link.heard_s < DRIVER_SILENT_S:
             await self.link.send({"type": "heartbeat", "metrics": self._metrics()})
             await asyncio.sleep(HEARTBEAT_S)
+        self.ctx.log.error(
+            "the driver has been silent for %.0f s (it died?): stopping", self.link.heard_s
+        )
+        self.link.stopping.set()
+        self.link.draining.set()
+        if self.hard_exit:  # a wedged node must not keep the process alive
+            threading.Timer(STOP_GRACE_S, os._exit, args=(1,)).start()
 
 
-def _weights_version(out: Output, wires: list[Any]) -> int | None:
-    """The newest version in a weights notice about to leave this node, if any."""
+def _weights_notice(out: Output, wires: list[Any]) -> dict[str, Any] | None:
+    """The newest row of a weights notice about to leave this node, if any."""
     if out is None:
         return None
     ports = {w.port for w in wires if w.record == "weights"}
@@ -238,12 +294,28 @@ def _weights_version(out: Output, wires: list[Any]) -> int | None:
     )
     if isinstance(out, pa.RecordBatch) and not ports:
         return None
-    versions = [
-        int(pc.max(b.column("version")).as_py())
+    rows = [
+        b.slice(int(pc.index(b.column("version"), pc.max(b.column("version"))).as_py()), 1)
         for b in batches
         if "version" in b.schema.names and b.num_rows
     ]
-    return max(versions) if versions else None
+    notices = [r.to_pylist()[0] for r in rows]
+    return max(notices, key=lambda n: int(n["version"])) if notices else None
+
+
+def _trajectory_groups(out: Output, wires: list[Any]) -> dict[str, int]:
+    """Group id → rows of the trajectory batches in ``out``."""
+    if out is None:
+        return {}
+    ports = {w.port for w in wires if w.record in TRAJECTORY_RECORDS}
+    batches = (
+        [out] if isinstance(out, pa.RecordBatch) else [b for p, b in out.items() if p in ports]
+    )
+    counts: dict[str, int] = {}
+    for batch in batches:
+        for group, rows in group_rows(batch).items():
+            counts[group] = counts.get(group, 0) + rows
+    return counts
 
 
 def _rows(out: Output) -> int:
@@ -289,10 +361,11 @@ def build_node(plan: RunPlan, node_name: str) -> Node:
     return node_class(config)(config)
 
 
-async def run_replica(plan: RunPlan, node_name: str, replica: int) -> int:
+async def run_replica(plan: RunPlan, node_name: str, replica: int, hard_exit: bool = False) -> int:
     zctx = zmq.asyncio.Context()
     try:
-        worker = Worker(plan, plan.replica(node_name, replica), zctx, build_node(plan, node_name))
+        node = build_node(plan, node_name)
+        worker = Worker(plan, plan.replica(node_name, replica), zctx, node, hard_exit)
         return await worker.serve()
     finally:
         zctx.destroy(linger=0)
@@ -320,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s {replica.key} %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return asyncio.run(run_replica(plan, node_name, int(index)))
+        return asyncio.run(run_replica(plan, node_name, int(index), hard_exit=True))
     except Exception:
         traceback.print_exc()
         return 1

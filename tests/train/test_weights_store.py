@@ -121,3 +121,11 @@ def test_publisher_frees_shared_memory_at_teardown(tmp_path: Path) -> None:
     assert root.is_dir()
     node.teardown()
     assert not root.exists()
+
+
+def test_a_restarted_publisher_prunes_versions_from_before_its_restart(tmp_path: Path) -> None:
+    root = tmp_path / "weights"
+    refs = [publish_weights({"w": torch.full((2,), float(v))}, root, v) for v in range(1, 5)]
+    node = publisher(tmp_path, keep=2)  # a fresh replica: v1..v3 came before it
+    node.process(refs[3].batch())
+    assert sorted(p.name for p in root.iterdir()) == ["v3", "v4"]

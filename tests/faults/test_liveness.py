@@ -1,0 +1,98 @@
+"""Every wait is bounded: a stuck replica is reported by name, a dead driver leaves no orphan."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from areal_flow.runtime import run_graph
+from areal_flow.runtime.control import HEARTBEAT_S
+from areal_flow.spec import Graph
+from areal_flow.testing import CollectSinkConfig, FunctionConfig, ListSourceConfig
+from tests.faults.harness import ROOT, alive
+
+STUCK_AFTER_S = 2.0
+
+
+def test_a_replica_blocking_its_event_loop_is_reported_stuck_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "blocked_at"
+    monkeypatch.setenv("AREAL_FLOW_TEST_MARKER", str(marker))
+    graph = Graph(
+        name="stuck",
+        nodes=[
+            ListSourceConfig(name="src", count=10),
+            FunctionConfig(name="hog", fn="tests.faults.fns:block_event_loop"),
+            CollectSinkConfig(name="sink"),
+        ],
+        edges=["src -> hog", "hog -> sink"],
+    )
+    began = time.monotonic()
+    result = run_graph(graph, tmp_path / "run", max_restarts=0, stuck_after_s=STUCK_AFTER_S)
+    assert result.status == "failed" and result.failure is not None
+    assert result.failure.node == "hog"
+    assert "is stuck: no heartbeat for" in result.failure.reason
+    blocked_at = float(marker.read_text())
+    # The last heartbeat left up to 0.5 s before it blocked; health is checked every 0.1 s.
+    silent = result.failure.noticed_at - blocked_at
+    assert STUCK_AFTER_S - HEARTBEAT_S <= silent < STUCK_AFTER_S + 1.5
+    assert time.monotonic() - began < 60
+
+
+def test_replicas_stop_when_their_driver_dies(tmp_path: Path) -> None:
+    graph_file = tmp_path / "slow.yaml"
+    graph_file.write_text(
+        "name: slow\n"
+        "nodes:\n"
+        "  - {kind: list_source, name: src, count: 1000000}\n"
+        "  - {kind: collect_sink, name: sink, delay_s: 0.01}\n"
+        "edges: ['src -> sink']\n"
+        "tracking: {enabled: false}\n"
+    )
+    run_dir = tmp_path / "run"
+    command = ["areal_flow.cli", "run", str(graph_file), "-q", "--run-dir", str(run_dir)]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "AREAL_FLOW_DRIVER_SILENT_S": "3"},
+    )
+    try:
+        sink = run_dir / "sinks" / "sink.0.arrow"
+        deadline = time.monotonic() + 60
+        while not (sink.exists() and sink.stat().st_size > 0):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        workers = worker_pids(run_dir)
+        assert len(workers) == 2
+    finally:
+        driver.send_signal(signal.SIGKILL)  # the driver dies without a word to anyone
+        driver.wait(10)
+    killed = time.monotonic()
+    # 3 s of silence, then a stop with 3 s of grace before a forced exit.
+    while any(alive(pid) for pid in workers) and time.monotonic() - killed < 20:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), "replicas outlived their driver"
+    assert time.monotonic() - killed < 3 + 3 + 4
+
+
+def worker_pids(run_dir: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"areal_flow.runtime.worker" in command and str(run_dir).encode() in b" ".join(command):
+            pids.append(int(entry.name))
+    return pids
