@@ -126,26 +126,54 @@ def run(
         str | None,
         typer.Option("--address", help="Ray cluster to join (implies --launcher ray)."),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the stopped or crashed run in this folder from its latest checkpoint.",
+        ),
+    ] = None,
 ) -> None:
     """Run a graph (local processes or Ray actors) and show it live."""
     from areal_flow.runtime import new_run_dir, run_graph
     from areal_flow.runtime.live import LiveView, QuietView
 
     graph, _ = _load(file, [*(set_ or []), *_launcher_overrides(launcher, address)])
-    folder = run_dir or new_run_dir(graph)
-    console.print(f"run folder: {folder}")
+    folder = _resume_folder(resume, run_dir) if resume else run_dir or new_run_dir(graph)
+    console.print(f"{'resuming' if resume else 'run folder:'} {folder}")
     tracker = _tracker(graph, folder)
     try:
         if quiet or not sys.stdout.isatty():
             view: Any = QuietView(console)
-            result = run_graph(graph, run_dir=folder, on_update=_both(view, tracker))
+            result = run_graph(
+                graph, run_dir=folder, on_update=_both(view, tracker), resume=bool(resume)
+            )
         else:
             with LiveView(console) as view:
-                result = run_graph(graph, run_dir=folder, on_update=_both(view, tracker))
+                result = run_graph(
+                    graph, run_dir=folder, on_update=_both(view, tracker), resume=bool(resume)
+                )
     except GraphInvalid as err:  # the Ray cluster cannot hold the graph: nothing started
         _print_problems(f"{file} on {graph.launcher}", err)
         raise typer.Exit(1) from None
     _finish_run(graph, result, tracker)
+
+
+def _resume_folder(resume: Path, run_dir: Path | None) -> Path:
+    """The run folder ``--resume`` continues, checked before anything starts."""
+    from areal_flow.runtime import ResumeError
+    from areal_flow.runtime.resume import resume_point
+
+    if run_dir is not None and run_dir.resolve() != resume.resolve():
+        errors.print(f"[red]✗[/] --resume {resume} continues that folder: drop --run-dir {run_dir}")
+        raise typer.Exit(1)
+    try:
+        point = resume_point(resume)
+    except ResumeError as err:
+        errors.print(f"[red]✗[/] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"from {point.checkpoint} (step {point.step}, policy version {point.version})")
+    return resume
 
 
 def _launcher_overrides(launcher: str | None, address: str | None) -> list[str]:
