@@ -281,7 +281,9 @@ class Worker:
         self.link.stopping.set()
         self.link.draining.set()
         if self.hard_exit:  # a wedged node must not keep the process alive
-            threading.Timer(STOP_GRACE_S, os._exit, args=(1,)).start()
+            timer = threading.Timer(STOP_GRACE_S, os._exit, args=(1,))
+            timer.daemon = True
+            timer.start()
 
 
 def _weights_notice(out: Output, wires: list[Any]) -> dict[str, Any] | None:
