@@ -67,6 +67,13 @@ class Replica:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     trace: str = ""  # the traceback the replica reported with its error
+    loaded: int | None = None  # policy version a weights consumer has loaded (None: unknown)
+
+    @property
+    def serves_weights(self) -> bool:
+        """A weights consumer with data inputs (a generator), not a relay (the publisher)."""
+        inputs = self.plan.inputs
+        return any(w.weights for w in inputs) and any(not w.weights for w in inputs)
 
     @property
     def key(self) -> str:
@@ -240,6 +247,9 @@ class Driver:
                 await self._send(source.encode(), {"type": "settled", "groups": groups})
             if kind in ("rejected", "cancel"):
                 await self._broadcast_capacity()
+        elif kind == "loaded":
+            replica.loaded = int(message["version"])
+            await self._update_serving()
         elif kind == "version":
             if message.get("notice") is not None:
                 self.weights_notice = message["notice"]
@@ -275,6 +285,19 @@ class Driver:
             if replica.status in ("ready", "running"):
                 await self._send(ident, {"type": "version", "version": version})
 
+    async def _update_serving(self) -> None:
+        """The gate admits for the version every running generator has loaded."""
+        if self.gate is None:
+            return
+        loaded = [
+            r.loaded for r in self.replicas.values() if r.serves_weights and r.status == "running"
+        ]
+        if loaded and None not in loaded:
+            before = self.gate.capacity
+            self.gate.set_serving(min(v for v in loaded if v is not None))
+            if self.gate.capacity > before:
+                await self._broadcast_capacity()
+
     async def _broadcast_capacity(self) -> None:
         for ident, replica in self.replicas.items():
             if replica.spec.role == "source" and replica.status == "running":
@@ -290,6 +313,10 @@ class Driver:
         if initial or already_running:
             for ident, replica in ready:
                 replica.status = "running"
+                # A fresh run's generators start on the initial model, the current version; a
+                # restarted or resumed one serves nothing until it reports a load.
+                fresh = initial and self.resume is None and self.version == 0
+                replica.loaded = 0 if fresh and replica.serves_weights else None
                 await self._send(ident, self._start_message(replica))
 
     def _start_message(self, replica: Replica) -> dict[str, Any]:

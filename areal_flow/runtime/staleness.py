@@ -21,6 +21,13 @@ Rules:
   ≤ η holds when trajectories complete in admission order (always for η = 0); a very long
   generation overtaken by many later ones can arrive with a larger lag (interruptible rollouts
   mitigate that). The lag histogram records what really happened.
+- i is the version the *generators serve*: the newest one every generator replica has loaded
+  (``set_serving``), capped by the trainer's version — AReaL advances the rollout side's
+  version only after the inference engines took the new weights. Using the trainer's version
+  instead would admit data for version i while the generators still sample with i − 1
+  (a publish and load take seconds): the lag bound would slip by one and η = 0 would not be
+  synchronous. Without generators that report (``serving`` None) the trainer's version stands
+  in. Lags are always measured against the trainer's version.
 - Resume (AReaL issue #1388 / PR #1345): trajectories in flight at the crash were lost with
   the processes and must not hold capacity, and ``accepted`` must match the restored trainer
   version, not the counter of the crashed run (or 0). ``from_state`` does both.
@@ -51,6 +58,7 @@ class StalenessController:
         self.batch_size = batch_size
         self.max_lag = max_lag
         self.version = version
+        self.serving: int | None = None  # newest version all generators have loaded
         self.accepted = 0  # delivered to the trainer (cumulative over the run)
         self.running = 0  # admitted, not yet accepted or rejected
         self.rejected = 0  # filtered out (cumulative)
@@ -65,19 +73,26 @@ class StalenessController:
         """Trajectories that may still be admitted now; ``inf`` when the gate is off."""
         if self.max_lag is None:
             return float("inf")
-        bound = (self.max_lag + self.version + 1) * self.batch_size
+        bound = (self.max_lag + self.admission_version + 1) * self.batch_size
         return float(bound - (self.accepted + self.running))
+
+    @property
+    def admission_version(self) -> int:
+        """The i of the capacity rule: the serving version, capped by the trainer's."""
+        return self.version if self.serving is None else min(self.serving, self.version)
 
     def can_admit(self, group_size: int) -> bool:
         """Whether a whole group of ``group_size`` trajectories fits now.
 
         Raises RuntimeError when it does not fit and never will: nothing in flight, the trainer
-        still short of the batch that would advance the version, so the gate cannot reopen.
+        still short of the batch that would advance the version, and the generators already
+        serving it (a pending weight load would reopen the gate), so the gate cannot reopen.
         """
         _check_count("group_size", group_size, minimum=1)
         if self.capacity >= group_size:
             return True
-        if self.running == 0 and self.accepted < (self.version + 1) * self.batch_size:
+        stuck = self.running == 0 and self.admission_version == self.version
+        if stuck and self.accepted < (self.version + 1) * self.batch_size:
             raise RuntimeError(
                 f"staleness gate can never admit a group of {group_size}: capacity "
                 f"{self.capacity:.0f} with nothing in flight and the trainer waiting for "
@@ -150,6 +165,11 @@ class StalenessController:
             raise ValueError(f"policy version went backwards: {self.version} → {version}")
         self.version = version
 
+    def set_serving(self, version: int) -> None:
+        """Every generator has now loaded ``version`` (or newer); never goes backwards."""
+        _check_count("version", version, minimum=0)
+        self.serving = version if self.serving is None else max(self.serving, version)
+
     def _leave_running(self, event: str, n: int) -> None:
         _check_count("n", n, minimum=0)
         if n > self.running:
@@ -170,6 +190,7 @@ class StalenessController:
             "lost": float(self.lost),
             "capacity": self.capacity,
             "version": float(self.version),
+            "serving": float(self.admission_version),
         }
         total = sum(self.lag_histogram.values())
         for lag, count in sorted(self.lag_histogram.items()):

@@ -205,6 +205,8 @@ class Worker:
         async for item in self.inbox.stream(self.inbox.weight_wires):
             for row in item.batch.to_pylist():
                 await _maybe_await_in_thread(self.node.on_weights, int(row["version"]), row)
+                # The driver's staleness gate admits for versions the generators really serve.
+                await self.link.send({"type": "loaded", "version": int(row["version"])})
 
     # -- accounting -------------------------------------------------------------------------
 

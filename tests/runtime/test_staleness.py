@@ -248,3 +248,25 @@ def test_out_of_order_completion_can_exceed_eta() -> None:
         ctl.set_version(version + 1)
     ctl.accept(1, versions=[0])
     assert ctl.metrics()["lag_max"] == 3  # with η = 1
+
+
+def test_admission_waits_for_the_generators_to_serve_the_new_version() -> None:
+    # η = 0, B = 8: the trainer stepped to version 1 but the generators still sample with 0.
+    ctl = StalenessController(batch_size=8, max_lag=0)
+    ctl.set_serving(0)
+    ctl.admit(8)
+    ctl.accept(8, [0] * 8)
+    ctl.set_version(1)
+    assert ctl.admission_version == 0 and ctl.capacity == 0
+    assert not ctl.can_admit(8)  # closed, but not starved: a weight load will reopen it
+    ctl.set_serving(1)
+    assert ctl.capacity == 8 and ctl.can_admit(8)
+    ctl.set_serving(0)  # a late, older report never moves it back
+    assert ctl.admission_version == 1
+    assert ctl.metrics()["serving"] == 1.0
+
+
+def test_serving_is_capped_by_the_trainer_version() -> None:
+    ctl = StalenessController(batch_size=4, max_lag=1)
+    ctl.set_serving(3)  # cannot serve what the trainer has not made
+    assert ctl.admission_version == 0 and ctl.capacity == 8
