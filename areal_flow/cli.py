@@ -141,7 +141,7 @@ def run(
     graph, _ = _load(file, [*(set_ or []), *_launcher_overrides(launcher, address)])
     folder = _resume_folder(resume, run_dir) if resume else run_dir or new_run_dir(graph)
     console.print(f"{'resuming' if resume else 'run folder:'} {folder}")
-    tracker = _tracker(graph, folder)
+    tracker = _tracker(graph, folder, resumed=bool(resume))
     try:
         if quiet or not sys.stdout.isatty():
             view: Any = QuietView(console)
@@ -154,8 +154,14 @@ def run(
                     graph, run_dir=folder, on_update=_both(view, tracker), resume=bool(resume)
                 )
     except GraphInvalid as err:  # the Ray cluster cannot hold the graph: nothing started
+        if tracker is not None:
+            tracker.abort(f"placement failed: {err}")
         _print_problems(f"{file} on {graph.launcher}", err)
         raise typer.Exit(1) from None
+    except BaseException as err:
+        if tracker is not None:
+            tracker.abort(f"{type(err).__name__}: {err}")
+        raise
     _finish_run(graph, result, tracker)
 
 
@@ -189,14 +195,14 @@ def _launcher_overrides(launcher: str | None, address: str | None) -> list[str]:
     return overrides
 
 
-def _tracker(graph: Graph, folder: Path) -> Any:
-    """The MLflow tracker of this run, or None when tracking is off."""
+def _tracker(graph: Graph, folder: Path, resumed: bool = False) -> Any:
+    """The MLflow tracker of this run (a resumed run continues its MLflow run), or None."""
     if not graph.tracking.enabled:
         return None
     from areal_flow.runtime.tracking import RunTracker
 
     folder.mkdir(parents=True, exist_ok=True)
-    return RunTracker(graph, folder)
+    return RunTracker(graph, folder, resumed=resumed)
 
 
 def _both(*callbacks: Any) -> Any:

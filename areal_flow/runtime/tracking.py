@@ -68,12 +68,13 @@ def flatten_spec(graph: Graph) -> dict[str, str]:
 class RunTracker:
     """Feeds one MLflow run from the driver's updates; call ``finish`` at the end."""
 
-    def __init__(self, graph: Graph, run_dir: Path) -> None:
+    def __init__(self, graph: Graph, run_dir: Path, resumed: bool = False) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("DO_NOT_TRACK", "1")
         self.graph = graph
         self.run_dir = run_dir
         self.uri = tracking_uri(graph, run_dir)
+        self.resumed = resumed
         self.run_id: str | None = None
         self.steps_logged = 0
         self.samples_logged: set[str] = set()
@@ -81,7 +82,12 @@ class RunTracker:
         self._thread = threading.Thread(target=self._work, name="mlflow", daemon=True)
         self._broken = False
         self._thread.start()
-        self._submit(self._start)
+        # A resumed run must know which steps MLflow already has before the driver's first
+        # update, so its start is waited for; a fresh run's start overlaps the replicas' setup.
+        done = threading.Event()
+        self._submit(lambda: _then(self._start, done.set))
+        if resumed:
+            done.wait(timeout=60)
 
     # -- driver side (cheap; never blocks on MLflow) ---------------------------------------
 
@@ -105,6 +111,12 @@ class RunTracker:
         self._submit(lambda: self._end(result, summary))
         self._jobs.put(None)
         self._thread.join(timeout=120)
+
+    def abort(self, reason: str) -> None:
+        """The run never got going (or the driver raised): close the MLflow run as failed."""
+        self._submit(lambda: self._fail(reason))
+        self._jobs.put(None)
+        self._thread.join(timeout=60)
 
     @property
     def ui_command(self) -> str:
@@ -139,6 +151,8 @@ class RunTracker:
             experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
+        if self.resumed and self._continue(experiment_id):
+            return
         run = self.client.create_run(
             experiment_id, run_name=self.run_dir.name, tags={"run_dir": str(self.run_dir)}
         )
@@ -150,6 +164,28 @@ class RunTracker:
         if spec.exists():
             self.client.log_artifact(self.run_id, str(spec))
         self._log_drawing()
+
+    def _continue(self, experiment_id: str) -> bool:
+        """Reopen the MLflow run of this run folder; skip the steps it already has."""
+        found = self.client.search_runs(
+            [experiment_id], f"tags.run_dir = '{self.run_dir}'", max_results=1
+        )
+        if not found:
+            return False
+        self.run_id = found[0].info.run_id
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.set_tag(self.run_id, "resumed", "true")
+        history = self.client.get_metric_history(self.run_id, "loss")
+        last = max((m.step for m in history), default=0)
+        records = read_steps(self.run_dir)
+        done = [i for i, r in enumerate(records) if int(r["step"]) == last]
+        self.steps_logged = done[-1] + 1 if done else 0
+        return True
+
+    def _fail(self, reason: str) -> None:
+        if self.run_id is not None:
+            self.client.set_tag(self.run_id, "failure", reason[:5000])
+            self.client.set_terminated(self.run_id, "FAILED")
 
     def _log_drawing(self) -> None:
         from areal_flow.graph import Machine, build
@@ -201,6 +237,13 @@ class RunTracker:
                 self.client.log_metric(self.run_id, _metric_name(name), value)
         status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         self.client.set_terminated(self.run_id, status)
+
+
+def _then(first: Callable[[], None], after: Callable[[], None]) -> None:
+    try:
+        first()
+    finally:
+        after()
 
 
 def system_metrics(driver: Driver) -> dict[str, float]:

@@ -52,6 +52,16 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "run summary" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
+    # Resuming the finished run (nothing left to train) continues the same MLflow run.
+    resumed = subprocess.run(
+        [*command[:6], "--resume", str(run_dir), *command[8:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return run_dir
 
 
@@ -61,8 +71,8 @@ def test_metrics_and_artifacts_land_in_mlflow(finished_run: Path) -> None:
     client = MlflowClient(f"sqlite:///{finished_run / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("math_rl")
     assert experiment is not None
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
+    (run,) = client.search_runs([experiment.experiment_id])  # the resume reused it
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
     assert run.data.params["nodes.trainer.steps"] == "3"
     assert run.data.params["staleness.max_lag"] == "4"
     for name in ("reward_mean", "accuracy", "format_rate", "loss", "clip_frac", "iw_mean"):
