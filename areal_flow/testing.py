@@ -31,7 +31,9 @@ class ListSourceConfig(NodeSpec):
     role: ClassVar[str] = "source"
 
     kind: Literal["list_source"] = "list_source"
-    count: int = Field(10, ge=0, description="Numbered rows to emit (ignored if rows given).")
+    count: int | None = Field(
+        10, ge=0, description="Numbered rows to emit (ignored if rows given); null = endless."
+    )
     rows: list[dict[str, Any]] | None = Field(None, description="Explicit rows to emit.")
     batch_rows: int = Field(1, ge=1, description="Rows per batch.")
     payload_bytes: int = Field(0, ge=0, description="Size of each numbered row's payload.")
@@ -44,17 +46,29 @@ class ListSource(Source):
     def setup(self, ctx: Any) -> None:
         super().setup(ctx)
         cfg: ListSourceConfig = self.config  # type: ignore[assignment]
+        self._endless = cfg.rows is None and cfg.count is None
+        self._next = 0
+        if self._endless:
+            self._payload = pa.array([b"x" * cfg.payload_bytes] * cfg.batch_rows, pa.binary())
+            return
         if cfg.rows is not None:
             table = pa.Table.from_pylist(cfg.rows)
         else:
-            ids = pa.array(range(cfg.count), pa.int64())
-            payload = pa.array([b"x" * cfg.payload_bytes] * cfg.count, pa.binary())
+            count = cfg.count or 0
+            ids = pa.array(range(count), pa.int64())
+            payload = pa.array([b"x" * cfg.payload_bytes] * count, pa.binary())
             table = pa.table({"id": ids, "payload": payload})
         batches = table.to_batches(max_chunksize=cfg.batch_rows)
         self._batches = batches[ctx.replica :: ctx.replicas]
-        self._next = 0
 
     def next_batch(self) -> Output:
+        if self._endless:
+            assert self.ctx is not None
+            rows = self.config.batch_rows  # type: ignore[attr-defined]
+            first = (self._next * self.ctx.replicas + self.ctx.replica) * rows
+            self._next += 1
+            ids = pa.array(range(first, first + rows), pa.int64())
+            return pa.RecordBatch.from_arrays([ids, self._payload], ["id", "payload"])
         if self._next >= len(self._batches):
             return None
         batch = self._batches[self._next]
@@ -63,7 +77,7 @@ class ListSource(Source):
 
     @property
     def exhausted(self) -> bool:
-        return self._next >= len(self._batches)
+        return not self._endless and self._next >= len(self._batches)
 
 
 class FunctionConfig(NodeSpec):
@@ -112,6 +126,7 @@ class CollectSinkConfig(NodeSpec):
 
     kind: Literal["collect_sink"] = "collect_sink"
     delay_s: float = Field(0.0, ge=0, description="Pause after each batch (a slow consumer).")
+    keep: bool = Field(True, description="Write batches to the run folder; false only counts.")
     resources: Resources = Field(default_factory=light_resources, description="Per replica.")
 
 
@@ -125,10 +140,12 @@ class CollectSink(Transform):
         self._file = self._path.open("wb")
 
     async def process(self, batch: pa.RecordBatch) -> Output:
-        if self._writer is None:
-            self._writer = pa.ipc.new_stream(self._file, batch.schema)
-        self._writer.write_batch(batch)
-        self._file.flush()
+        # With keep off the worker's counters (batches_in, rows_in) are the only record.
+        if self.config.keep:  # type: ignore[attr-defined]
+            if self._writer is None:
+                self._writer = pa.ipc.new_stream(self._file, batch.schema)
+            self._writer.write_batch(batch)
+            self._file.flush()
         if self.config.delay_s:  # type: ignore[attr-defined]
             await asyncio.sleep(self.config.delay_s)  # type: ignore[attr-defined]
         return None
@@ -137,6 +154,11 @@ class CollectSink(Transform):
         if self._writer is not None:
             self._writer.close()
         self._file.close()
+
+
+def passthrough(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The identity, for ``function`` nodes that only move data (benchmarks, soak runs)."""
+    return batch
 
 
 def read_sink(run_dir: Path, name: str) -> pa.Table:

@@ -268,6 +268,7 @@ class Worker:
         return {
             **self.stats,
             "busy_s": self.busy_s,
+            "rss_mb": _rss_mb(),
             "version": float(self.ctx.version),
             **self.inbox.depths(),
             **self.ctx.metrics.snapshot(),
@@ -335,6 +336,15 @@ def _oldest_versions(batch: pa.RecordBatch) -> list[int] | None:
     if "versions" not in batch.schema.names:
         return None
     return [min(v) if v else 0 for v in batch.column("versions").to_pylist()]
+
+
+def _rss_mb() -> float:
+    """This process's resident memory (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def _maybe_await_in_thread(fn: Any, *args: Any) -> Any:
