@@ -10,6 +10,10 @@ Rules:
   name (a reconnect or a restart) replaces the first, whose unused credit returns to the pool.
 - Messages are read eagerly, without blocking, whenever ``recv`` runs; end-of-stream is
   acknowledged at once (the ack proves every earlier batch arrived).
+- Closing after an ack waits (at most ``RECEIPT_LINGER_MS``) until the producers hang up: a
+  sender's socket queues only to live connections (``IMMEDIATE``), and ZeroMQ drops what such
+  a socket received but had not read when the connection goes, so an ack followed at once by
+  a close could be lost and leave the producer waiting for its receipt.
 - Every rejected message — malformed, wrong schema, unknown sender, beyond credit — is counted
   by reason, the first few are logged, and the receiver carries on.
 - All socket calls are non-blocking calls on a plain (sync) shadow of the socket; waiting is
@@ -27,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from areal_flow.transport.codec import (
     BadMessage,
@@ -35,13 +40,14 @@ from areal_flow.transport.codec import (
     decode_header,
     encode_control,
 )
-from areal_flow.transport.wake import Wakeup, has_input
+from areal_flow.transport.wake import Wakeup, has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 SAFETY_HWM = 10_000  # messages; credit keeps real queues far below this
 MAX_FRAME_BYTES = 2**31 - 1
 LOGGED_REJECTIONS = 5  # log the first few rejections per receiver, count all
-RECEIPT_LINGER_MS = 200  # closing waits at most this long for a just-queued ack to leave
+RECEIPT_LINGER_MS = 500  # closing after an ack waits at most this long for producers to go
+_CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 WAIT_SLICE_S = 1.0  # an endless recv still wakes this often
 
 
@@ -90,6 +96,8 @@ class Receiver:
         self.socket.bind(bind)
         self._sync: zmq.Socket = zmq.Socket.shadow(self.socket.underlying)
         self._wakeup = Wakeup([self._sync])
+        self._monitor = self.socket.get_monitor_socket(_CONNECTION_EVENTS)
+        self._acked = False  # an end-of-stream receipt went out: closing waits for the hang-up
         self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._producers: dict[bytes, _Producer] = {}
         self._ended: set[str] = set()
@@ -132,15 +140,15 @@ class Receiver:
     def _drain(self) -> None:
         """Handle every message already waiting, without blocking."""
         while has_input(self._sync):
-            self._handle(self._sync.recv_multipart(zmq.NOBLOCK, copy=False))
+            self._handle(*recv_frames(self._sync, keep=3))  # identity, header, body
         if self._dirty:
             self._top_up()
 
-    def _handle(self, frames: list[Any]) -> None:
+    def _handle(self, frames: list[Any], count: int) -> None:
         identity = frames[0].bytes
         try:
-            if len(frames) not in (2, 3):
-                raise BadMessage("frame_count", f"{len(frames) - 1} frames")
+            if count not in (2, 3):
+                raise BadMessage("frame_count", f"{count - 1} frames")
             header = decode_header(frames[1].buffer)
             if header["kind"] == "hello":
                 self._hello(identity, header)
@@ -175,7 +183,8 @@ class Receiver:
         if producer.name not in self._ended:  # a resent eos (after a reconnect) counts once
             self._ended.add(producer.name)
             self._queue.append(EndOfStream(producer.name))
-        self._sync.send_multipart([identity, *encode_control("eos_ack")], zmq.NOBLOCK)
+        send_frames(self._sync, [identity, *encode_control("eos_ack")])
+        self._acked = True
 
     def _data(self, producer: _Producer, header: dict[str, Any], frames: list[Any]) -> None:
         if producer.ended:
@@ -221,8 +230,7 @@ class Receiver:
             if p.unsent >= group:
                 n, p.unsent = p.unsent, 0
                 p.outstanding += n
-                credit = encode_control("credit", n=n)
-                self._sync.send_multipart([identity, *credit], zmq.NOBLOCK)
+                send_frames(self._sync, [identity, *encode_control("credit", n=n)])
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges for this replica's end of the edge."""
@@ -238,6 +246,23 @@ class Receiver:
         }
 
     def close(self) -> None:
-        """Close the socket; an end-of-stream receipt just queued still leaves (bounded wait)."""
+        """Close the socket; after an end-of-stream receipt, first let the producers hang up."""
         self._wakeup.close()
+        if self._acked:
+            self._await_hang_ups(time.monotonic() + RECEIPT_LINGER_MS / 1000)
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
         self.socket.close(linger=RECEIPT_LINGER_MS)
+
+    def _await_hang_ups(self, deadline: float) -> None:
+        """Block until every connection accepted so far has ended, or until ``deadline``."""
+        monitor: zmq.Socket = zmq.Socket.shadow(self._monitor.underlying)
+        open_connections = 0
+        while True:
+            while monitor.poll(0):
+                event = parse_monitor_message(monitor.recv_multipart())["event"]
+                open_connections += 1 if event == zmq.EVENT_ACCEPTED else -1
+            left = deadline - time.monotonic()
+            if open_connections <= 0 or left <= 0:
+                return
+            monitor.poll(int(left * 1000) + 1)

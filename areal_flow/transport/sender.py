@@ -7,7 +7,8 @@ Rules:
 - Whenever a connection completes (socket monitor), the sender forgets the credit it had there
   and says ``hello`` first, so a restarted consumer starts clean. What the consumer sent on
   the connection that ended (credit above all) is discarded unread: a new consumer says
-  nothing before the hello, and stale credit would send batches it must reject.
+  nothing before the hello, and stale credit would send batches it must reject. Only an
+  end-of-stream receipt on the old connection still counts.
 - Sockets queue only to live connections (``IMMEDIATE``): a batch for a consumer that died is
   refused at once and goes to another replica or waits, never into a queue that a restarted
   consumer would receive before the hello (and reject).
@@ -32,7 +33,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from areal_flow.schema import schema_difference
 from areal_flow.transport.codec import BadMessage, decode_header, encode_control, encode_data
-from areal_flow.transport.wake import Wakeup, has_input
+from areal_flow.transport.wake import Wakeup, has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 SAFETY_HWM = 10_000  # messages; credit keeps real queues far below this
@@ -111,14 +112,14 @@ class Sender:
             while True:
                 peer = await self._acquire(timeout)
                 try:
-                    peer.sync.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    send_frames(peer.sync, frames, copy=False)
                     break
                 except zmq.Again:  # its connection just went: its credit is void
                     peer.credit = 0
             peer.credit -= 1
             self._seq += 1
             self.sent += 1
-            self.sent_bytes += frames[1].size
+            self.sent_bytes += len(frames[1])
 
     async def send_eos(self, timeout: float = EOS_TIMEOUT_S) -> list[str]:
         """Tell every consumer replica this producer is done, and wait for their receipts.
@@ -188,23 +189,27 @@ class Sender:
                 if _send_now(peer.sync, hello):
                     peer.greet, peer.connected = False, True
             while has_input(peer.sync):
-                self._on_control(peer, peer.sync.recv_multipart(zmq.NOBLOCK))
+                self._on_control(peer, *recv_frames(peer.sync, keep=1))
 
     def _on_event(self, peer: _Peer, frames: list[bytes]) -> None:
         event = parse_monitor_message(frames)["event"]
         peer.credit = 0  # a new or lost connection: old credit is void either way
         peer.connected = peer.eos_sent = False
         peer.greet = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-        while has_input(peer.sync):  # left over from the old connection: void too
-            peer.sync.recv_multipart(zmq.NOBLOCK)
+        # Left over from the old connection: its credit is void, but an end-of-stream receipt
+        # still proves everything arrived (a consumer that acks and exits at once).
+        while has_input(peer.sync):
+            self._on_control(peer, *recv_frames(peer.sync, keep=1), stale=True)
 
-    def _on_control(self, peer: _Peer, frames: list[bytes]) -> None:
+    def _on_control(
+        self, peer: _Peer, frames: list[zmq.Frame], count: int, stale: bool = False
+    ) -> None:
         try:
-            if len(frames) != 1:
-                raise BadMessage("frame_count", f"{len(frames)} frames from a consumer")
-            header = decode_header(frames[0])
+            if count != 1:
+                raise BadMessage("frame_count", f"{count} frames from a consumer")
+            header = decode_header(frames[0].buffer)
             if header["kind"] == "credit" and header["n"] > 0:
-                peer.credit += header["n"]
+                peer.credit += 0 if stale else header["n"]
             elif header["kind"] == "eos_ack":
                 peer.eos_acked = True
             else:
@@ -234,7 +239,7 @@ class Sender:
 def _send_now(socket: zmq.Socket, frames: list[bytes]) -> bool:
     """Send a control message if the connection is up; False if it just went."""
     try:
-        socket.send_multipart(frames, zmq.NOBLOCK)
+        send_frames(socket, frames)
     except zmq.Again:
         return False
     return True

@@ -62,3 +62,21 @@ def consume(capacity: int, addresses: Queue, out_path: str) -> None:
         zctx.destroy(linger=0)
 
     asyncio.run(main())
+
+
+def ack_and_leave(rounds: int, addresses: Queue) -> None:
+    """``rounds`` times: bind a receiver, take batches until end-of-stream, close at once.
+
+    Closing right after the receipt is what a sink does when its last input ends."""
+
+    async def main() -> None:
+        zctx = zmq.asyncio.Context()
+        for _ in range(rounds):
+            receiver = Receiver(zctx, EDGE, SCHEMA, capacity=2)
+            addresses.put(receiver.address)
+            while not isinstance(await receiver.recv(timeout=30), EndOfStream):
+                pass
+            receiver.close()
+        zctx.destroy(linger=0)
+
+    asyncio.run(main())

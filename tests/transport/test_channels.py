@@ -17,7 +17,7 @@ import zmq.asyncio
 
 from areal_flow.transport import EndOfStream, Message, Receiver, Sender
 from areal_flow.transport.codec import encode_control, encode_data
-from tests.transport.peers import EDGE, SCHEMA, consume, id_batch, produce
+from tests.transport.peers import EDGE, SCHEMA, ack_and_leave, consume, id_batch, produce
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -372,3 +372,27 @@ def test_a_restarted_consumer_gets_fresh_credit_at_the_same_address() -> None:
         zctx.destroy(linger=0)
 
     asyncio.run(main())
+
+
+def test_a_consumer_that_exits_right_after_its_receipt_still_confirms_the_end() -> None:
+    rounds = 3
+    addresses: multiprocessing.Queue[str] = SPAWN.Queue()
+    consumer = SPAWN.Process(target=ack_and_leave, args=(rounds, addresses))
+    consumer.start()
+
+    async def main() -> list[list[str]]:
+        zctx = zmq.asyncio.Context()
+        results = []
+        for _ in range(rounds):
+            sender = Sender(zctx, EDGE, SCHEMA, "p", [addresses.get(timeout=60)])
+            await sender.send(id_batch(0, "p"), timeout=30)
+            # A busy producer: its loop is blocked while the receipt and the hang-up arrive.
+            asyncio.get_running_loop().call_soon(time.sleep, 0.3)
+            results.append(await sender.send_eos(timeout=10))
+            sender.close()
+        zctx.destroy(linger=0)
+        return results
+
+    assert asyncio.run(main()) == [[]] * rounds  # no receipt lost to the consumer's exit
+    consumer.join(30)
+    assert consumer.exitcode == 0
