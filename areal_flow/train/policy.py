@@ -153,8 +153,15 @@ class Policy:
 
     # -- update -----------------------------------------------------------------------------
 
-    def train_step(self, seqs: list[Sequence], algo: DecoupledPPO) -> dict[str, float]:
-        """One optimizer step on a minibatch with gradient accumulation; returns its metrics."""
+    def train_step(
+        self, seqs: list[Sequence], algo: DecoupledPPO, prox_from_forward: bool = False
+    ) -> dict[str, float]:
+        """One optimizer step on a minibatch with gradient accumulation; returns its metrics.
+
+        ``prox_from_forward``: π_prox is the policy before this update, i.e. this forward pass
+        detached — exact when the batch has a single minibatch (K = 1), and it saves the
+        separate π_prox pass. Entropy is then measured here too.
+        """
         import torch
 
         began = time.perf_counter()
@@ -166,7 +173,7 @@ class Policy:
         for bin_ in self.micro_batches(seqs):
             group = [seqs[i] for i in bin_ if seqs[i].response_len > 0]
             if group:
-                loss, metrics = self._micro_loss(group, algo, denominator)
+                loss, metrics = self._micro_loss(group, algo, denominator, prox_from_forward)
                 loss.backward()
                 totals.add(float(loss.detach()), metrics)
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -189,19 +196,25 @@ class Policy:
         }
 
     def _micro_loss(
-        self, group: list[Sequence], algo: DecoupledPPO, denominator: float
+        self, group: list[Sequence], algo: DecoupledPPO, denominator: float, prox_from_forward: bool
     ) -> tuple[torch.Tensor, dict[str, float]]:
         import torch
 
-        from areal_flow.rl import decoupled_ppo_loss, token_logprobs
+        from areal_flow.rl import decoupled_ppo_loss, token_entropy, token_logprobs
 
         logits, targets = self.response_logits(group)
         logp = token_logprobs(logits, targets, self.temperature)
         lens = torch.tensor([s.response_len for s in group])
         mask = torch.cat([torch.full((s.response_len,), s.trainable) for s in group])
-        return decoupled_ppo_loss(
+        if prox_from_forward:
+            prox = logp.detach()
+            with torch.no_grad():
+                entropy = float(token_entropy(logits.detach(), self.temperature).mean())
+        else:
+            prox = torch.cat([s.prox for s in group]).to(self.device)
+        loss, metrics = decoupled_ppo_loss(
             logp,
-            torch.cat([s.prox for s in group]).to(self.device),
+            prox,
             torch.cat([s.behav for s in group]).to(self.device),
             torch.tensor([s.advantage for s in group], device=self.device),
             mask.to(self.device),
@@ -213,6 +226,9 @@ class Policy:
             segment_ids=torch.repeat_interleave(torch.arange(len(group)), lens).to(self.device),
             denominator=denominator,
         )
+        if prox_from_forward:
+            metrics["entropy"] = entropy
+        return loss, metrics
 
     # -- state ------------------------------------------------------------------------------
 
@@ -242,8 +258,9 @@ class _MetricSum:
         self.loss += loss
         n = metrics["tokens"]
         self.tokens += n
-        for name in PPO_MEAN_METRICS:
-            self.sums[name] += metrics[name] * n
+        for name in (*PPO_MEAN_METRICS, "entropy"):
+            if name in metrics:
+                self.sums[name] = self.sums.get(name, 0.0) + metrics[name] * n
         self.iw_max = max(self.iw_max, metrics["iw_max"])
 
     def result(self) -> dict[str, float]:

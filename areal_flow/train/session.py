@@ -162,7 +162,10 @@ class TrainingSession:
             draft = prepared_table(
                 groups, advantages.tolist(), [[]] * table.num_rows, trainable, split
             )
-            prox, entropy = self._proximal_logprobs(draft, k)
+            # K = 1: π_prox is exactly the update's own forward pass (policy.train_step).
+            prox, entropy = (
+                self._proximal_logprobs(draft, k) if k > 1 else ([[]] * table.num_rows, [])
+            )
             self.batch = draft.set_column(
                 draft.schema.get_field_index("prox_logprobs"),
                 "prox_logprobs",
@@ -179,7 +182,7 @@ class TrainingSession:
             "format_rate": sum(table.column("format_ok").to_pylist()) / table.num_rows,
             "truncated_frac": sum(truncated) / table.num_rows,
             "response_len_mean": sum(lengths) / len(lengths),
-            "entropy": _weighted_mean(entropy, lengths),
+            **({"entropy": _weighted_mean(entropy, lengths)} if entropy else {}),
             "prox_s": time.perf_counter() - began,
             **version_lag_stats(_nonempty(table.column("versions").to_pylist()), self.version),
         }
@@ -204,7 +207,8 @@ class TrainingSession:
             if self.batch is None:
                 raise RuntimeError("train_next called without a prepared batch; call prepare()")
             rows = rows_of_minibatch(self.batch, self.next_minibatch)
-            metrics = self.policy.train_step(to_sequences(rows), self.cfg.algo)
+            single = max(self.batch.column("minibatch").to_pylist()) == 0
+            metrics = self.policy.train_step(to_sequences(rows), self.cfg.algo, single)
             self.step += 1
             self.version += 1
             self.trained.extend(trajectory_ids(rows))

@@ -42,7 +42,9 @@ def groups(model_dir: Path, temperature: float = 1.0) -> list:
 def test_prox_logprobs_equal_behaviour_when_weights_are_unchanged(
     tiny_model_dir: Path, tmp_path: Path, bf16: bool, atol: float
 ) -> None:
-    cfg = config(tiny_model_dir, bf16=bf16, temperature=0.7)
+    # K = 2 minibatches: π_prox is recomputed for the whole batch before the first update.
+    algo = DecoupledPPO(updates_per_batch=2)
+    cfg = config(tiny_model_dir, bf16=bf16, temperature=0.7, algo=algo)
     session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
     session.prepare(groups(tiny_model_dir, temperature=0.7))
     assert session.batch is not None
@@ -57,10 +59,27 @@ def test_prox_logprobs_equal_behaviour_when_weights_are_unchanged(
     assert metrics["iw_mean"] == pytest.approx(1.0, abs=atol * 2)
 
 
+@pytest.mark.parametrize(("bf16", "atol"), [(False, 1e-5), (True, 0.05)])
+def test_single_minibatch_takes_prox_from_the_update_forward(
+    tiny_model_dir: Path, tmp_path: Path, bf16: bool, atol: float
+) -> None:
+    cfg = config(tiny_model_dir, bf16=bf16, temperature=0.7)  # K = 1
+    session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
+    batch_metrics = session.prepare(groups(tiny_model_dir, temperature=0.7))
+    assert "entropy" not in batch_metrics  # no separate π_prox pass ran
+    _, metrics = session.train_next()
+    assert metrics["ratio_mean"] == 1.0 and metrics["clip_frac"] == 0.0
+    # π_prox (this forward) vs π_behav (the sampler): the same weights, so IW ≈ 1.
+    assert metrics["iw_mean"] == pytest.approx(1.0, abs=atol * 2)
+    assert metrics["entropy"] > 0
+
+
 def test_repeated_steps_on_a_fixed_batch_lower_the_loss(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    cfg = config(tiny_model_dir, optimizer=Optimizer(lr=3e-3))
+    # K = 2 so prepare() stores π_prox for every row; the steps below all use that fixed π_prox.
+    algo = DecoupledPPO(updates_per_batch=2)
+    cfg = config(tiny_model_dir, optimizer=Optimizer(lr=3e-3), algo=algo)
     session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
     session.prepare(groups(tiny_model_dir))
     assert session.batch is not None
@@ -88,7 +107,7 @@ def test_gradient_does_not_depend_on_micro_batching(
         assert session.batch is not None
         seqs = to_sequences(rows_of_minibatch(session.batch, 0))
         assert (len(session.policy.micro_batches(seqs)) == 1) == (budget > 1000)
-        session.policy.train_step(seqs, algo)
+        session.policy.train_step(seqs, algo, prox_from_forward=True)  # K = 1
         grads.append(
             torch.cat([p.grad.flatten() for p in session.policy.model.parameters()])  # type: ignore[union-attr]
         )
