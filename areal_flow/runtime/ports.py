@@ -8,6 +8,10 @@ Rules:
   the data stream.
 - The outbox sends each output to every edge leaving that port: one sender load-balancing over
   the consumer replicas for data edges, one sender per replica for weight edges (broadcast).
+- ``keys`` (the run's CurveZMQ keys, ``areal_flow.transport.curve``) are passed to every
+  socket; a run placed on several hosts must pass them, since its addresses are not loopback.
+- ``Inbox.metrics`` reports each input edge's depth, arrivals and rejected messages by reason
+  (``edge.<i>.rejected_<reason>``), so garbage on a data port shows in the node's metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import zmq.asyncio
 from areal_flow.runtime.plan import Wire
 from areal_flow.schema import schema_for
 from areal_flow.transport import EndOfStream, Receiver, Sender
+from areal_flow.transport.curve import RunKeys
 
 RECV_POLL_S = 1.0  # receivers wake this often so a stop is noticed
 
@@ -37,7 +42,13 @@ class Received:
 class Inbox:
     """Receivers for every input edge of one replica."""
 
-    def __init__(self, zctx: zmq.asyncio.Context, wires: list[Wire], node: str) -> None:
+    def __init__(
+        self,
+        zctx: zmq.asyncio.Context,
+        wires: list[Wire],
+        node: str,
+        keys: RunKeys | None = None,
+    ) -> None:
         self.wires = wires
         self.receivers = {
             w.edge: Receiver(
@@ -47,6 +58,7 @@ class Inbox:
                 capacity=w.capacity,
                 bind=w.addresses[0],
                 producers=w.producers,
+                keys=keys,
             )
             for w in wires
         }
@@ -107,6 +119,16 @@ class Inbox:
             f"edge.{edge}.depth": float(receiver.depth) for edge, receiver in self.receivers.items()
         }
 
+    def metrics(self) -> dict[str, float]:
+        """Per input edge: depth, batches received, rejected messages (total and by reason)."""
+        wanted = ("depth", "received", "rejected")
+        return {
+            f"edge.{edge}.{name}": value
+            for edge, receiver in self.receivers.items()
+            for name, value in receiver.metrics().items()
+            if name in wanted or name.startswith("rejected_")
+        }
+
     def close(self) -> None:
         for receiver in self.receivers.values():
             receiver.close()
@@ -115,7 +137,13 @@ class Inbox:
 class Outbox:
     """Senders for every output edge of one replica."""
 
-    def __init__(self, zctx: zmq.asyncio.Context, wires: list[Wire], producer: str) -> None:
+    def __init__(
+        self,
+        zctx: zmq.asyncio.Context,
+        wires: list[Wire],
+        producer: str,
+        keys: RunKeys | None = None,
+    ) -> None:
         self.wires = wires
         self.senders: dict[str, list[Sender]] = {}
         for wire in wires:
@@ -127,6 +155,7 @@ class Outbox:
                     schema=schema_for(wire.record),
                     producer=producer,
                     addresses=addresses,
+                    keys=keys,
                 )
                 self.senders.setdefault(wire.port, []).append(sender)
         self.ports = sorted({w.port for w in wires})

@@ -270,7 +270,7 @@ class Worker:
             "busy_s": self.busy_s,
             "rss_mb": _rss_mb(),
             "version": float(self.ctx.version),
-            **self.inbox.depths(),
+            **self.inbox.metrics(),  # depth, arrivals, rejections by reason per input edge
             **self.ctx.metrics.snapshot(),
         }
 

@@ -40,6 +40,7 @@ from areal_flow.transport.codec import (
     decode_header,
     encode_control,
 )
+from areal_flow.transport.curve import RunKeys, apply_server, check_address
 from areal_flow.transport.wake import Wakeup, has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class Receiver:
     ``bind`` is a ZeroMQ address (port 0 picks a free port; ``address`` says which).
     ``producers`` is how many producer replicas the edge has; it sets the fair share before
     they have all said hello. ``schema`` None accepts any schema (generic test nodes).
+    ``keys`` (the run's CurveZMQ keys) make it a CurveZMQ server admitting only the run's
+    clients; without keys only a loopback ``bind`` is allowed.
     """
 
     def __init__(
@@ -82,7 +85,9 @@ class Receiver:
         capacity: int,
         bind: str = "tcp://127.0.0.1:0",
         producers: int = 1,
+        keys: RunKeys | None = None,
     ) -> None:
+        check_address(bind, keys)
         if capacity < 1:
             raise ValueError(f"edge {edge}: capacity must be at least 1, got {capacity}")
         self.edge = edge
@@ -93,6 +98,8 @@ class Receiver:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, SAFETY_HWM)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        if keys is not None:
+            apply_server(self.socket, keys)
         self.socket.bind(bind)
         self._sync: zmq.Socket = zmq.Socket.shadow(self.socket.underlying)
         self._wakeup = Wakeup([self._sync])

@@ -33,6 +33,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from areal_flow.schema import schema_difference
 from areal_flow.transport.codec import BadMessage, decode_header, encode_control, encode_data
+from areal_flow.transport.curve import RunKeys, apply_client, check_address
 from areal_flow.transport.wake import Wakeup, has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,11 @@ class _Peer:
 
 
 class Sender:
-    """The producer end of an edge for one replica, load-balancing over ``addresses``."""
+    """The producer end of an edge for one replica, load-balancing over ``addresses``.
+
+    ``keys`` (the run's CurveZMQ keys) make every connection a CurveZMQ client; without keys
+    only loopback addresses are allowed.
+    """
 
     def __init__(
         self,
@@ -67,7 +72,10 @@ class Sender:
         schema: pa.Schema | None,
         producer: str,
         addresses: list[str],
+        keys: RunKeys | None = None,
     ) -> None:
+        for address in addresses:
+            check_address(address, keys)
         if not addresses:
             raise ValueError(f"edge {edge}: a sender needs at least one consumer address")
         self.edge = edge
@@ -79,6 +87,8 @@ class Sender:
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SNDHWM, SAFETY_HWM)
             socket.setsockopt(zmq.IMMEDIATE, 1)
+            if keys is not None:
+                apply_client(socket, keys)
             monitor = socket.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             )
