@@ -9,7 +9,8 @@ objects. The protocol, all messages JSON headers (``codec``):
   it arrived).
 
 ``codec`` turns batches into frames and back (no sockets); ``receiver`` and ``sender`` hold
-the sockets.
+the sockets; ``wake`` has the non-blocking socket calls and the asyncio wake-up; ``curve``
+holds the run's CurveZMQ keys, required on any address that is not loopback.
 """
 
 from areal_flow.transport.codec import BadMessage, Message
