@@ -33,7 +33,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from areal_flow.reward.scoring import Reason, RewardConfig, Verdict, make_verdict
-from areal_flow.reward.worker import serve
+from areal_flow.reward.worker import recv_json, send_json, serve
 
 
 class VerifierError(RuntimeError):
@@ -67,7 +67,7 @@ class _Worker:
     def stop(self, grace_s: float) -> None:
         if self.process.is_alive():
             with contextlib.suppress(BrokenPipeError, OSError):  # already gone: nothing to tell
-                self.conn.send(None)
+                send_json(self.conn, None)
             self.process.join(grace_s)
         self.kill()
 
@@ -202,10 +202,10 @@ class VerifierPool:
         worker = _Worker(process, conn)
         try:
             ok = conn.poll(self.start_timeout_s)
-            hello: Any = conn.recv() if ok else None
+            hello: Any = recv_json(conn) if ok else None
         except EOFError:
             hello = None
-        if not (isinstance(hello, tuple) and hello[0] == "ready"):
+        if not (isinstance(hello, list) and hello[:1] == ["ready"]):
             code = process.exitcode
             worker.kill()
             raise VerifierError(
@@ -270,11 +270,11 @@ class VerifierPool:
         """
         done = 0
         try:
-            worker.conn.send([(t.task_id, t.response, t.reference) for t in tasks])
+            send_json(worker.conn, [(t.task_id, t.response, t.reference) for t in tasks])
             for task in tasks:
                 if not worker.conn.poll(self.timeout_s):
                     return done, "timeout"
-                reply = worker.conn.recv()
+                reply = recv_json(worker.conn)
                 if reply[0] != task.task_id:
                     raise VerifierError("a verifier worker answered out of order; this is a bug")
                 task.future.set_result(self._record(Verdict(*reply[1:])))

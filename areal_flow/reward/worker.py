@@ -17,11 +17,13 @@ Rules:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
 import signal
 from multiprocessing.connection import Connection
+from typing import Any
 
 from areal_flow.reward.scoring import RewardConfig, score_answer
 
@@ -41,10 +43,10 @@ def serve(conn: Connection, config_json: str, memory_limit_mb: int | None) -> No
     # The first math-verify call imports sympy and builds the LaTeX parser (~0.5 s); pay that
     # before announcing readiness so no answer's deadline includes it.
     score_answer("\\boxed{\\frac{1}{2}}", "0.5", config)
-    conn.send(("ready", os.getpid()))
+    send_json(conn, ["ready", os.getpid()])
     while True:
         try:
-            chunk: list[Task] | None = conn.recv()
+            chunk: list[Task] | None = recv_json(conn)
         except EOFError:
             return
         if chunk is None:
@@ -52,4 +54,13 @@ def serve(conn: Connection, config_json: str, memory_limit_mb: int | None) -> No
         for task_id, response, reference in chunk:
             v = score_answer(response, reference, config)
             reply: Reply = (task_id, v.reward, v.correct, v.format_ok, v.reason, v.extracted)
-            conn.send(reply)  # one reply per answer: the parent times each answer on its own
+            send_json(conn, reply)  # one reply per answer: the parent times each answer on its own
+
+
+def send_json(conn: Connection, message: object) -> None:
+    """Pipe messages are JSON bytes, never pickle: worker replies carry model output."""
+    conn.send_bytes(json.dumps(message).encode())
+
+
+def recv_json(conn: Connection) -> Any:
+    return json.loads(conn.recv_bytes())
