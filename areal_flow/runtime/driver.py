@@ -9,6 +9,8 @@ Rules:
   replica); otherwise the run stops and ``RunResult.failure`` names the node with its error or
   exit code and its last log lines. A replica silent for ``stuck_after_s`` is reported stuck
   and counts as failed. The driver pings every replica, so none outlives a dead driver.
+  Frames on the control socket that are not a control message are counted (``ignored``) and
+  dropped; messages from identities that are not the run's replicas are dropped.
 - With a staleness gate it also keeps the group ledger (``ledger.py``): the prompt groups that
   die with a restarted replica give their capacity back and are issued again by their source.
   A restarted replica starts with the newest weights notice and the producers already ended.
@@ -18,6 +20,11 @@ Rules:
   a replica of an ``ends_run`` kind (the trainer) finishes. ``interrupt()`` (Ctrl-C) drains:
   sources stop, in-flight data gets ``DRAIN_S`` to land, then everything is stopped.
 - Stopping never leaves orphans: replicas get 'stop', then ``STOP_GRACE_S``, then are killed.
+- CurveZMQ: when the prepared plan wants it (``RunPlan.wants_curve``: an address off loopback,
+  or ``AREAL_FLOW_CURVE=1``), the driver makes the run's keys in ``run_dir/keys`` (a resumed
+  run keeps its own) before the plan is saved, records ``curve`` in the plan, and its control
+  ROUTER admits only the run's clients. Workers load the keys from their run folder; the Ray
+  launcher hands them to actors on other hosts (``ray_actor``).
 """
 
 from __future__ import annotations
@@ -49,6 +56,15 @@ from areal_flow.runtime.plan import ReplicaPlan, free_tcp_address, make_plan
 from areal_flow.runtime.resume import ResumePoint, resumed_gate, resumed_plan
 from areal_flow.runtime.staleness import StalenessController
 from areal_flow.spec import Graph, NodeSpec
+from areal_flow.transport.curve import (
+    KEYS_DIR,
+    RunKeys,
+    apply_server,
+    check_address,
+    generate_run_keys,
+    load_run_keys,
+    stop_authenticator,
+)
 
 POLL_MS = 100
 
@@ -111,6 +127,16 @@ class RunResult:
         return self.status == "completed"
 
 
+def _control_message(frames: list[bytes]) -> dict[str, Any] | None:
+    """The message of a ROUTER receipt [identity, JSON], or None for anything else."""
+    if len(frames) != 2:
+        return None
+    try:
+        return decode(frames[1])
+    except ValueError:  # not JSON, or not an object with a type
+        return None
+
+
 def staleness_gate(graph: Graph) -> StalenessController | None:
     """The gate for graphs with a trainer fed by a prompt source; None otherwise."""
     trainers = [n for n in graph.nodes if n.role == "trainer"]
@@ -153,6 +179,7 @@ class Driver:
         self.ledger: Ledger | None = None
         self.weights_notice: dict[str, Any] | None = None  # the newest, for restarted replicas
         self._pinged = 0.0
+        self.ignored = 0  # frames on the control socket that were not a control message
         self.replicas: dict[bytes, Replica] = {}
         self.failure: Failure | None = None
         self.stopping = False
@@ -173,10 +200,15 @@ class Driver:
         if self.resume is not None:
             plan = resumed_plan(plan, self.resume, {n.name: n.role for n in self.graph.nodes})
         plan = self.launcher.prepare(plan)  # the addresses replicas and driver will bind
+        keys = self._run_keys() if plan.wants_curve() else None
+        plan = plan.model_copy(update={"curve": keys is not None})
+        check_address(plan.control, keys)
         zctx = zmq.asyncio.Context()
         router = zctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if keys is not None:
+            apply_server(router, keys)
         router.bind(plan.control)
         self.router = router
         plan_path = self.run_dir / "plan.json"
@@ -195,11 +227,18 @@ class Driver:
         finally:
             await self._shutdown()
             router.close(linger=0)
+            stop_authenticator(zctx)
             zctx.destroy(linger=0)
             if self.ledger is not None:
                 self.ledger.write("end", gate=self.gate.state_dict() if self.gate else None)
                 self.ledger.close()
         return self._result()
+
+    def _run_keys(self) -> RunKeys:
+        """This run's CurveZMQ keys: made now, or a resumed run's own."""
+        if self.resume is not None and (self.run_dir / KEYS_DIR).exists():
+            return load_run_keys(self.run_dir)
+        return generate_run_keys(self.run_dir)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -207,8 +246,12 @@ class Driver:
         while not self._done():
             if await self.router.poll(POLL_MS):
                 while await self.router.poll(0):
-                    ident, frame = await self.router.recv_multipart()
-                    await self._on_message(ident, decode(frame))
+                    frames = await self.router.recv_multipart()
+                    message = _control_message(frames)
+                    if message is None:
+                        self.ignored += 1  # not a control message: a stranger, or garbage
+                        continue
+                    await self._on_message(frames[0], message)
             await self._check_health()
             await self._maybe_start()
             await self._ping()

@@ -11,6 +11,8 @@ Rules:
   whose driver died stops instead of waiting forever.
 - A gated source gets ``reissue`` (groups lost with a replica) and ``settled`` (groups done)
   messages; they are queued here until its loop takes them.
+- With the run's CurveZMQ keys (``RunPlan.curve``) the DEALER is a Curve client of the driver's
+  ROUTER; without them it refuses an address off loopback.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import zmq
 import zmq.asyncio
 
 from areal_flow.runtime.control import decode, encode
+from areal_flow.transport.curve import RunKeys, apply_client, check_address
 
 RETRY_ADMIT_S = 0.5
 ADMIT_REPLY_S = 5.0
@@ -40,10 +43,14 @@ class ControlLink:
         address: str,
         identity: bytes,
         on_version: Callable[[int], None],
+        keys: RunKeys | None = None,
     ) -> None:
+        check_address(address, keys)
         self.socket = zctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, identity)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            apply_client(self.socket, keys)
         self.socket.connect(address)
         self.started = asyncio.Event()
         self.stopping = asyncio.Event()

@@ -9,6 +9,9 @@ Rules:
   no pinning and share what is left. GPUs are assigned the same way.
 - The plan is plain JSON in the run folder (``plan.json``): workers read it, tests inspect it.
 - A resumed run's plan also carries each replica's resume state (``resume.py`` fills it).
+- ``curve``: every socket of the run uses CurveZMQ with the run's keys (``run_dir/keys``). The
+  driver turns it on when any address leaves loopback (a run spanning hosts) or when
+  ``AREAL_FLOW_CURVE=1`` forces it (tests: the whole run encrypted on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pydantic import BaseModel, ConfigDict
 
 from areal_flow.graph import ResolvedEdge, resolved_edges
 from areal_flow.spec import Graph
+from areal_flow.transport.curve import needs_curve
+
+FORCE_CURVE_ENV = "AREAL_FLOW_CURVE"  # "1": CurveZMQ even when every socket is on loopback
 
 
 class Wire(BaseModel):
@@ -72,6 +78,17 @@ class RunPlan(BaseModel):
     control: str
     replicas: list[ReplicaPlan]
     resume: bool = False
+    curve: bool = False  # CurveZMQ on every socket, keys in run_dir/keys
+
+    def addresses(self) -> list[str]:
+        """Every address a socket of the run binds or connects to."""
+        wires = [w for r in self.replicas for w in (*r.inputs, *r.outputs)]
+        return [self.control, *(a for w in wires for a in w.addresses)]
+
+    def wants_curve(self) -> bool:
+        """Whether the run must use CurveZMQ: set, forced, or some address off loopback."""
+        forced = os.environ.get(FORCE_CURVE_ENV, "") not in ("", "0")
+        return self.curve or forced or any(needs_curve(a) for a in self.addresses())
 
     def replica(self, node: str, index: int) -> ReplicaPlan:
         for plan in self.replicas:

@@ -14,6 +14,9 @@ Rules:
 - A replica whose driver has been silent for ``DRIVER_SILENT_S`` stops (no orphan waits on a
   dead driver); as a process it exits after ``STOP_GRACE_S`` more, whatever its node is doing.
 - Any exception is reported to the driver (type, message, traceback) and the process exits 1.
+- A plan with ``curve`` on: the control link and every data socket use the run's CurveZMQ keys,
+  loaded from ``run_dir/keys`` of this host (the driver's folder, or the copy the Ray actor
+  wrote); a missing or loosely-permissioned key file stops the replica with the fix.
 - Run as a process: ``python -m areal_flow.runtime.worker PLAN NODE REPLICA``. The process
   first pins itself to its cores and sets thread counts, before torch is imported.
 """
@@ -45,6 +48,7 @@ from areal_flow.runtime.link import ControlLink
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 from areal_flow.runtime.ports import Inbox, Outbox, Received
 from areal_flow.spec import Graph
+from areal_flow.transport.curve import RunKeys, load_run_keys, stop_authenticator
 
 TRAJECTORY_RECORDS = ("rollout", "scored")
 GROUP_RECORDS = ("prompt", *TRAJECTORY_RECORDS)  # records whose groups the ledger follows
@@ -60,6 +64,7 @@ class Worker:
         zctx: zmq.asyncio.Context,
         node: Node,
         hard_exit: bool = False,
+        keys: RunKeys | None = None,
     ) -> None:
         self.plan = plan
         self.replica = replica
@@ -79,10 +84,10 @@ class Worker:
         self.hard_exit = hard_exit  # a process (not a task of the driver's loop)
         self.ledger = False  # the driver follows prompt groups (told at start)
         self.link = ControlLink(
-            zctx, plan.control, identity(replica.node, replica.replica), self._set_version
+            zctx, plan.control, identity(replica.node, replica.replica), self._set_version, keys
         )
-        self.inbox = Inbox(zctx, replica.inputs, replica.node)
-        self.outbox = Outbox(zctx, replica.outputs, replica.key)
+        self.inbox = Inbox(zctx, replica.inputs, replica.node, keys)
+        self.outbox = Outbox(zctx, replica.outputs, replica.key, keys)
         self.stats = {"batches_in": 0.0, "batches_out": 0.0, "rows_in": 0.0, "rows_out": 0.0}
         self.busy_s = 0.0
 
@@ -378,10 +383,12 @@ def build_node(plan: RunPlan, node_name: str) -> Node:
 async def run_replica(plan: RunPlan, node_name: str, replica: int, hard_exit: bool = False) -> int:
     zctx = zmq.asyncio.Context()
     try:
+        keys = load_run_keys(plan.run_dir) if plan.curve else None
         node = build_node(plan, node_name)
-        worker = Worker(plan, plan.replica(node_name, replica), zctx, node, hard_exit)
+        worker = Worker(plan, plan.replica(node_name, replica), zctx, node, hard_exit, keys)
         return await worker.serve()
     finally:
+        stop_authenticator(zctx)
         zctx.destroy(linger=0)
 
 

@@ -8,7 +8,9 @@ Rules:
   socket) and one client key pair (every socket that connects). ``generate_run_keys`` writes
   them once, in ``run_dir/keys/`` (folder 0700, files 0600, created exclusively so nothing
   else's file is trusted); every process of the run calls ``load_run_keys`` on the shared
-  folder (the Ray launcher ships the folder, or its files, to the other hosts).
+  folder. A process on another host has no access to the driver's folder: it is handed the
+  key material in memory (``key_material``/``RunKeys.from_material``) and ``write_run_keys``
+  puts it in its own copy of the run folder, with the same modes, before anything loads it.
 - A server socket admits only clients that prove they hold the run's client secret key:
   ``apply_server`` starts (once per ZeroMQ context) a ZAP handler that accepts exactly the
   run's client public key. A client without the keys cannot complete the handshake; a client
@@ -56,6 +58,21 @@ class RunKeys:
     client_public: bytes
     client_secret: bytes
 
+    @classmethod
+    def from_material(cls, material: list[str]) -> RunKeys:
+        """Keys from ``key_material``'s four Z85 strings (what crosses to another host)."""
+        if len(material) != len(_FILES) or any(len(k) != 40 for k in material):
+            raise ValueError("CurveZMQ key material is four 40-character Z85 keys")
+        server_public, server_secret, client_public, client_secret = (
+            k.encode("ascii") for k in material
+        )
+        return cls(server_public, server_secret, client_public, client_secret)
+
+
+def key_material(keys: RunKeys) -> list[str]:
+    """The keys as four Z85 strings (plain JSON-able text, never pickled objects)."""
+    return [value.decode("ascii") for value in _values(keys)]
+
 
 def generate_run_keys(run_dir: Path | str) -> RunKeys:
     """Create this run's key pairs in ``run_dir/keys`` (0700, files 0600); fails if present."""
@@ -70,6 +87,33 @@ def generate_run_keys(run_dir: Path | str) -> RunKeys:
         with os.fdopen(descriptor, "wb") as out:
             out.write(value)
     return keys
+
+
+def write_run_keys(run_dir: Path | str, keys: RunKeys) -> None:
+    """Put keys made elsewhere in ``run_dir/keys`` (0700, files 0600), for a process on
+    another host. Atomic: the files are written in a private folder that is then renamed into
+    place, so concurrent writers on one host are safe; a folder already there (a shared run
+    folder, or another replica of this host first) must hold exactly these keys."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    partial = run / f".{KEYS_DIR}.{os.getpid()}.{threading.get_ident()}"
+    partial.mkdir(mode=0o700)
+    partial.chmod(0o700)
+    for name, value in zip(_FILES, _values(keys), strict=True):
+        descriptor = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(value)
+    try:
+        partial.rename(run / KEYS_DIR)
+    except OSError:  # already there: keep it if it is this run's, refuse otherwise
+        for name in _FILES:
+            (partial / name).unlink()
+        partial.rmdir()
+        if load_run_keys(run) != keys:
+            raise ValueError(
+                f"{run / KEYS_DIR} holds other CurveZMQ keys than this run's; "
+                "a run folder belongs to one run — remove the stale folder"
+            ) from None
 
 
 def load_run_keys(run_dir: Path | str) -> RunKeys:
