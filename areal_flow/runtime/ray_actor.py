@@ -8,13 +8,19 @@ Rules:
   it when the actor's process ends: no replica outlives its actor.
 - The child's output is kept in memory (at most ``LOG_BUFFER_BYTES`` unread; older bytes are
   dropped and the driver is told how many) until the driver reads it; nothing is written on
-  the node except the plan, at the driver's path, when that folder is not shared.
+  the node except the plan, at the driver's path, when that folder is not shared, and, for a
+  run with CurveZMQ on, the run's keys the driver sent with ``run``: written into
+  ``run_dir/keys`` of this node (folder 0700, files 0600, atomically; a folder already there,
+  shared or written by another replica of this node, must hold the same keys), where the
+  replica loads them as on the driver's machine. The keys never go on a command line or into
+  the environment.
 """
 
 from __future__ import annotations
 
 import ctypes
 import io
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_flow.runtime.ray_placement import reserve_ports
+from areal_flow.transport.curve import RunKeys, write_run_keys
 
 LOG_BUFFER_BYTES = 16 * 1024**2
 OUTPUT_GRACE_S = 2.0  # after the replica exits, its output has this long to be read
@@ -53,10 +60,19 @@ class ReplicaHost:
         return reserve_ports(host, count, low, high, exclude)
 
     def run(
-        self, plan_json: str, plan_path: str, node: str, replica: int, env: dict[str, str], cwd: str
+        self,
+        plan_json: str,
+        plan_path: str,
+        node: str,
+        replica: int,
+        env: dict[str, str],
+        cwd: str,
+        keys: list[str] | None = None,
     ) -> int:
-        """Run the replica to its end; its exit code."""
+        """Run the replica to its end; its exit code. ``keys``: the run's CurveZMQ key
+        material (``curve.key_material``) when the plan has curve on."""
         _write_plan(Path(plan_path), plan_json)
+        install_keys(plan_json, keys)
         # The child is forked by this thread, which waits for it: Linux's parent-death signal
         # follows the forking thread, so it must outlive the child (it does: it waits).
         process = subprocess.Popen(
@@ -111,6 +127,13 @@ def _write_plan(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(text)
     partial.replace(path)
+
+
+def install_keys(plan_json: str, keys: list[str] | None) -> None:
+    """Write the run's CurveZMQ keys into this node's run folder (the plan's ``run_dir``)."""
+    if keys is None:
+        return
+    write_run_keys(json.loads(plan_json)["run_dir"], RunKeys.from_material(keys))
 
 
 def _die_with(parent: int) -> None:

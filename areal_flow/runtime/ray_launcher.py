@@ -11,6 +11,11 @@ Rules:
   node's ports are reserved by one of its actors, from ``graph.ray.data_ports``; the plan the
   driver saves and every actor reads carries the result. A restarted replica's new actor lands
   in the same bundle, hence the same node, and binds the same address.
+- Off one node the run needs CurveZMQ: the plan gets ``curve`` (the driver then makes the run's
+  keys in its run folder). Actors on other hosts cannot read that folder, so ``start`` hands
+  each actor the key material with its ``run`` call (four Z85 strings, as Ray task arguments:
+  authenticated by Ray's token, encrypted only where Ray's TLS is on); the actor writes them
+  into its own copy of the run folder, 0600, before the replica loads them (``ray_actor``).
 - An actor runs its replica as a child process — the same worker as the local launcher's —
   that dies with it (``ray_actor``). The driver's handle pulls the child's output every
   ``LOG_PULL_S`` into ``logs/<node>.<replica>.log`` of the run folder, and once more when the
@@ -41,6 +46,7 @@ from areal_flow.runtime.ray_placement import (
     rewire,
 )
 from areal_flow.spec import Graph
+from areal_flow.transport.curve import key_material, load_run_keys
 
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "areal_flow"
@@ -182,6 +188,7 @@ class RayLauncher:
         self.started = 0
         self.pg: Any = None
         self._plan_json: str | None = None
+        self._keys: list[str] | None = None  # the run's CurveZMQ keys, for the actors
         try:
             self._place()
         except BaseException:
@@ -257,8 +264,6 @@ class RayLauncher:
         places = dict(zip(self.fresh, answers, strict=True))
         here = ray.get_runtime_context().get_node_id()
         spread = any(p["node_id"] != here for p in places.values())
-        if spread:
-            raise GraphInvalid([_needs_curve(places, here)])
         low, high = self.options.data_ports
         control_host = ray.util.get_node_ip_address() if spread else LOOPBACK
         (control_port,) = reserve_ports(control_host, 1, low, high)
@@ -275,12 +280,15 @@ class RayLauncher:
             for replica in replicas:
                 inputs[replica.key] = [f"tcp://{host}:{next(ports)}" for _ in replica.inputs]
         gpus = {key: place["gpus"] for key, place in places.items()}
-        return rewire(plan, inputs, f"tcp://{control_host}:{control_port}", gpus)
+        wired = rewire(plan, inputs, f"tcp://{control_host}:{control_port}", gpus)
+        return wired.model_copy(update={"curve": plan.curve or spread})
 
     def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle:
         actor = self.fresh.pop(replica.key, None) or self._new_host(replica.key)
         if self._plan_json is None:
             self._plan_json = plan_path.read_text()
+        if plan.curve and self._keys is None:
+            self._keys = key_material(load_run_keys(plan.run_dir))
         cpus = self.graph.node(replica.node).resources.cpus
         done = actor.run.remote(
             self._plan_json,
@@ -289,6 +297,7 @@ class RayLauncher:
             replica.replica,
             replica_env(cpus),
             os.getcwd(),
+            self._keys,
         )
         log = log_path(Path(plan.run_dir), replica.node, replica.replica)
         handle = RayHandle(replica.key, actor, done, log, self.ray)
@@ -311,19 +320,6 @@ class RayLauncher:
         if self.owns_ray:
             self.ray.shutdown()
             self.owns_ray = False
-
-
-def _needs_curve(places: dict[str, dict[str, Any]], here: str) -> Problem:
-    # Off 127.0.0.1 every data and control socket must be CurveZMQ-authenticated with keys
-    # made for the run (areal_flow/transport/curve.py). Until the transport has them, a run
-    # whose replicas leave the driver's node is refused rather than sent in the clear.
-    away = sorted({key.split("/")[0] for key, p in places.items() if p["node_id"] != here})
-    return Problem(
-        "ray.strategy",
-        f"replicas of {', '.join(away)} landed on another Ray node than the driver; sockets "
-        "off 127.0.0.1 need CurveZMQ keys, which this build's transport does not have yet — "
-        "run the driver on the node that holds the graph (STRICT_PACK) until it does",
-    )
 
 
 def _describe(resources: dict[str, float]) -> str:
