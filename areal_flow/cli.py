@@ -30,7 +30,12 @@ app = typer.Typer(
 )
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns and cut the tables.
 console = Console(width=None if sys.stdout.isatty() else 120)
-errors = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+# Error lines are never wrapped off a terminal: a path plus its message stays one greppable line.
+errors = Console(
+    stderr=True,
+    width=None if sys.stderr.isatty() else 120,
+    soft_wrap=not sys.stderr.isatty(),
+)
 
 GraphFile = Annotated[
     Path, typer.Argument(help="Graph file: .py (graph or build_graph()), .yaml or .json.")
