@@ -65,6 +65,27 @@ def test_bf16_logits_give_float32_logprobs() -> None:
     assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("chunk_size", [2, 64])
+def test_bf16_logits_are_upcast_before_scaling(chunk_size: int) -> None:
+    """Values, gradients and entropies equal the fp32 computation on the upcast logits."""
+    gen = torch.Generator().manual_seed(2)
+    logits = (4 * torch.randn(5, 13, generator=gen)).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 13, (5,), generator=gen)
+    weights = torch.randn(5, generator=gen)
+    out = token_logprobs(logits, targets, temperature=0.7, chunk_size=chunk_size)
+    (grad,) = torch.autograd.grad((out * weights).sum(), logits)
+
+    upcast = logits.detach().float().requires_grad_()
+    ref = (upcast / 0.7).log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), upcast)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grad, ref_grad.to(torch.bfloat16))
+    p = (upcast / 0.7).softmax(-1)
+    torch.testing.assert_close(
+        token_entropy(logits, 0.7, chunk_size=chunk_size), -(p * p.log()).sum(-1)
+    )
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="targets of shape"):
         token_logprobs(torch.zeros(2, 3, 5), torch.zeros(3, dtype=torch.long))
