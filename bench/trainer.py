@@ -1,21 +1,34 @@
 """Trainer throughput: packed (sorted FFD) vs padded micro-batches, fp32 vs bf16 autocast; and
 the cost of publishing weights and writing a checkpoint.
 
-Usage: ``python bench/trainer.py [--seqs 16] [--budget 2048] [--rounds 2] [--threads N]``
+Usage: ``python bench/trainer.py [--seqs 32] [--group 8] [--budget 4096] [--rounds 3]
+[--threads 1] [--modes packed padded padded-sorted] [--dtypes fp32 bf16]``
 
 Model: SmolLM2-135M-Instruct (``prepare_model("smollm2")``, fp32 parameters). Batch: ``--seqs``
-trajectories with a long-tailed length mix like RL rollouts (prompts 40–120 tokens; responses
-mostly 30–200 tokens, one in eight 400–900 tokens), in arrival order. Each row is one optimizer
-step of the decoupled PPO loss over the whole batch (forward, backward, AdamW), best of
-``--rounds``; tokens/s counts real (non-pad) tokens.
+trajectories in groups of ``--group`` that share a prompt (40–120 tokens), with long-tailed
+responses like RL rollouts (mostly 30–200 tokens, one in eight 400–900), in arrival order (whole
+groups, as the generator emits them). The defaults are the trainer's: a 4096-token micro-batch
+budget, and B = 4 groups × 8 as in graphs/math_rl.py. Each timed step is one optimizer step of
+the decoupled PPO loss over the whole batch (forward, backward, AdamW); tokens/s counts real
+(non-pad) tokens.
+
+Modes (all with the same loss, the same fp32 head on response positions, the same budget):
 
 - packed: the trainer's own path (``Policy.train_step``): sorted first-fit-decreasing bins under
-  ``--budget`` tokens, each bin one packed row without padding;
-- padded: sequences in arrival order, greedily cut into micro-batches whose padded size
-  (rows × longest) stays within the budget (an adaptive padded baseline), right-padded with an
-  attention mask. Same loss, same fp32 head on response positions;
-- padded-fixed: the common fixed micro-batch size, sized for the worst case so it fits the
-  budget: budget // (longest sequence of the batch) rows per micro-batch, arrival order.
+  the budget, each bin one row without padding, varlen attention;
+- padded: what a padded trainer does: sequences in arrival order, a micro-batch grows while its
+  padded size (rows × its longest sequence) stays within the budget, right-padded, plain
+  ``sdpa`` with the attention mask (the goal's baseline);
+- padded-sorted: the same after sorting by length (a length-grouping sampler): little padding,
+  i.e. what packing adds beyond sorting;
+- padded-fixed: a fixed micro-batch size sized for the worst case, budget // longest rows.
+
+Measurement: one ``Policy`` (``bf16`` only switches autocast), a warm-up step per mode first,
+then ``--rounds`` rounds that run every (dtype, mode) once in an order rotated each round, so
+slow phases of a shared machine hit every row alike. Per step both the process CPU time and the
+wall time are taken; with ``--threads 1`` CPU time is the time on one core, immune to other
+processes taking the core away, and is the primary figure. Ratios are medians over rounds of
+the per-round ratios.
 
 Publish: ``publish_weights`` of the model to /dev/shm (serialise, sha256, write, rename: trainer
 state → file ready) and the publisher's ``verify_weights``; checkpoint: ``save_checkpoint``.
@@ -26,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -41,21 +55,28 @@ from areal_flow.train.policy import Policy
 from areal_flow.train.weights import SHM_ROOT, publish_weights, verify_weights
 from nodes.trainer import DecoupledPPO, Optimizer
 
+MODES = ("packed", "padded", "padded-sorted", "padded-fixed")
 
-def length_mix(n: int, seed: int) -> list[tuple[int, int]]:
-    """(prompt, response) lengths with a long tail: one in eight responses is 400–900 tokens."""
+
+def length_mix(n: int, group: int, seed: int) -> list[tuple[int, int]]:
+    """(prompt, response) lengths: a prompt per group; one in eight responses 400–900 tokens."""
     gen = torch.Generator().manual_seed(seed)
 
     def draw(low: int, high: int) -> int:
         return int(torch.randint(low, high, (1,), generator=gen))
 
-    return [(draw(40, 120), draw(400, 900) if i % 8 == 3 else draw(30, 200)) for i in range(n)]
+    mix = []
+    for i in range(n):
+        if i % group == 0:
+            prompt = draw(40, 120)
+        mix.append((prompt, draw(400, 900) if i % 8 == 3 else draw(30, 200)))
+    return mix
 
 
-def make_sequences(policy: Policy, n: int, seed: int) -> list[Sequence]:
+def make_sequences(policy: Policy, mix: list[tuple[int, int]], seed: int) -> list[Sequence]:
     gen = torch.Generator().manual_seed(seed)
     raw = []
-    for prompt, response in length_mix(n, seed):
+    for prompt, response in mix:
         tokens = torch.randint(100, 20000, (prompt + response,), generator=gen)
         zeros = torch.zeros(response)
         raw.append(Sequence(tokens, prompt, zeros, zeros, 0.0, True))
@@ -66,24 +87,30 @@ def make_sequences(policy: Policy, n: int, seed: int) -> list[Sequence]:
     ]
 
 
-def padded_micro_batches(seqs: list[Sequence], budget: int) -> list[list[int]]:
-    """Arrival order; a micro-batch grows while rows × longest stays within ``budget``."""
+def padded_micro_batches(lengths: list[int], budget: int, order: list[int]) -> list[list[int]]:
+    """In ``order``; a micro-batch grows while rows × longest stays within ``budget``."""
     bins: list[list[int]] = [[]]
     longest = 0
-    for i, seq in enumerate(seqs):
-        length = int(seq.tokens.numel())
-        if bins[-1] and (len(bins[-1]) + 1) * max(longest, length) > budget:
+    for i in order:
+        if bins[-1] and (len(bins[-1]) + 1) * max(longest, lengths[i]) > budget:
             bins.append([])
             longest = 0
         bins[-1].append(i)
-        longest = max(longest, length)
+        longest = max(longest, lengths[i])
     return bins
 
 
-def fixed_micro_batches(seqs: list[Sequence], budget: int) -> list[list[int]]:
-    """Arrival order, budget // longest rows each."""
-    rows = max(1, budget // max(int(s.tokens.numel()) for s in seqs))
-    return [list(range(i, min(i + rows, len(seqs)))) for i in range(0, len(seqs), rows)]
+def micro_batches(policy: Policy, seqs: list[Sequence], mode: str, budget: int) -> list[list[int]]:
+    lengths = [int(s.tokens.numel()) for s in seqs]
+    arrival = list(range(len(seqs)))
+    if mode == "packed":
+        return policy.micro_batches(seqs)
+    if mode == "padded":
+        return padded_micro_batches(lengths, budget, arrival)
+    if mode == "padded-sorted":
+        return padded_micro_batches(lengths, budget, sorted(arrival, key=lambda i: -lengths[i]))
+    rows = max(1, budget // max(lengths))
+    return [arrival[i : i + rows] for i in range(0, len(seqs), rows)]
 
 
 def padded_train_step(
@@ -129,50 +156,60 @@ def padded_train_step(
     policy.scheduler.step()
 
 
-def micro_batches(policy: Policy, seqs: list[Sequence], mode: str, budget: int) -> list[list[int]]:
-    if mode == "packed":
-        return policy.micro_batches(seqs)
-    if mode == "padded":
-        return padded_micro_batches(seqs, budget)
-    return fixed_micro_batches(seqs, budget)
-
-
-def time_steps(policy: Policy, seqs: list[Sequence], mode: str, budget: int, rounds: int) -> float:
+def one_step(policy: Policy, seqs: list[Sequence], mode: str, budget: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one optimizer step in ``mode``."""
     algo = DecoupledPPO()
-    best = float("inf")
-    for _ in range(rounds):
-        began = time.perf_counter()
-        if mode == "packed":
-            policy.train_step(seqs, algo)
-        else:
-            padded_train_step(policy, seqs, algo, micro_batches(policy, seqs, mode, budget))
-        best = min(best, time.perf_counter() - began)
-    return best
+    cpu, wall = time.process_time(), time.perf_counter()
+    if mode == "packed":
+        policy.train_step(seqs, algo)
+    else:
+        padded_train_step(policy, seqs, algo, micro_batches(policy, seqs, mode, budget))
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def bench_steps(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    policy = Policy(
+        model,
+        optimizer=Optimizer(lr=1e-7),
+        total_steps=1000,
+        bf16=False,
+        micro_batch_tokens=args.budget,
+    )
+    seqs = make_sequences(policy, length_mix(args.seqs, args.group, seed=1), seed=1)
+    tokens = sum(int(s.tokens.numel()) for s in seqs)
+    cases = [(dtype, mode) for dtype in args.dtypes for mode in args.modes]
+    for dtype, mode in cases[: len(args.modes)]:  # warm-up: optimizer state, allocator
+        policy.bf16 = dtype == "bf16"
+        one_step(policy, seqs, mode, args.budget)
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {case: [] for case in cases}
+    for r in range(args.rounds):
+        shift = r % len(cases)
+        for dtype, mode in cases[shift:] + cases[:shift]:
+            policy.bf16 = dtype == "bf16"
+            times[(dtype, mode)].append(one_step(policy, seqs, mode, args.budget))
+            cpu, wall = times[(dtype, mode)][-1]
+            print(f"[bench] round {r} {mode:13} {dtype}: cpu {cpu:.1f} s, wall {wall:.1f} s",
+                  flush=True)  # fmt: skip
     rows = []
-    for bf16 in (False, True):
-        policy = Policy(
-            model,
-            optimizer=Optimizer(lr=1e-7),
-            total_steps=100,
-            bf16=bf16,
-            micro_batch_tokens=args.budget,
+    for dtype, mode in cases:
+        bins = micro_batches(policy, seqs, mode, args.budget)
+        padded = sum(len(b) * max(int(seqs[i].tokens.numel()) for i in b) for b in bins)
+        rows.append(
+            {
+                "mode": mode,
+                "dtype": dtype,
+                "micro": len(bins),
+                "pad": 0.0 if mode == "packed" else padded / tokens - 1,
+                "times": times[(dtype, mode)],
+                "tokens": tokens,
+            }
         )
-        seqs = make_sequences(policy, args.seqs, seed=1)
-        tokens = sum(int(s.tokens.numel()) for s in seqs)
-        for mode in ("padded-fixed", "padded", "packed"):
-            bins = micro_batches(policy, seqs, mode, args.budget)
-            padded = sum(len(b) * max(int(seqs[i].tokens.numel()) for i in b) for b in bins)
-            seconds = time_steps(policy, seqs, mode, args.budget, args.rounds)
-            row = {"mode": mode, "bf16": bf16, "micro": len(bins), "s": seconds}
-            row["pad"] = 0.0 if mode == "packed" else padded / tokens - 1
-            row["tok_s"] = tokens / seconds
-            print(f"[bench] {mode:12} bf16={bf16!s:5} {tokens} tokens {seconds:.2f} s", flush=True)
-            rows.append(row)
-        del policy
     return rows
+
+
+def paired_ratio(slow: list[tuple[float, float]], fast: list[tuple[float, float]], k: int) -> float:
+    """Median over rounds of slow/fast time (clock ``k``: 0 = CPU, 1 = wall)."""
+    return statistics.median(s[k] / f[k] for s, f in zip(slow, fast, strict=True))
 
 
 def bench_publish(model: Path, rounds: int) -> dict[str, float]:
@@ -210,39 +247,50 @@ def bench_publish(model: Path, rounds: int) -> dict[str, float]:
     return {"mb": size / 2**20, "publish": min(publish), "verify": min(verify), "ckpt": min(ckpt)}
 
 
-def print_tables(rows: list[dict[str, Any]], pub: dict[str, float], tokens: int) -> None:
-    base = {(r["mode"], r["bf16"]): r["tok_s"] for r in rows}
-    print(f"\ntraining step, {tokens} real tokens, best of rounds")
-    print(f"{'mode':13} {'dtype':10} {'micro':>5} {'pad':>5} {'s/step':>7} {'tok/s':>7} "
-          f"{'vs padded':>9} {'vs fixed':>8} {'vs fp32':>7}")  # fmt: skip
+def print_tables(rows: list[dict[str, Any]], pub: dict[str, float] | None) -> None:
+    by_case = {(r["dtype"], r["mode"]): r["times"] for r in rows}
+    tokens, rounds = rows[0]["tokens"], len(rows[0]["times"])
+    print(f"\ntraining step, {tokens} real tokens, median of {rounds} interleaved rounds")
+    print(f"{'mode':13} {'dtype':9} {'micro':>5} {'pad':>5} {'cpu s':>6} {'tok/s':>6} "
+          f"{'wall s':>6} {'vs padded':>9} {'(wall)':>6} {'vs fp32':>7}")  # fmt: skip
     for r in rows:
-        vs_pad = r["tok_s"] / base[("padded", r["bf16"])]
-        vs_fixed = r["tok_s"] / base[("padded-fixed", r["bf16"])]
-        vs_fp32 = r["tok_s"] / base[(r["mode"], False)]
-        dtype = "bf16-auto" if r["bf16"] else "fp32"
+        times = r["times"]
+        cpu = statistics.median(t[0] for t in times)
+        wall = statistics.median(t[1] for t in times)
+        cells = []
+        padded = by_case.get((r["dtype"], "padded"))
+        for k in (0, 1):
+            cells.append(f"{paired_ratio(padded, times, k):.2f}x" if padded else "-")
+        fp32 = by_case.get(("fp32", r["mode"]))
+        cells.append(f"{paired_ratio(fp32, times, 0):.2f}x" if fp32 else "-")
         print(
-            f"{r['mode']:13} {dtype:10} {r['micro']:>5} {r['pad']:>5.0%} {r['s']:>7.2f} "
-            f"{r['tok_s']:>7.0f} {vs_pad:>8.2f}x {vs_fixed:>7.2f}x {vs_fp32:>6.2f}x"
+            f"{r['mode']:13} {r['dtype']:9} {r['micro']:>5} {r['pad']:>5.0%} {cpu:>6.1f} "
+            f"{tokens / cpu:>6.0f} {wall:>6.1f} {cells[0]:>9} {cells[1]:>6} {cells[2]:>7}"
         )
-    print(
-        f"\nweights ({pub['mb']:.0f} MiB fp32): publish to /dev/shm {pub['publish'] * 1000:.0f} ms"
-        f" (state → file ready, incl. sha256), verify {pub['verify'] * 1000:.0f} ms, "
-        f"checkpoint (HF + optimizer) {pub['ckpt']:.2f} s"
-    )
+    if pub is not None:
+        print(
+            f"\nweights ({pub['mb']:.0f} MiB fp32): publish to /dev/shm "
+            f"{pub['publish'] * 1000:.0f} ms (state → file ready, incl. sha256), verify "
+            f"{pub['verify'] * 1000:.0f} ms, checkpoint (HF + optimizer) {pub['ckpt']:.2f} s"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seqs", type=int, default=16, help="trajectories per step")
-    parser.add_argument("--budget", type=int, default=2048, help="micro-batch token budget")
-    parser.add_argument("--rounds", type=int, default=2, help="timed steps per row (best)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--seqs", type=int, default=32, help="trajectories per step")
+    parser.add_argument("--group", type=int, default=8, help="trajectories per prompt")
+    parser.add_argument("--budget", type=int, default=4096, help="micro-batch token budget")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU clock)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]))
+    parser.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser.add_argument("--skip-publish", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = prepare_model("smollm2")
     rows = bench_steps(model, args)
-    tokens = sum(p + r for p, r in length_mix(args.seqs, seed=1))
-    print_tables(rows, bench_publish(model, args.rounds), tokens)
+    pub = None if args.skip_publish else bench_publish(model, args.rounds)
+    print_tables(rows, pub)
 
 
 if __name__ == "__main__":
