@@ -15,6 +15,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -110,7 +111,7 @@ class Trainer(Streaming):
     """Collects ``batch_groups`` whole groups, prepares the batch (advantages, π_prox), runs its
     minibatch updates and yields one ``weights`` notice per optimizer step.
 
-    Heavy work runs in a thread (``asyncio.to_thread``) so the event loop keeps receiving
+    Heavy work runs on one dedicated compute thread (``_compute``) so the event loop keeps receiving
     batches and heartbeating; input keeps being read into the pending queue while a step runs.
     A resumed trainer first re-publishes its current version, so generators that started from
     the initial model switch to the resumed policy.
@@ -145,13 +146,13 @@ class Trainer(Streaming):
         try:
             session = self.session
             if session.step:
-                yield (await asyncio.to_thread(session.publish)).batch()
+                yield (await self._compute(session.publish)).batch()
             arrived = asyncio.Event()
             self.feeder = asyncio.create_task(self._feed(inputs, arrived), name="trainer-feed")
             async for out in self._train(arrived):
                 yield out
             if session.dirty:
-                await asyncio.to_thread(session.checkpoint, session.snapshot())
+                await self._compute(session.checkpoint, session.snapshot())
         except Exception:
             self.failed = True  # no checkpoint of a state an error may have left half-updated
             raise
@@ -174,18 +175,18 @@ class Trainer(Streaming):
                         "input ended after %d of %d steps", session.step, cfg.steps
                     )
                     return
-                batch_metrics = await asyncio.to_thread(session.prepare, groups)
+                batch_metrics = await self._compute(session.prepare, groups)
                 batch_metrics["wait_s"] = wait_s
                 self._gauges(batch_metrics)
                 self.steplog.maybe_write_samples(session.step + 1, pa.Table.from_batches(groups))
-            ref, step_metrics = await asyncio.to_thread(session.train_next)
+            ref, step_metrics = await self._compute(session.train_next)
             self._gauges(step_metrics)
             self.steplog.write(session.step, {**batch_metrics, **step_metrics})
             metrics.count("steps")
             metrics.count("trajectories_trained", step_metrics["sequences"])
             yield ref.batch()
             if session.step % cfg.checkpoint_every == 0:
-                await asyncio.to_thread(session.checkpoint, session.snapshot())
+                await self._compute(session.checkpoint, session.snapshot())
 
     async def _next_groups(self, arrived: asyncio.Event) -> list[pa.RecordBatch]:
         """``batch_groups`` groups, waiting for them; fewer (maybe none) once input ended."""
@@ -210,6 +211,14 @@ class Trainer(Streaming):
         finally:
             arrived.set()
 
+    async def _compute(self, fn: Any, *args: Any) -> Any:
+        """Run torch work on the node's single compute thread. One thread, not a pool: every
+        large tensor is then allocated by the same thread (one malloc arena), so memory freed
+        by a step is reused by the next instead of piling up in per-thread arenas."""
+        if not hasattr(self, "executor"):
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="trainer-compute")
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     def _gauges(self, values: dict[str, float]) -> None:
         assert self.ctx is not None
         for name, value in values.items():
@@ -226,7 +235,7 @@ class Trainer(Streaming):
             self.feeder.cancel()
         if session is None or self.failed or not session.dirty:
             return
-        await asyncio.to_thread(session.checkpoint, session.snapshot())
+        await self._compute(session.checkpoint, session.snapshot())
 
 
 def _weights_store(name: str, graph: Graph | None) -> Store:

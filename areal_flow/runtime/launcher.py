@@ -14,7 +14,10 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import signal
 import subprocess
 import sys
 from collections import deque
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Protocol
 
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
+
+log = logging.getLogger(__name__)
 
 
 class Handle(Protocol):
@@ -64,9 +69,19 @@ class ProcessHandle:
         return self.process.poll()
 
     def kill(self) -> None:
-        if self.process.poll() is None:
+        """SIGKILL the replica's whole process group (its own children too, e.g. vLLM's engine
+        processes: no orphans). Never raises: a process the kernel has not reaped within 10 s
+        (seen under memory pressure) is reported and left to the OS."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+        try:
             self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.warning("replica %s (pid %d) did not exit 10 s after SIGKILL", self.key, self.pid)
 
 
 class LocalLauncher:
