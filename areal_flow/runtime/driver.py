@@ -67,6 +67,7 @@ from areal_flow.transport.curve import (
 )
 
 POLL_MS = 100
+MAX_MESSAGES_PER_TURN = 1000
 
 
 @dataclass
@@ -245,7 +246,10 @@ class Driver:
     async def _loop(self) -> None:
         while not self._done():
             if await self.router.poll(POLL_MS):
-                while await self.router.poll(0):
+                # A bounded batch per turn: a flood of messages never starves health checks.
+                for _ in range(MAX_MESSAGES_PER_TURN):
+                    if not await self.router.poll(0):
+                        break
                     frames = await self.router.recv_multipart()
                     message = _control_message(frames)
                     if message is None:
