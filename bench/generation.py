@@ -1,22 +1,31 @@
-"""Generation throughput and interrupt latency: the vLLM engine wrapper vs raw vLLM vs HF.
+"""Generation throughput and interrupt latency: the generator node vs raw vLLM vs HF generate.
 
-Usage: ``python bench/generation.py [--prompts 16] [--n 4] [--max-tokens 256] [--cpus 0 1]``
+Usage: ``python bench/generation.py [--prompts 16] [--n 4] [--max-tokens 256] [--rounds 3]
+[--interrupts 4] [--interrupt-rounds 3] [--cpus 0 1] [--hf-engine]``
 
-All rows use SmolLM2-135M-Instruct (fp32) on GSM8K questions under its chat template (from
-/work/shared/data/gsm8k/train.jsonl when present, else built-in questions), sampled at T = 1
-until EOS or ``--max-tokens``: natural, long-tailed lengths. Rows:
+Every row generates the same work: ``--prompts`` GSM8K questions (the first ones of
+/work/shared/data/gsm8k/train.jsonl when present, else built-in questions) under SmolLM2-135M-
+Instruct's chat template, ``--n`` samples each, T = 1, no top-k/top-p, until EOS or
+``--max-tokens``: natural, long-tailed lengths. The model is fp32 everywhere. Rows:
 
-- raw vLLM: ``AsyncLLM.generate`` with ``SamplingParams(n=N)``, the same engine instance and
-  the same sampling/log-prob settings as the wrapper (alternated with it, best of ``--rounds``);
-- wrapper: ``VLLMEngine`` (one vLLM request per sample, stitching, versions);
-- wrapper + interrupts, per mode (keep / abort): ``--interrupts`` weight updates spread evenly
-  over the run; reports tokens/s, the interrupt→resumed latency (the time ``update_weights``
-  holds generation: pause, load 135M params from /dev/shm, resume) and the wall time lost per
-  interrupt at equal work (that plus recomputing every in-flight prefix on the new weights);
-- idle weight update: ``update_weights`` with nothing in flight;
-- HF generate: ``model.generate`` on all prompts in one left-padded batch (after vLLM is shut
-  down, so it has the cores alone); the hf engine (continuous batching) for reference.
-Tokens/s counts generated tokens only (EOS included); start-up is not counted.
+- raw vLLM: ``AsyncLLM.generate`` with ``SamplingParams(n=N)`` and the same log-prob output
+  (``logprobs=0``, flat), on the generator's own vLLM engine;
+- generator node: ``nodes.generator.Generator`` as the runtime drives it — one prompt record
+  batch in, rollout record batches out (one vLLM request per sample, stitching, versions, Arrow);
+- HF generate: ``model.generate`` on all prompts × n in one left-padded batch, sampling with the
+  same settings, torch on the same cores with as many threads as vLLM's worker;
+- hf engine (``--hf-engine``): areal-flow's fallback engine (continuous batching), same cores.
+
+These rows run in ``--rounds`` rounds, in an order rotated each round, in one process: vLLM
+stays up but idle while HF runs (its processes then use ~0.01 cores). Then the node with
+``--interrupts`` weight updates (``Generator.on_weights``, 135M fp32 from /dev/shm) spread
+evenly over what an uninterrupted run takes, alternating the two interrupt modes over
+``--interrupt-rounds`` rounds: ``keep`` (vLLM pauses and keeps the requests, recomputing their
+prefixes on resume) and ``abort`` (abort and resubmit prompt + partial response). Reported:
+tokens/s, the interrupt→resumed latency (how long ``on_weights`` holds generation: pause, load,
+resume), the wall time lost per interrupt at equal work (that plus recomputing every in-flight
+prefix), and the idle update latency. Tokens/s counts generated tokens (EOS included);
+start-up is not counted. Ratios are medians of per-round ratios.
 """
 
 from __future__ import annotations
@@ -24,15 +33,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from areal_flow.engine.base import GenerationRequest, InferenceEngine, SamplingConfig
-from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
-from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig
+import pyarrow as pa
+
+from areal_flow.engine.base import GenerationRequest, SamplingConfig
 from areal_flow.models import prepare_smollm2
+from areal_flow.node import NodeContext
+from areal_flow.schema import SCHEMAS
+from nodes.generator import Generator, GeneratorConfig, Sampling
 
 GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
 FALLBACK_QUESTIONS = [
@@ -41,6 +56,7 @@ FALLBACK_QUESTIONS = [
     "Explain why the sky is blue in two sentences.",
     "Write a short poem about rivers.",
 ]
+Run = tuple[int, float]  # generated tokens, seconds
 
 
 def load_prompts(model_dir: Path, count: int) -> list[list[int]]:
@@ -52,14 +68,13 @@ def load_prompts(model_dir: Path, count: int) -> list[list[int]]:
     else:
         questions = [FALLBACK_QUESTIONS[i % len(FALLBACK_QUESTIONS)] for i in range(count)]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return [
-        list(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True
-            )["input_ids"]
+    prompts = []
+    for q in questions:
+        encoded: Any = tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True
         )
-        for q in questions
-    ]
+        prompts.append(list(encoded["input_ids"]))
+    return prompts
 
 
 def write_weights(model_dir: Path, out: Path) -> Path:
@@ -75,20 +90,34 @@ def write_weights(model_dir: Path, out: Path) -> Path:
     return out
 
 
-async def run_wrapper(
-    engine: InferenceEngine,
-    prompts: list[list[int]],
-    n: int,
-    sampling: SamplingConfig,
-    tag: str,
+def prompt_batch(prompts: list[list[int]], n: int, tag: str) -> pa.RecordBatch:
+    rows = [
+        {
+            "prompt_id": str(i),
+            "group_id": f"{tag}-{i}",
+            "group_size": n,
+            "epoch": 0,
+            "level": "gsm8k",
+            "prompt": "",
+            "prompt_token_ids": p,
+            "answer": "",
+        }
+        for i, p in enumerate(prompts)
+    ]
+    return pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["prompt"])
+
+
+async def run_node(
+    node: Generator,
+    batch: pa.RecordBatch,
     interrupt: tuple[int, float, Path] | None = None,
 ) -> tuple[int, float, list[float]]:
-    """Generate everything through the engine interface; returns (tokens, seconds, update
-    latencies); ``interrupt = (count, every, path)`` updates weights ``count`` times, one every
-    ``every`` seconds."""
-    start = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        await engine.submit(GenerationRequest(f"{tag}-{i}", prompt, n=n, sampling=sampling))
+    """One prompt batch through the node; ``interrupt = (count, every, path)`` sends ``count``
+    weight notices, one every ``every`` seconds. Returns (tokens, seconds, update latencies)."""
+
+    async def inputs() -> AsyncIterator[pa.RecordBatch]:
+        yield batch
+
     latencies: list[float] = []
     done = asyncio.Event()
 
@@ -97,18 +126,16 @@ async def run_wrapper(
             await asyncio.sleep(every)
             if done.is_set():
                 return
-            begin = time.perf_counter()
-            await engine.update_weights(engine.version + 1, path)
-            latencies.append(time.perf_counter() - begin)
+            began = time.perf_counter()
+            await node.on_weights(node.engine.version + 1, {"path": str(path)})
+            latencies.append(time.perf_counter() - began)
 
+    start = time.perf_counter()
     task = asyncio.create_task(interrupter(*interrupt)) if interrupt else None
     tokens = 0
-    received = 0
-    async for sample in engine.samples():
-        tokens += len(sample.response_token_ids)
-        received += 1
-        if received == len(prompts) * n:
-            break
+    async for out in node.run(inputs()):
+        assert isinstance(out, pa.RecordBatch)
+        tokens += sum(len(ids) for ids in out.column("response_token_ids").to_pylist())
     elapsed = time.perf_counter() - start
     done.set()
     if task is not None:
@@ -116,17 +143,15 @@ async def run_wrapper(
     return tokens, elapsed, latencies
 
 
-async def run_raw(
-    llm: Any, prompts: list[list[int]], n: int, sampling: SamplingConfig, tag: str
-) -> tuple[int, float]:
+async def run_raw(llm: Any, prompts: list[list[int]], n: int, max_tokens: int, tag: str) -> Run:
     """The same work straight through ``AsyncLLM.generate`` (parallel sampling with n)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     params = SamplingParams(
         n=n,
-        temperature=sampling.temperature,
-        max_tokens=sampling.max_tokens,
+        temperature=1.0,
+        max_tokens=max_tokens,
         logprobs=0,
         flat_logprobs=True,
         output_kind=RequestOutputKind.FINAL_ONLY,
@@ -144,129 +169,184 @@ async def run_raw(
     return sum(counts), time.perf_counter() - start
 
 
-def _progress(name: str, run: tuple) -> None:
-    print(f"[bench] {name}: {run[1]} tokens in {run[2]:.1f} s = {run[0]:.1f} tok/s", flush=True)
+class HFGenerate:
+    """Batched ``generate``: all rows in one left-padded batch, sampling like the vLLM rows."""
+
+    def __init__(self, model: Path, prompts: list[list[int]], n: int, max_tokens: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+        self.pad = AutoTokenizer.from_pretrained(model).pad_token_id
+        self.eos = self.lm.generation_config.eos_token_id
+        rows = [p for p in prompts for _ in range(n)]
+        self.width = max(len(p) for p in rows)
+        self.ids = torch.tensor([[self.pad] * (self.width - len(p)) + p for p in rows])
+        self.mask = torch.tensor([[0] * (self.width - len(p)) + [1] * len(p) for p in rows])
+        self.max_tokens = max_tokens
+
+    def __call__(self, seed: int) -> Run:
+        import torch
+
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.lm.generate(
+                input_ids=self.ids,
+                attention_mask=self.mask,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=self.max_tokens,
+                pad_token_id=self.pad,
+                eos_token_id=self.eos,
+            )
+        secs = time.perf_counter() - start
+        tokens = 0
+        for row in out[:, self.width :].tolist():
+            tokens += row.index(self.eos) + 1 if self.eos in row else len(row)
+        return tokens, secs
 
 
-async def bench_vllm(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -> dict:
-    sampling = SamplingConfig(temperature=1.0, max_tokens=args.max_tokens)
-    weights = write_weights(model, Path("/dev/shm/areal-flow-bench-weights"))
-    config = VLLMEngineConfig(
-        model=str(model), cpus=tuple(args.cpus) if args.cpus else None, kv_cache_gib=2
-    )
-    engine = VLLMEngine(config)
-    begin = time.perf_counter()
+async def run_hf_engine(model: Path, prompts: list[list[int]], n: int, max_tokens: int) -> Run:
+    from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
+
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    engine = HFEngine(HFEngineConfig(model=str(model), max_batch=len(prompts) * n, cpus=cpus))
     await engine.start()
-    results: dict[str, Any] = {"startup_s": time.perf_counter() - begin}
-    await run_wrapper(engine, prompts[:4], 1, SamplingConfig(max_tokens=16), "warm")
-    raw, wrapped = [], []
+    sampling = SamplingConfig(temperature=1.0, max_tokens=max_tokens)
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        await engine.submit(GenerationRequest(f"hf-{i}", prompt, n=n, sampling=sampling))
+    tokens, received = 0, 0
+    async for sample in engine.samples():
+        tokens += len(sample.response_token_ids)
+        received += 1
+        if received == len(prompts) * n:
+            break
+    secs = time.perf_counter() - start
+    await engine.close()
+    return tokens, secs
+
+
+def _progress(name: str, run: tuple) -> None:
+    print(f"[bench] {name}: {run[0]} tokens in {run[1]:.1f} s = {run[0] / run[1]:.1f} tok/s",
+          flush=True)  # fmt: skip
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    model = prepare_smollm2()
+    prompts = load_prompts(model, args.prompts)
+    os.sched_setaffinity(0, args.cpus)
+    torch.set_num_threads(len(args.cpus))  # HF generate: as many threads as vLLM's worker
+    weights = write_weights(model, Path("/dev/shm/areal-flow-bench-weights"))
+    config = GeneratorConfig(
+        name="gen",
+        model=str(model),
+        sampling=Sampling(temperature=1.0, max_tokens=args.max_tokens),
+        max_running=args.prompts * args.n,
+        kv_cache_gib=2,  # every sequence of the batch fits: no preemption in any row
+    )
+    node = Generator(config)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-generation-"))
+    began = time.perf_counter()
+    await node.setup(NodeContext(config, 0, 1, run_dir, seed=0, cpus=list(args.cpus)))
+    out: dict[str, Any] = {"startup_s": time.perf_counter() - began}
+    hf_generate = HFGenerate(model, prompts, args.n, args.max_tokens)
+    await run_node(node, prompt_batch(prompts[:4], 1, "warm"))
+    await run_raw(node.engine._llm, prompts[:4], 1, 16, "warm")
+
+    runs: dict[str, list[Run]] = {"raw": [], "node": [], "hf": []}
+    cases = list(runs)
     for r in range(args.rounds):
-        order = ("raw", "wrapper") if r % 2 == 0 else ("wrapper", "raw")
-        for kind in order:
-            if kind == "raw":
-                tokens, secs = await run_raw(engine._llm, prompts, args.n, sampling, f"raw{r}")
-                raw.append((tokens / secs, tokens, secs))
-                _progress(f"raw vLLM round {r}", raw[-1])
+        for case in cases[r % 3 :] + cases[: r % 3]:
+            if case == "raw":
+                llm = node.engine._llm
+                run = await run_raw(llm, prompts, args.n, args.max_tokens, f"raw{r}")
+            elif case == "node":
+                run = (await run_node(node, prompt_batch(prompts, args.n, f"node{r}")))[:2]
             else:
-                tokens, secs, _ = await run_wrapper(engine, prompts, args.n, sampling, f"w{r}")
-                wrapped.append((tokens / secs, tokens, secs))
-                _progress(f"wrapper round {r}", wrapped[-1])
-    results["raw"], results["wrapper"] = max(raw), max(wrapped)
+                run = hf_generate(r)  # blocks the loop: vLLM is idle meanwhile
+            runs[case].append(run)
+            _progress(f"round {r} {case}", run)
+    out["runs"] = runs
+
     idle = []
     for _ in range(5):
         t0 = time.perf_counter()
-        await engine.update_weights(engine.version + 1, weights)
+        await node.on_weights(node.engine.version + 1, {"path": str(weights)})
         idle.append(time.perf_counter() - t0)
-    results["idle_update_s"] = statistics.median(idle)
-    # Interrupts spread evenly over what an uninterrupted run takes.
-    every = results["wrapper"][2] / (args.interrupts + 1)
-    runs: dict[str, list[tuple]] = {"keep": [], "abort": []}
+    out["idle_update_s"] = statistics.median(idle)
+
+    every = statistics.median(secs for _, secs in runs["node"]) / (args.interrupts + 1)
+    modes: dict[str, list[tuple[int, float, list[float]]]] = {"keep": [], "abort": []}
     for r in range(args.interrupt_rounds):
         for mode in ("keep", "abort") if r % 2 == 0 else ("abort", "keep"):
-            # The mode is read at each pause, so one engine serves both measurements.
+            # The engine reads the mode at each pause, so one engine serves both.
+            engine = node.engine
             engine.config = engine.config.model_copy(update={"interrupt_mode": mode})
-            tokens, secs, lat = await run_wrapper(
-                engine, prompts, args.n, sampling, f"{mode}{r}", (args.interrupts, every, weights)
-            )
-            runs[mode].append((tokens / secs, tokens, secs, lat))
-            _progress(f"{mode} + {len(lat)} interrupts round {r}", runs[mode][-1])
-    for mode, mode_runs in runs.items():
-        results[mode] = max(mode_runs, key=lambda run: run[0])
-    await engine.close()
-    return results
+            batch = prompt_batch(prompts, args.n, f"{mode}{r}")
+            modes[mode].append(await run_node(node, batch, (args.interrupts, every, weights)))
+            _progress(f"round {r} node + {args.interrupts} interrupts, {mode}", modes[mode][-1])
+    out["modes"] = modes
+    await node.teardown()
+    if args.hf_engine:
+        out["hf_engine"] = await run_hf_engine(model, prompts, args.n, args.max_tokens)
+        _progress("hf engine", out["hf_engine"])
+    return out
 
 
-def bench_hf_generate(model: Path, prompts: list[list[int]], n: int, max_tokens: int) -> tuple:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    rows = [p for p in prompts for _ in range(n)]
-    width = max(len(p) for p in rows)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
-    eos = lm.generation_config.eos_token_id
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = lm.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            max_new_tokens=max_tokens,
-            pad_token_id=pad,
-        )
-    secs = time.perf_counter() - start
-    tokens = 0
-    for row in out[:, width:].tolist():
-        tokens += row.index(eos) + 1 if eos in row else len(row)
-    return tokens / secs, tokens, secs
+def rate(run: tuple) -> float:
+    return float(run[0] / run[1])
 
 
-async def bench_hf_engine(model: Path, prompts: list[list[int]], n: int, max_tokens: int) -> tuple:
-    engine = HFEngine(HFEngineConfig(model=str(model), max_batch=len(prompts) * n))
-    await engine.start()
-    sampling = SamplingConfig(temperature=1.0, max_tokens=max_tokens)
-    tokens, secs, _ = await run_wrapper(engine, prompts, n, sampling, "hf")
-    await engine.close()
-    return tokens / secs, tokens, secs
+def paired(a: list, b: list) -> float:
+    """Median over rounds of rate(a) / rate(b)."""
+    return statistics.median(rate(x) / rate(y) for x, y in zip(a, b, strict=True))
 
 
-def print_table(vllm: dict, hf_gen: tuple, hf_eng: tuple | None) -> None:
-    raw = vllm["raw"][0]
-    rows = [
-        ("raw vLLM AsyncLLM", vllm["raw"]),
-        ("VLLMEngine wrapper", vllm["wrapper"]),
-        ("wrapper + interrupts, keep", vllm["keep"]),
-        ("wrapper + interrupts, abort", vllm["abort"]),
-        ("HF generate (one batch)", hf_gen),
+def print_tables(res: dict[str, Any], args: argparse.Namespace) -> None:
+    runs, modes = res["runs"], res["modes"]
+    rows: list[tuple[str, list, bool]] = [  # name, runs, interleaved with raw and HF
+        ("raw vLLM AsyncLLM", runs["raw"], True),
+        ("generator node", runs["node"], True),
+        ("HF generate (one batch)", runs["hf"], True),
     ]
-    if hf_eng is not None:
-        rows.append(("hf engine (cont. batching)", hf_eng))
-    print(f"\n{'row':30} {'tokens':>8} {'seconds':>8} {'tok/s':>8} {'vs raw':>7} {'vs HF':>7}")
-    for name, run in rows:
-        rate, tokens, secs = run[0], run[1], run[2]
-        print(
-            f"{name:30} {tokens:8d} {secs:8.2f} {rate:8.1f} "
-            f"{rate / raw:6.2f}x {rate / hf_gen[0]:6.2f}x"
-        )
-    for mode in ("keep", "abort"):
-        rate, tokens, secs, lat = vllm[mode]
-        # Extra wall time per interrupt at equal work: pause + load + the prefix recompute.
-        lost = (secs - tokens / vllm["wrapper"][0]) / max(len(lat), 1)
-        print(
-            f"interrupt ({mode}): {len(lat)} interrupts; interrupt→resumed (update_weights "
-            f"call) median {statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms;"
-            f" wall time lost per interrupt incl. recompute {lost:.2f} s"
-        )
-    print(f"idle weight update (135M fp32, /dev/shm): {vllm['idle_update_s'] * 1000:.0f} ms")
-    print(f"vLLM engine start-up: {vllm['startup_s']:.1f} s")
+    if "hf_engine" in res:
+        rows.append(("hf engine (cont. batching)", [res["hf_engine"]], False))
     print(
-        f"goals: wrapper/raw = {vllm['wrapper'][0] / raw:.2f} (>= 0.9), "
-        f"wrapper/HF generate = {vllm['wrapper'][0] / hf_gen[0]:.2f} (>= 2.5)"
+        f"\n{args.prompts} prompts x {args.n} samples, max {args.max_tokens} tokens, "
+        f"cores {args.cpus}; medians of {args.rounds} rounds"
+    )
+    print(f"{'row':28} {'tokens':>7} {'s':>6} {'tok/s':>7} {'vs raw':>7} {'vs HF':>7}")
+    for name, row_runs, interleaved in rows:
+        tokens = statistics.median(r[0] for r in row_runs)
+        secs = statistics.median(r[1] for r in row_runs)
+        med = statistics.median(rate(r) for r in row_runs)
+        vs_raw = f"{paired(row_runs, runs['raw']):.2f}x" if interleaved else "-"
+        vs_hf = f"{paired(row_runs, runs['hf']):.2f}x" if interleaved else "-"
+        print(f"{name:28} {tokens:>7.0f} {secs:>6.1f} {med:>7.1f} {vs_raw:>7} {vs_hf:>7}")
+    node_rate = statistics.median(rate(r) for r in runs["node"])
+    for mode in ("keep", "abort"):
+        lat = [x for run in modes[mode] for x in run[2]]
+        # Extra wall time per interrupt at equal work: pause + load + the prefix recompute.
+        lost = statistics.median((s - t / node_rate) / max(len(r), 1) for t, s, r in modes[mode])
+        mode_rate = statistics.median(rate(r) for r in modes[mode])
+        print(
+            f"node + interrupts, {mode}: {mode_rate:.1f} tok/s ({mode_rate / node_rate:.2f}x "
+            f"uninterrupted); {len(lat)} interrupts; interrupt→resumed median "
+            f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
+            f"wall time lost per interrupt incl. recompute {lost:.2f} s"
+        )
+    print(f"keep / abort tokens/s: {paired(modes['keep'], modes['abort']):.2f}x")
+    print(f"idle weight update (135M fp32, /dev/shm): {res['idle_update_s'] * 1000:.0f} ms")
+    print(f"generator start-up (vLLM engine): {res['startup_s']:.1f} s")
+    print(
+        f"goals: node/raw = {paired(runs['node'], runs['raw']):.2f} (>= 0.9), "
+        f"node/HF generate = {paired(runs['node'], runs['hf']):.2f} (>= 2.5)"
     )
 
 
@@ -275,21 +355,15 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interrupts", type=int, default=4, help="weight updates per run")
-    parser.add_argument("--interrupt-rounds", type=int, default=2)
-    parser.add_argument("--cpus", type=int, nargs="*", help="cores for vLLM (default: auto)")
-    parser.add_argument("--skip-hf-engine", action="store_true")
+    parser.add_argument("--interrupt-rounds", type=int, default=3)
+    parser.add_argument(
+        "--cpus", type=int, nargs="+", default=sorted(os.sched_getaffinity(0)), help="cores"
+    )
+    parser.add_argument("--hf-engine", action="store_true", help="also the hf engine row")
     args = parser.parse_args()
-    model = prepare_smollm2()
-    prompts = load_prompts(model, args.prompts)
-    vllm = asyncio.run(bench_vllm(args, model, prompts))
-    hf_gen = bench_hf_generate(model, prompts, args.n, args.max_tokens)
-    _progress("HF generate", hf_gen)
-    hf_eng = None
-    if not args.skip_hf_engine:
-        hf_eng = asyncio.run(bench_hf_engine(model, prompts, args.n, args.max_tokens))
-    print_table(vllm, hf_gen, hf_eng)
+    print_tables(asyncio.run(bench(args)), args)
 
 
 if __name__ == "__main__":
