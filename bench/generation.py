@@ -1,19 +1,23 @@
 """Generation throughput and interrupt latency: the generator node vs raw vLLM vs HF generate.
 
-Usage: ``python bench/generation.py [--prompts 16] [--n 4] [--max-tokens 256] [--rounds 3]
-[--interrupts 4] [--interrupt-rounds 3] [--cpus 0 1] [--hf-engine]``
+Usage: ``python bench/generation.py [--prompts 16] [--n 4] [--max-tokens 256]
+[--max-running 64] [--rounds 3] [--interrupts 4] [--interrupt-rounds 3] [--cpus 0 1]
+[--hf-engine]``
 
 Every row generates the same work: ``--prompts`` GSM8K questions (the first ones of
 /work/shared/data/gsm8k/train.jsonl when present, else built-in questions) under SmolLM2-135M-
 Instruct's chat template, ``--n`` samples each, T = 1, no top-k/top-p, until EOS or
-``--max-tokens``: natural, long-tailed lengths. The model is fp32 everywhere. Rows:
+``--max-tokens``: natural lengths (their spread is printed). At most ``--max-running``
+sequences are in flight in every row (the generator's default, 64); with more prompts × n than
+that the rest wait. The model is fp32 everywhere. Rows:
 
 - raw vLLM: ``AsyncLLM.generate`` with ``SamplingParams(n=N)`` and the same log-prob output
-  (``logprobs=0``, flat), on the generator's own vLLM engine;
+  (``logprobs=0``, flat), on the generator's own vLLM engine (``max_num_seqs`` = max running);
 - generator node: ``nodes.generator.Generator`` as the runtime drives it — one prompt record
   batch in, rollout record batches out (one vLLM request per sample, stitching, versions, Arrow);
-- HF generate: ``model.generate`` on all prompts × n in one left-padded batch, sampling with the
-  same settings, torch on the same cores with as many threads as vLLM's worker;
+- HF generate: ``model.generate`` on the prompts × n rows in order, in batches of max running,
+  each left-padded and run until its longest row ends; sampling with the same settings; torch on
+  the same cores with as many threads as vLLM's worker;
 - hf engine (``--hf-engine``): areal-flow's fallback engine (continuous batching), same cores.
 
 These rows run in ``--rounds`` rounds, in an order rotated each round, in one process: vLLM
@@ -57,6 +61,7 @@ FALLBACK_QUESTIONS = [
     "Write a short poem about rivers.",
 ]
 Run = tuple[int, float]  # generated tokens, seconds
+LENGTHS: list[int] = []  # response lengths of every uninterrupted and interrupted node run
 
 
 def load_prompts(model_dir: Path, count: int) -> list[list[int]]:
@@ -132,15 +137,16 @@ async def run_node(
 
     start = time.perf_counter()
     task = asyncio.create_task(interrupter(*interrupt)) if interrupt else None
-    tokens = 0
+    lengths: list[int] = []
     async for out in node.run(inputs()):
         assert isinstance(out, pa.RecordBatch)
-        tokens += sum(len(ids) for ids in out.column("response_token_ids").to_pylist())
+        lengths += [len(ids) for ids in out.column("response_token_ids").to_pylist()]
     elapsed = time.perf_counter() - start
     done.set()
     if task is not None:
         await task
-    return tokens, elapsed, latencies
+    LENGTHS.extend(lengths)
+    return sum(lengths), elapsed, latencies
 
 
 async def run_raw(llm: Any, prompts: list[list[int]], n: int, max_tokens: int, tag: str) -> Run:
@@ -170,9 +176,12 @@ async def run_raw(llm: Any, prompts: list[list[int]], n: int, max_tokens: int, t
 
 
 class HFGenerate:
-    """Batched ``generate``: all rows in one left-padded batch, sampling like the vLLM rows."""
+    """Batched ``generate``: the rows in batches of ``batch`` (in order), each left-padded and
+    run until its longest row finishes; sampling like the vLLM rows."""
 
-    def __init__(self, model: Path, prompts: list[list[int]], n: int, max_tokens: int) -> None:
+    def __init__(
+        self, model: Path, prompts: list[list[int]], n: int, max_tokens: int, batch: int
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,40 +189,43 @@ class HFGenerate:
         self.pad = AutoTokenizer.from_pretrained(model).pad_token_id
         self.eos = self.lm.generation_config.eos_token_id
         rows = [p for p in prompts for _ in range(n)]
-        self.width = max(len(p) for p in rows)
-        self.ids = torch.tensor([[self.pad] * (self.width - len(p)) + p for p in rows])
-        self.mask = torch.tensor([[0] * (self.width - len(p)) + [1] * len(p) for p in rows])
+        self.batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
         self.max_tokens = max_tokens
 
     def __call__(self, seed: int) -> Run:
         import torch
 
         torch.manual_seed(seed)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = self.lm.generate(
-                input_ids=self.ids,
-                attention_mask=self.mask,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=self.max_tokens,
-                pad_token_id=self.pad,
-                eos_token_id=self.eos,
-            )
-        secs = time.perf_counter() - start
         tokens = 0
-        for row in out[:, self.width :].tolist():
-            tokens += row.index(self.eos) + 1 if self.eos in row else len(row)
-        return tokens, secs
+        start = time.perf_counter()
+        for rows in self.batches:
+            width = max(len(p) for p in rows)
+            ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in rows])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+            with torch.inference_mode():
+                out = self.lm.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=self.max_tokens,
+                    pad_token_id=self.pad,
+                    eos_token_id=self.eos,
+                )
+            for row in out[:, width:].tolist():
+                tokens += row.index(self.eos) + 1 if self.eos in row else len(row)
+        return tokens, time.perf_counter() - start
 
 
-async def run_hf_engine(model: Path, prompts: list[list[int]], n: int, max_tokens: int) -> Run:
+async def run_hf_engine(
+    model: Path, prompts: list[list[int]], n: int, max_tokens: int, max_running: int
+) -> Run:
     from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
 
     cpus = tuple(sorted(os.sched_getaffinity(0)))
-    engine = HFEngine(HFEngineConfig(model=str(model), max_batch=len(prompts) * n, cpus=cpus))
+    engine = HFEngine(HFEngineConfig(model=str(model), max_batch=max_running, cpus=cpus))
     await engine.start()
     sampling = SamplingConfig(temperature=1.0, max_tokens=max_tokens)
     start = time.perf_counter()
@@ -247,17 +259,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         name="gen",
         model=str(model),
         sampling=Sampling(temperature=1.0, max_tokens=args.max_tokens),
-        max_running=args.prompts * args.n,
-        kv_cache_gib=2,  # every sequence of the batch fits: no preemption in any row
+        max_running=args.max_running,
+        kv_cache_gib=2,  # every running sequence fits: no preemption in any row
     )
     node = Generator(config)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-generation-"))
     began = time.perf_counter()
     await node.setup(NodeContext(config, 0, 1, run_dir, seed=0, cpus=list(args.cpus)))
     out: dict[str, Any] = {"startup_s": time.perf_counter() - began}
-    hf_generate = HFGenerate(model, prompts, args.n, args.max_tokens)
+    hf_generate = HFGenerate(model, prompts, args.n, args.max_tokens, args.max_running)
     await run_node(node, prompt_batch(prompts[:4], 1, "warm"))
     await run_raw(node.engine._llm, prompts[:4], 1, 16, "warm")
+    LENGTHS.clear()
 
     runs: dict[str, list[Run]] = {"raw": [], "node": [], "hf": []}
     cases = list(runs)
@@ -294,7 +307,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     out["modes"] = modes
     await node.teardown()
     if args.hf_engine:
-        out["hf_engine"] = await run_hf_engine(model, prompts, args.n, args.max_tokens)
+        out["hf_engine"] = await run_hf_engine(
+            model, prompts, args.n, args.max_tokens, args.max_running
+        )
         _progress("hf engine", out["hf_engine"])
     return out
 
@@ -313,7 +328,7 @@ def print_tables(res: dict[str, Any], args: argparse.Namespace) -> None:
     rows: list[tuple[str, list, bool]] = [  # name, runs, interleaved with raw and HF
         ("raw vLLM AsyncLLM", runs["raw"], True),
         ("generator node", runs["node"], True),
-        ("HF generate (one batch)", runs["hf"], True),
+        (f"HF generate (batches of {args.max_running})", runs["hf"], True),
     ]
     if "hf_engine" in res:
         rows.append(("hf engine (cont. batching)", [res["hf_engine"]], False))
@@ -329,8 +344,14 @@ def print_tables(res: dict[str, Any], args: argparse.Namespace) -> None:
         vs_raw = f"{paired(row_runs, runs['raw']):.2f}x" if interleaved else "-"
         vs_hf = f"{paired(row_runs, runs['hf']):.2f}x" if interleaved else "-"
         print(f"{name:28} {tokens:>7.0f} {secs:>6.1f} {med:>7.1f} {vs_raw:>7} {vs_hf:>7}")
+    cuts = statistics.quantiles(LENGTHS, n=10)
+    capped = sum(n >= args.max_tokens for n in LENGTHS) / len(LENGTHS)
+    print(
+        f"response lengths (node runs): p10 {cuts[0]:.0f}, median {statistics.median(LENGTHS):.0f}"
+        f", p90 {cuts[-1]:.0f}, max {max(LENGTHS)}; {capped:.0%} stopped at max tokens"
+    )
     node_rate = statistics.median(rate(r) for r in runs["node"])
-    for mode in ("keep", "abort"):
+    for mode in ("keep", "abort") if modes["keep"] else ():
         lat = [x for run in modes[mode] for x in run[2]]
         # Extra wall time per interrupt at equal work: pause + load + the prefix recompute.
         lost = statistics.median((s - t / node_rate) / max(len(r), 1) for t, s, r in modes[mode])
@@ -341,7 +362,8 @@ def print_tables(res: dict[str, Any], args: argparse.Namespace) -> None:
             f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
             f"wall time lost per interrupt incl. recompute {lost:.2f} s"
         )
-    print(f"keep / abort tokens/s: {paired(modes['keep'], modes['abort']):.2f}x")
+    if modes["keep"]:
+        print(f"keep / abort tokens/s: {paired(modes['keep'], modes['abort']):.2f}x")
     print(f"idle weight update (135M fp32, /dev/shm): {res['idle_update_s'] * 1000:.0f} ms")
     print(f"generator start-up (vLLM engine): {res['startup_s']:.1f} s")
     print(
@@ -354,6 +376,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
+    parser.add_argument(
+        "--max-running", type=int, default=64, help="sequences in flight (node, vLLM, HF batch)"
+    )
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interrupts", type=int, default=4, help="weight updates per run")

@@ -19,7 +19,7 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = 32  # 8 steps of 4 groups: room for four crashes and their restarts
+PROMPTS = 64  # 16 steps of 4 groups: room for four crashes and their restarts under CI load
 
 
 def test_generator_verifier_filter_and_publisher_restart_and_lose_nothing(
