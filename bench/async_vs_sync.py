@@ -77,6 +77,8 @@ def run_once(workload: str, mode: str, args: argparse.Namespace, folder: Path) -
         (p for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir()),
         key=lambda p: int(p.name.split("_")[1]),
     )
+    for checkpoint in checkpoints:  # only the weights are scored; the optimizer is ~1 GB each
+        (checkpoint / "train_state.pt").unlink(missing_ok=True)
     return {
         "run_dir": str(run_dir),
         "summary": summary,
@@ -84,44 +86,35 @@ def run_once(workload: str, mode: str, args: argparse.Namespace, folder: Path) -
     }
 
 
-def score(run: dict[str, Any], base_acc: float, args: argparse.Namespace) -> None:
-    """Held-out accuracy of every checkpoint of ``run`` (adds ``curve`` and ``final_acc``)."""
+def score_all(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> float:
+    """Held-out accuracy of the base model and of every checkpoint of every run, with one
+    engine (weights loaded in place); adds ``curve`` and ``final_acc`` to each run and returns
+    the base accuracy."""
     from areal_flow.evaluate import evaluate_models
     from areal_flow.loader import load_graph
     from areal_flow.report import eval_settings
 
     settings = eval_settings(load_graph(GRAPH))
     assert settings is not None
-    paths = [p for p, _ in run["checkpoints"]]
-    results = evaluate_models(
-        paths, settings.data, args.problems, settings.samples, settings.k,
-        settings.temperature, settings.max_tokens, settings.engine,  # type: ignore[arg-type]
+    runs = [run for runs in results.values() for run in runs.values()]
+    paths = [settings.model] + [p for run in runs for p, _ in run["checkpoints"]]
+    scores = iter(
+        r.pass1["all"]
+        for r in evaluate_models(
+            paths, settings.data, args.problems, settings.samples, settings.k,
+            settings.temperature, settings.max_tokens, settings.engine,  # type: ignore[arg-type]
+        )
     )  # fmt: skip
-    run["curve"] = [(0.0, base_acc)] + [
-        (t, r.pass1["all"]) for (_, t), r in zip(run["checkpoints"], results, strict=True)
-    ]
-    run["final_acc"] = results[-1].pass1["all"]
-    for path in paths:  # checkpoints hold the optimizer too: ~1.6 GB each for SmolLM2
-        shutil.rmtree(path, ignore_errors=True)
+    base = next(scores)
+    for run in runs:
+        run["curve"] = [(0.0, base)] + [(t, next(scores)) for _, t in run["checkpoints"]]
+        run["final_acc"] = run["curve"][-1][1]
+    return base
 
 
 def accuracy_at(curve: list[tuple[float, float]], t: float) -> float:
     """Held-out accuracy of the newest checkpoint written by time ``t``."""
     return max((p for p in curve if p[0] <= t), key=lambda p: p[0])[1]
-
-
-def base_accuracy(args: argparse.Namespace) -> float:
-    from areal_flow.evaluate import evaluate_models
-    from areal_flow.loader import load_graph
-    from areal_flow.report import eval_settings
-
-    settings = eval_settings(load_graph(GRAPH))
-    assert settings is not None
-    result = evaluate_models(
-        [settings.model], settings.data, args.problems, settings.samples, settings.k,
-        settings.temperature, settings.max_tokens, settings.engine,  # type: ignore[arg-type]
-    )[0]  # fmt: skip
-    return result.pass1["all"]
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
@@ -154,21 +147,19 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    console.print("scoring the base model ...")
-    base = base_accuracy(args)
     results: dict[str, dict[str, Any]] = {}
     for workload in args.workloads:
         results[workload] = {}
         for mode in MODES:
             console.print(f"[bold]{workload}/{mode}[/]: training {args.steps} steps ...")
             run = run_once(workload, mode, args, args.out)
-            score(run, base, args)
             results[workload][mode] = run
             s = run["summary"]
-            console.print(
-                f"  {s['wall_s']:.0f} s, {s['trajectories']} trajectories, "
-                f"held-out accuracy {run['final_acc']:.3f}"
-            )
+            console.print(f"  {s['wall_s']:.0f} s, {s['trajectories']} trajectories")
+            # Written after every run: a later failure loses no finished run.
+            (args.out / "async_vs_sync.json").write_text(json.dumps(results, indent=2))
+    console.print("scoring the base model and every checkpoint (one engine) ...")
+    base = score_all(results, args)
     table = Table(title=f"async vs sync, {args.steps} steps each (base accuracy {base:.3f})")
     for column in ("workload", "mode", "wall s", "traj/s", "gen tok/s", "train tok/s", "final acc"):
         table.add_column(column, justify="left" if column in ("workload", "mode") else "right")

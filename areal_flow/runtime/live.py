@@ -10,7 +10,7 @@ Rules:
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
@@ -25,10 +25,15 @@ if TYPE_CHECKING:
 
 
 class Rates:
-    """batches/s per node from cumulative counters."""
+    """batches/s per node from cumulative counters, over the last ``window_s`` seconds.
 
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[float, float]] = {}
+    A window, not the last heartbeat interval: a node that emits one batch every few seconds
+    (a trainer, a generator of long rollouts) would otherwise show 0.0 most of the time.
+    """
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._history: dict[str, deque[tuple[float, float]]] = defaultdict(deque)
         self.per_node: dict[str, float] = {}
 
     def update(self, driver: Driver) -> None:
@@ -39,12 +44,13 @@ class Rates:
             counter = "batches_out" if _data_outputs(replica) else "batches_in"
             totals[replica.plan.node] += replica.metrics.get(counter, 0.0)
         for node, total in totals.items():
-            then, before = self._last.get(node, (now, total))
+            history = self._history[node]
+            history.append((now, total))
+            while len(history) > 2 and now - history[1][0] >= self.window_s:
+                history.popleft()  # the oldest kept sample is the last one before the window
+            then, before = history[0]
             if now - then >= 0.5:
-                self.per_node[node] = (total - before) / (now - then)
-                self._last[node] = (now, total)
-            else:
-                self._last.setdefault(node, (now, total))
+                self.per_node[node] = max(total - before, 0.0) / (now - then)
 
 
 def _data_outputs(replica: Any) -> bool:
