@@ -55,6 +55,7 @@ from areal_flow.runtime.ledger import LEDGER_FILE, MESSAGES, Ledger
 from areal_flow.runtime.plan import ReplicaPlan, free_tcp_address, make_plan
 from areal_flow.runtime.resume import ResumePoint, resumed_gate, resumed_plan
 from areal_flow.runtime.staleness import StalenessController
+from areal_flow.runtime.watchdog import LoopWatchdog
 from areal_flow.spec import Graph, NodeSpec
 from areal_flow.transport.curve import (
     KEYS_DIR,
@@ -67,6 +68,7 @@ from areal_flow.transport.curve import (
 )
 
 POLL_MS = 100
+POLL_GRACE_S = 5.0  # beyond POLL_MS before wait_for gives up on a poll
 MAX_MESSAGES_PER_TURN = 1000
 
 
@@ -244,24 +246,36 @@ class Driver:
     # -- the loop -----------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while not self._done():
-            if await self.router.poll(POLL_MS):
-                # A bounded batch per turn: a flood of messages never starves health checks.
-                for _ in range(MAX_MESSAGES_PER_TURN):
-                    if not await self.router.poll(0):
-                        break
-                    frames = await self.router.recv_multipart()
-                    message = _control_message(frames)
-                    if message is None:
-                        self.ignored += 1  # not a control message: a stranger, or garbage
-                        continue
-                    await self._on_message(frames[0], message)
-            await self._check_health()
-            await self._maybe_start()
-            await self._ping()
-            await self._maybe_drain()
-            if self.on_update is not None:
-                self.on_update(self)
+        with LoopWatchdog(self.run_dir) as watchdog:
+            while not self._done():
+                watchdog.beat()
+                await self._turn()
+
+    async def _turn(self) -> None:
+        """One turn: take what arrived (a bounded batch), then health, starts, pings, drain."""
+        try:  # wait_for: the loop turns even if ZeroMQ's own poll timeout were ever lost
+            ready = bool(
+                await asyncio.wait_for(self.router.poll(POLL_MS), POLL_MS / 1000 + POLL_GRACE_S)
+            )
+        except asyncio.TimeoutError:
+            ready = False
+        if ready:
+            # A bounded batch per turn: a flood of messages never starves health checks.
+            for _ in range(MAX_MESSAGES_PER_TURN):
+                if not await self.router.poll(0):
+                    break
+                frames = await self.router.recv_multipart()
+                message = _control_message(frames)
+                if message is None:
+                    self.ignored += 1  # not a control message: a stranger, or garbage
+                    continue
+                await self._on_message(frames[0], message)
+        await self._check_health()
+        await self._maybe_start()
+        await self._ping()
+        await self._maybe_drain()
+        if self.on_update is not None:
+            self.on_update(self)
 
     def _done(self) -> bool:
         if self.failure is not None or self.completed:
