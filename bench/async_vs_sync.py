@@ -50,13 +50,18 @@ WORKLOADS = {
 
 
 def run_once(workload: str, mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """One CLI run; returns its summary, step log and checkpoint times."""
-    run_dir = folder / f"{workload}-{mode}"
+    return train(f"{workload}-{mode}", [*WORKLOADS[workload], *MODES[mode]], args, folder)
+
+
+def train(name: str, settings: list[str], args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """One CLI run of the graph with ``settings`` (``--set`` items), ``args.steps`` steps and a
+    checkpoint every ``args.eval_every``; returns its summary, per-step staleness and waiting,
+    and the checkpoints with their time since launch."""
+    run_dir = folder / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
     sets = [
-        *WORKLOADS[workload],
-        *MODES[mode],
+        *settings,
         f"nodes.trainer.steps={args.steps}",
         f"nodes.trainer.checkpoint_every={args.eval_every}",
         "nodes.trainer.keep_checkpoints=null",
@@ -66,10 +71,10 @@ def run_once(workload: str, mode: str, args: argparse.Namespace, folder: Path) -
     command = [sys.executable, "-m", "areal_flow.cli", "run", str(GRAPH), "-q"]
     command += ["--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
     launched = time.time()
-    log = (folder / f"{workload}-{mode}.log").open("w")
+    log = (folder / f"{name}.log").open("w")
     done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if done.returncode != 0:
-        raise SystemExit(f"{workload}/{mode} run failed; see {log.name}")
+        raise SystemExit(f"{name} run failed; see {log.name}")
     summary = json.loads((run_dir / "summary.json").read_text())
     steps = [json.loads(line) for line in (run_dir / "metrics" / "steps.jsonl").open()]
     at = {int(s["step"]): float(s["time"]) - launched for s in steps}
@@ -82,6 +87,9 @@ def run_once(workload: str, mode: str, args: argparse.Namespace, folder: Path) -
     return {
         "run_dir": str(run_dir),
         "summary": summary,
+        "lag_mean": sum(s["lag_mean"] for s in steps) / len(steps),
+        "lag_max": max(s["lag_max"] for s in steps),
+        "trainer_wait_s": sum(s.get("wait_s", 0.0) for s in steps),
         "checkpoints": [(str(p), at[int(p.name.split("_")[1])]) for p in checkpoints],
     }
 
