@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from async_vs_sync import ROOT, score_all, train
+from async_vs_sync import MODES, ROOT, score_all, train
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +36,7 @@ def main() -> None:
     console = Console()
     runs: dict[str, Any] = {}
     for eta in args.etas:
-        sets = [f"staleness.max_lag={eta}"] + (["staleness.interrupt=false"] if eta == 0 else [])
+        sets = MODES["sync"] if eta == 0 else [f"staleness.max_lag={eta}"]
         console.print(f"[bold]η = {eta}[/]: training {args.steps} steps ...")
         runs[str(eta)] = train(f"eta{eta}", sets, args, args.out)
         (args.out / "staleness_sweep.json").write_text(json.dumps(runs, indent=2))

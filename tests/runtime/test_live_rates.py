@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -11,33 +10,37 @@ from areal_flow.runtime import live
 from areal_flow.runtime.live import Rates
 
 
-def replica(node: str, out: float) -> Any:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The view's clock, set by the test: ``clock[0] = seconds``."""
+    now = [0.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: now[0])
+    return now
+
+
+def update(rates: Rates, node: str, batches_out: float) -> None:
+    """One view refresh of a driver with a single replica of ``node``."""
     plan = SimpleNamespace(node=node, outputs=[SimpleNamespace(weights=False)])
-    return SimpleNamespace(plan=plan, metrics={"batches_out": out})
+    replica = SimpleNamespace(plan=plan, metrics={"batches_out": batches_out})
+    rates.update(SimpleNamespace(replicas={f"{node}/0": replica}))  # type: ignore[arg-type]
 
 
 def test_a_node_with_one_batch_every_4_s_shows_its_rate_between_batches(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
 ) -> None:
-    clock = [0.0]
-    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
     rates = Rates(window_s=10.0)
-    seen = []
+    seen: list[float] = []
     for tick in range(81):  # 40 s of 0.5 s view refreshes; one batch every 4 s
         clock[0] = tick * 0.5
-        rates.update(SimpleNamespace(replicas={"gen/0": replica("gen", tick // 8)}))  # type: ignore[arg-type]
+        update(rates, "gen", tick // 8)
         if clock[0] >= 12:
             seen.append(rates.per_node["gen"])
     assert min(seen) > 0.15 and max(seen) < 0.4, seen  # 0.25/s, never 0.0 between batches
 
 
-def test_a_restarted_replica_does_not_show_a_negative_rate(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = [0.0]
-    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+def test_a_restarted_replica_does_not_show_a_negative_rate(clock: list[float]) -> None:
     rates = Rates(window_s=10.0)
-    for tick, total in enumerate([0, 50, 100, 3]):  # counters start again from 0
+    for tick, total in enumerate([50, 100, 150, 3]):  # the counter starts again from 0
         clock[0] = tick * 1.0
-        rates.update(SimpleNamespace(replicas={"gen/0": replica("gen", total)}))  # type: ignore[arg-type]
-    assert rates.per_node["gen"] >= 0.0
+        update(rates, "gen", total)
+    assert rates.per_node["gen"] >= 0.0  # the window's oldest sample (50) is above the new 3
