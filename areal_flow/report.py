@@ -5,9 +5,10 @@ Rules:
   run with a checkpoint. Unset settings follow the graph (see ``Evaluation``): the prompt
   source's task and levels on the held-out split, the generator's temperature, max tokens and
   engine — the policy is scored the way it was trained, with the training verifier (strict).
-- The initial model's score depends only on the model and the settings, so it is cached in
-  ``~/.cache/areal-flow/evals`` (``$AREAL_FLOW_EVAL_CACHE``) and shown as cached; the final
-  checkpoint is always scored fresh. Both are scored with one engine (weights loaded in place).
+- The initial model's score depends only on the model, the settings and the verifier's rules, so
+  it is cached in ``~/.cache/areal-flow/evals`` (``$AREAL_FLOW_EVAL_CACHE``) and shown as
+  cached; the final checkpoint is always scored fresh. Both are scored with one engine
+  (weights loaded in place).
 - ``summary.json`` in the run folder holds everything the table shows.
 """
 
@@ -46,11 +47,14 @@ class EvalSettings:
 
     def cache_key(self) -> str:
         from areal_flow.models import prepare_model
+        from areal_flow.reward import RewardConfig
 
         folder = prepare_model(self.model)
         weights = sorted(folder.glob("*.safetensors"))
         stamp = [(p.name, p.stat().st_size) for p in weights]
-        text = json.dumps([asdict(self), str(folder), stamp], sort_keys=True)
+        # The verifier's rules are part of the score: a change to them must miss the cache.
+        verifier = RewardConfig().model_dump()
+        text = json.dumps([asdict(self), str(folder), stamp, verifier], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

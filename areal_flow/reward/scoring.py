@@ -8,6 +8,11 @@ Rules:
   depth. Only a short, shallow span reaches a math parser.
 - Plain numbers on both sides ("1,080", "18 dollars", "-3.5") are compared exactly as decimals;
   everything else goes through math-verify's LaTeX parser (an ANTLR grammar, never ``eval``).
+- A plain-number reference needs a number as the answer (``number_answers``, on by default): a
+  plain number, or for a non-integer reference one fraction of integers ("3/4", "\\frac{3}{4}").
+  An expression that only evaluates to the reference ("The answer is 3 + 3." for "What is
+  3 + 3?") restates the question; it is ``not_a_number``, wrong. Policies trained without this
+  rule learned to echo the question.
   Its expression parser (sympy ``parse_expr``, built on ``eval``) is deliberately not used.
 - Every failure is a verdict, never an exception: ``reason`` says why, and the reward is the
   configured wrong reward (plus the format reward when the format was followed).
@@ -16,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -33,11 +39,15 @@ Reason = Literal[
     "too_long",
     "too_complex",
     "parse_error",
+    "not_a_number",
     "compare_error",
     "timeout",
     "worker_crash",
 ]
 REASONS: Final[tuple[str, ...]] = get_args(Reason)
+
+#: The one non-plain form a non-integer answer may take: a fraction ("3/4", "\\frac{3}{4}").
+_FRACTION: Final = re.compile(r"-?\s*(?:\d+\s*/\s*\d+|\\[dt]?frac\s*\{\s*\d+\s*\}\s*\{\s*\d+\s*\})")
 
 
 class RewardConfig(BaseModel):
@@ -59,6 +69,11 @@ class RewardConfig(BaseModel):
     )
     lenient: bool = Field(
         False, description="When no answer marker is present, take the last number in the text."
+    )
+    number_answers: bool = Field(
+        True,
+        description="When the reference is a plain number, accept only a number (or a fraction "
+        "of integers) as the answer, not an expression that evaluates to it ('3 + 3').",
     )
     max_response_chars: int = Field(
         32_768, gt=0, description="Longer responses are wrong with reason 'too_long', unread."
@@ -129,6 +144,10 @@ def compare(span: str, reference: str, config: RewardConfig) -> Reason:
     pred_number, gold_number = _plain_number(span), _plain_number(reference)
     if pred_number is not None and gold_number is not None:
         return "correct" if Decimal(pred_number) == Decimal(gold_number) else "wrong"
+    # An integer takes no fraction either: "12/2" for "What is 12 divided by 2?" is an echo.
+    fraction_ok = gold_number is not None and "." in gold_number and _FRACTION.fullmatch(span)
+    if config.number_answers and gold_number is not None and not fraction_ok:
+        return "not_a_number"
     return _compare_with_math_verify(span, reference.strip(), config.parse_timeout_s)
 
 

@@ -42,7 +42,32 @@ def test_equivalent_answers_are_correct(response: str, reference: str) -> None:
 def test_different_answers_are_wrong(response: str, reference: str) -> None:
     verdict = score_answer(response, reference, RewardConfig())
     assert not verdict.correct
-    assert verdict.reason in ("wrong", "parse_error")
+    assert verdict.reason in ("wrong", "parse_error", "not_a_number")
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        ("The answer is 3 + 3.", "6"),
+        ("The answer is 6 × 7.", "42"),
+        ("The answer is \\boxed{2 \\cdot 3}", "6"),
+        ("The answer is 12/2.", "6"),
+    ],
+)
+def test_an_expression_is_not_a_number_answer(response: str, reference: str) -> None:
+    """'What is 3 + 3?' answered 'The answer is 3 + 3.' echoes the question: wrong, though it
+    evaluates to the reference. A policy learned exactly this echo before the rule existed."""
+    verdict = score_answer(response, reference, RewardConfig())
+    assert (verdict.correct, verdict.reason) == (False, "not_a_number"), verdict
+    evaluated = score_answer(response, reference, RewardConfig(number_answers=False))
+    assert evaluated.correct, evaluated
+
+
+def test_number_forms_a_number_answer_may_take() -> None:
+    config = RewardConfig()
+    assert score_answer("The answer is 3 + 3 = 6.", "6", config).correct  # the stated value
+    for fraction in ("The answer is 1/2.", "The answer is 2/4.", "\\boxed{\\frac{1}{2}}"):
+        assert score_answer(fraction, "0.5", config).correct, fraction
 
 
 def test_reward_values_follow_the_config() -> None:
@@ -83,7 +108,9 @@ def test_guard_reasons() -> None:
 
 
 def test_math_verify_timeout_is_a_verdict() -> None:
-    verdict = score_answer("\\boxed{10^{10^{10}}}", "5", RewardConfig(parse_timeout_s=1))
+    # number_answers off: the expression must reach the parser, not stop at the number rule.
+    config = RewardConfig(parse_timeout_s=1, number_answers=False)
+    verdict = score_answer("\\boxed{10^{10^{10}}}", "5", config)
     assert verdict.reason == "timeout"
     assert not verdict.correct
     assert verdict.reason in REASONS
@@ -98,6 +125,6 @@ def test_model_text_is_never_executed(tmp_path: Path) -> None:
         f"The answer is eval(\"open('{marker}', 'w')\").",
     ]
     for payload in payloads:
-        verdict = score_answer(payload, "0", RewardConfig())
+        verdict = score_answer(payload, "0", RewardConfig(number_answers=False))
         assert not verdict.correct
     assert not marker.exists()
