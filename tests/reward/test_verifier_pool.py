@@ -38,9 +38,14 @@ ADVERSARIAL = [
 ]
 
 
+# The number rule would stop the expressions below before math-verify ("5" is a plain number);
+# these tests are about what the parser does to the pool, so they let expressions through.
+PARSE_ALL = RewardConfig(number_answers=False)
+
+
 @pytest.fixture(scope="module")
 def pool() -> Iterator[VerifierPool]:
-    with VerifierPool(RewardConfig(), workers=2, timeout_s=3.0) as running:
+    with VerifierPool(PARSE_ALL, workers=2, timeout_s=3.0) as running:
         yield running
 
 
@@ -91,7 +96,7 @@ def test_adversarial_answers_finish_in_bounded_time(pool: VerifierPool) -> None:
 
 def test_a_hanging_worker_is_killed_and_replaced() -> None:
     # math-verify's own alarm is 5 s here; the pool's deadline of 0.3 s must win.
-    config = RewardConfig(parse_timeout_s=5)
+    config = PARSE_ALL.model_copy(update={"parse_timeout_s": 5})
     with VerifierPool(config, workers=1, timeout_s=0.3) as pool:
         first_pid = pool.worker_pids()[0]
         start = time.perf_counter()
@@ -106,7 +111,7 @@ def test_a_hanging_worker_is_killed_and_replaced() -> None:
 
 
 def test_a_dying_worker_is_replaced() -> None:
-    config = RewardConfig(parse_timeout_s=5)
+    config = PARSE_ALL.model_copy(update={"parse_timeout_s": 5})
     with VerifierPool(config, workers=1, timeout_s=30.0) as pool:
         pid = pool.worker_pids()[0]
         assert pid is not None
