@@ -1,21 +1,24 @@
 """Trainer throughput: packed (sorted FFD) vs padded micro-batches, fp32 vs bf16 autocast; and
 the cost of publishing weights and writing a checkpoint.
 
-Usage: ``python bench/trainer.py [--seqs 32] [--group 8] [--budget 4096] [--rounds 3]
-[--threads 1] [--modes packed padded padded-sorted] [--dtypes fp32 bf16]``
+Usage: ``python bench/trainer.py [--seqs 32] [--group 8] [--mix longtail|arithmetic]
+[--budget 4096] [--rounds 3] [--threads 1] [--modes shared packed padded] [--dtypes fp32 bf16]``
 
 Model: SmolLM2-135M-Instruct (``prepare_model("smollm2")``, fp32 parameters). Batch: ``--seqs``
 trajectories in groups of ``--group`` that share a prompt (40–120 tokens), with long-tailed
 responses like RL rollouts (mostly 30–200 tokens, one in eight 400–900), in arrival order (whole
-groups, as the generator emits them). The defaults are the trainer's: a 4096-token micro-batch
-budget, and B = 4 groups × 8 as in graphs/math_rl.py. Each timed step is one optimizer step of
-the decoupled PPO loss over the whole batch (forward, backward, AdamW); tokens/s counts real
-(non-pad) tokens.
+groups, as the generator emits them); ``--mix arithmetic`` uses graphs/math_rl.py's shapes
+instead (prompts 50–65 tokens, responses 15–96). The defaults are the trainer's: a 4096-token
+micro-batch budget, and B = 4 groups × 8 as in graphs/math_rl.py. Each timed step is one
+optimizer step of the decoupled PPO loss over the whole batch (forward, backward, AdamW);
+tokens/s counts the batch's real tokens (every sequence whole, unpadded) in every mode.
 
 Modes (all with the same loss, the same fp32 head on response positions, the same budget):
 
-- packed: the trainer's own path (``Policy.train_step``): sorted first-fit-decreasing bins under
-  the budget, each bin one row without padding, varlen attention;
+- shared: the trainer's default path (``Policy.train_step``, ``share_prompts``): packed, and
+  each group's prompt enters the row once, shared by its responses (a prompt tree);
+- packed: the same with every sequence packed whole (``share_prompts=False``): sorted
+  first-fit-decreasing bins under the budget, each bin one row without padding, varlen attention;
 - padded: what a padded trainer does: sequences in arrival order, a micro-batch grows while its
   padded size (rows × its longest sequence) stays within the budget, right-padded, plain
   ``sdpa`` with the attention mask (the goal's baseline);
@@ -55,29 +58,43 @@ from areal_flow.train.policy import Policy
 from areal_flow.train.weights import SHM_ROOT, publish_weights, verify_weights
 from nodes.trainer import DecoupledPPO, Optimizer
 
-MODES = ("packed", "padded", "padded-sorted", "padded-fixed")
+MODES = ("shared", "packed", "padded", "padded-sorted", "padded-fixed")
 
 
-def length_mix(n: int, group: int, seed: int) -> list[tuple[int, int]]:
-    """(prompt, response) lengths: a prompt per group; one in eight responses 400–900 tokens."""
+def length_mix(n: int, group: int, seed: int, kind: str = "longtail") -> list[tuple[int, int]]:
+    """(prompt, response) lengths, a prompt per group. ``longtail``: prompts 40–120, responses
+    30–200 and one in eight 400–900; ``arithmetic``: graphs/math_rl.py's shapes, prompts 50–65
+    and responses 15–96 (its max_tokens)."""
     gen = torch.Generator().manual_seed(seed)
 
     def draw(low: int, high: int) -> int:
         return int(torch.randint(low, high, (1,), generator=gen))
 
+    arithmetic = kind == "arithmetic"
     mix = []
+    prompt = 0
     for i in range(n):
         if i % group == 0:
-            prompt = draw(40, 120)
-        mix.append((prompt, draw(400, 900) if i % 8 == 3 else draw(30, 200)))
+            prompt = draw(50, 66) if arithmetic else draw(40, 120)
+        if arithmetic:
+            mix.append((prompt, draw(15, 97)))
+        else:
+            mix.append((prompt, draw(400, 900) if i % 8 == 3 else draw(30, 200)))
     return mix
 
 
-def make_sequences(policy: Policy, mix: list[tuple[int, int]], seed: int) -> list[Sequence]:
+def make_sequences(
+    policy: Policy, mix: list[tuple[int, int]], group: int, seed: int
+) -> list[Sequence]:
+    """Random tokens in the ``mix`` lengths; the ``group`` responses of a prompt share it."""
     gen = torch.Generator().manual_seed(seed)
     raw = []
-    for prompt, response in mix:
-        tokens = torch.randint(100, 20000, (prompt + response,), generator=gen)
+    prompt_ids = torch.zeros(0, dtype=torch.long)
+    for i, (prompt, response) in enumerate(mix):
+        if i % group == 0:
+            prompt_ids = torch.randint(100, 20000, (prompt,), generator=gen)
+        answer = torch.randint(100, 20000, (response,), generator=gen)
+        tokens = torch.cat([prompt_ids, answer])
         zeros = torch.zeros(response)
         raw.append(Sequence(tokens, prompt, zeros, zeros, 0.0, True))
     prox, _ = policy.response_logprobs(raw)  # realistic ratios: π_θ starts at π_prox = π_behav
@@ -103,7 +120,8 @@ def padded_micro_batches(lengths: list[int], budget: int, order: list[int]) -> l
 def micro_batches(policy: Policy, seqs: list[Sequence], mode: str, budget: int) -> list[list[int]]:
     lengths = [int(s.tokens.numel()) for s in seqs]
     arrival = list(range(len(seqs)))
-    if mode == "packed":
+    if mode in ("packed", "shared"):
+        policy.share_prompts = mode == "shared"
         return policy.micro_batches(seqs)
     if mode == "padded":
         return padded_micro_batches(lengths, budget, arrival)
@@ -160,7 +178,8 @@ def one_step(policy: Policy, seqs: list[Sequence], mode: str, budget: int) -> tu
     """(CPU seconds, wall seconds) of one optimizer step in ``mode``."""
     algo = DecoupledPPO()
     cpu, wall = time.process_time(), time.perf_counter()
-    if mode == "packed":
+    if mode in ("packed", "shared"):
+        policy.share_prompts = mode == "shared"
         policy.train_step(seqs, algo)
     else:
         padded_train_step(policy, seqs, algo, micro_batches(policy, seqs, mode, budget))
@@ -175,7 +194,9 @@ def bench_steps(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         bf16=False,
         micro_batch_tokens=args.budget,
     )
-    seqs = make_sequences(policy, length_mix(args.seqs, args.group, seed=1), seed=1)
+    seqs = make_sequences(
+        policy, length_mix(args.seqs, args.group, 1, args.mix), args.group, seed=1
+    )
     tokens = sum(int(s.tokens.numel()) for s in seqs)
     cases = [(dtype, mode) for dtype in args.dtypes for mode in args.modes]
     for dtype, mode in cases[: len(args.modes)]:  # warm-up: optimizer state, allocator
@@ -199,7 +220,7 @@ def bench_steps(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "mode": mode,
                 "dtype": dtype,
                 "micro": len(bins),
-                "pad": 0.0 if mode == "packed" else padded / tokens - 1,
+                "pad": 0.0 if mode in ("packed", "shared") else padded / tokens - 1,
                 "times": times[(dtype, mode)],
                 "tokens": tokens,
             }
@@ -252,7 +273,8 @@ def print_tables(rows: list[dict[str, Any]], pub: dict[str, float] | None) -> No
     tokens, rounds = rows[0]["tokens"], len(rows[0]["times"])
     print(f"\ntraining step, {tokens} real tokens, median of {rounds} interleaved rounds")
     print(f"{'mode':13} {'dtype':9} {'micro':>5} {'pad':>5} {'cpu s':>6} {'tok/s':>6} "
-          f"{'wall s':>6} {'vs padded':>9} {'(wall)':>6} {'vs fp32':>7}")  # fmt: skip
+          f"{'wall s':>6} {'vs padded':>9} {'(wall)':>6} {'vs packed':>9} "
+          f"{'vs fp32':>7}")  # fmt: skip
     for r in rows:
         times = r["times"]
         cpu = statistics.median(t[0] for t in times)
@@ -261,11 +283,14 @@ def print_tables(rows: list[dict[str, Any]], pub: dict[str, float] | None) -> No
         padded = by_case.get((r["dtype"], "padded"))
         for k in (0, 1):
             cells.append(f"{paired_ratio(padded, times, k):.2f}x" if padded else "-")
+        packed = by_case.get((r["dtype"], "packed"))
+        cells.append(f"{paired_ratio(packed, times, 0):.2f}x" if packed else "-")
         fp32 = by_case.get(("fp32", r["mode"]))
         cells.append(f"{paired_ratio(fp32, times, 0):.2f}x" if fp32 else "-")
         print(
             f"{r['mode']:13} {r['dtype']:9} {r['micro']:>5} {r['pad']:>5.0%} {cpu:>6.1f} "
-            f"{tokens / cpu:>6.0f} {wall:>6.1f} {cells[0]:>9} {cells[1]:>6} {cells[2]:>7}"
+            f"{tokens / cpu:>6.0f} {wall:>6.1f} {cells[0]:>9} {cells[1]:>6} {cells[2]:>9} "
+            f"{cells[3]:>7}"
         )
     if pub is not None:
         print(
@@ -279,6 +304,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seqs", type=int, default=32, help="trajectories per step")
     parser.add_argument("--group", type=int, default=8, help="trajectories per prompt")
+    parser.add_argument("--mix", choices=("longtail", "arithmetic"), default="longtail",
+                        help="sequence lengths: long-tailed RL rollouts or math_rl's")  # fmt: skip
     parser.add_argument("--budget", type=int, default=4096, help="micro-batch token budget")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU clock)")

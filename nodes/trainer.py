@@ -86,6 +86,11 @@ class TrainerConfig(NodeSpec):
     micro_batch_tokens: int = Field(
         4096, ge=64, description="Token budget of one packed micro-batch."
     )
+    share_prompts: bool = Field(
+        True,
+        description="Put a group's prompt into the forward pass once, shared by its responses "
+        "(same result, fewer token positions); false packs every sequence whole.",
+    )
     bf16: bool = Field(True, description="bf16 autocast (CPU and GPU).")
     checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N steps (and at stop).")
     samples_every: int = Field(

@@ -15,6 +15,7 @@ from areal_flow.rl.packing import (
     unpack,
 )
 from areal_flow.rl.ppo import Aggregation, CapMode, decoupled_ppo_loss
+from areal_flow.rl.prompt_tree import PromptTreeRow, pack_prompt_tree, prompt_tree_micro_batches
 from areal_flow.rl.versions import trajectory_version, version_lag_stats
 
 __all__ = [
@@ -23,12 +24,15 @@ __all__ = [
     "CapMode",
     "Estimator",
     "PackedRow",
+    "PromptTreeRow",
     "decoupled_ppo_loss",
     "ffd_micro_batches",
     "group_advantages",
     "group_index",
+    "pack_prompt_tree",
     "pack_sequences",
     "pack_values",
+    "prompt_tree_micro_batches",
     "token_entropy",
     "token_logprobs",
     "trajectory_version",

@@ -7,10 +7,13 @@ lengths, and the mask itself is N² booleans. Here each sequence of the row gets
 varlen kernels do on GPU, for any device.
 
 Rules:
-- Segments are found from ``position_ids`` (a new sequence wherever the position is 0), which
-  transformers hands every attention call. Only a single row without padding mask and without a
-  cache is split; everything else (padded batches, generation) goes to plain ``sdpa`` with the
-  mask transformers builds for it.
+- Segments are found from ``position_ids``, which transformers hands every attention call: a
+  segment starts wherever a position is not the previous one plus 1. One starting at 0 is a
+  sequence of its own; one starting at k > 0 is a branch of a shared prompt
+  (``areal_flow.rl.prompt_tree``): it attends to the first k tokens of the latest sequence and
+  causally to itself. Only a single row without padding mask and without a cache is split;
+  everything else (padded batches, generation) goes to plain ``sdpa`` with the mask transformers
+  builds for it.
 - The mask builder registered under the same name returns no mask when there is no padding
   mask (packed or single sequence: the attention is causal per segment) and defers to
   ``sdpa_mask`` otherwise.
@@ -47,11 +50,31 @@ def packed_mask(**kwargs: Any) -> Any:
 
 
 def segment_bounds(position_ids: torch.Tensor) -> list[int]:
-    """Start offsets of the sequences in one packed row, plus its length."""
-    starts = torch.nonzero(position_ids.reshape(-1) == 0).flatten().tolist()
-    if not starts or starts[0] != 0:
+    """Start offsets of the segments of one packed row, plus its length."""
+    positions = position_ids.reshape(-1)
+    if positions.numel() == 0 or int(positions[0]) != 0:
         raise ValueError("a packed row must start a sequence at position 0")
-    return [*starts, int(position_ids.numel())]
+    breaks = torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1
+    return [0, *breaks.tolist(), int(positions.numel())]
+
+
+def segments(position_ids: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """(start, end, root, k) per segment: it attends to tokens root..root+k−1 of its root
+    sequence (k = 0 for a root itself) and causally to start..end−1."""
+    positions = position_ids.reshape(-1).tolist()
+    out = []
+    root = 0
+    for start, end in itertools.pairwise(segment_bounds(position_ids)):
+        k = positions[start]
+        if k == 0:
+            root = start
+        elif k > start - root:
+            raise ValueError(
+                f"segment at {start} continues position {k - 1}, beyond its root's "
+                f"{start - root} tokens"
+            )
+        out.append((start, end, root, k))
+    return out
 
 
 def packed_attention(
@@ -85,16 +108,17 @@ def packed_attention(
     if groups > 1:  # grouped-query attention: one K/V head serves several query heads
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    bounds = segment_bounds(positions)
-    outputs = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            dropout_p=dropout,
-            scale=scaling,
-            is_causal=True,
-        )
-        for start, end in itertools.pairwise(bounds)
-    ]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    outputs = []
+    for start, end, root, k in segments(positions):
+        q, kk, vv = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        if k == 0:
+            outputs.append(sdpa(q, kk, vv, dropout_p=dropout, scale=scaling, is_causal=True))
+            continue
+        # A branch: the shared prompt's keys, then its own under a causal mask shifted by k.
+        kk = torch.cat([key[:, :, root : root + k], kk], dim=2)
+        vv = torch.cat([value[:, :, root : root + k], vv], dim=2)
+        n = end - start
+        mask = torch.ones(n, k + n, dtype=torch.bool, device=q.device).tril(diagonal=k)
+        outputs.append(sdpa(q, kk, vv, attn_mask=mask, dropout_p=dropout, scale=scaling))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None

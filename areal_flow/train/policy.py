@@ -11,6 +11,9 @@ Rules:
   sequence attends to itself only, at Σ Lᵢ² cost instead of a masked N²). π_prox and the
   update use the same micro-batches, so with unchanged weights the two forward passes agree
   bit for bit (u = 1 exactly).
+- ``share_prompts``: responses with the same prompt in one micro-batch share a single copy of
+  it (``areal_flow.rl.prompt_tree``); a group of n then costs p + Σ rᵢ positions, not n·p + Σ rᵢ.
+  The model function is unchanged; only the work is.
 - Gradient accumulation: every micro-batch loss is divided by the whole minibatch's count (loss
   tokens for ``token`` aggregation, sequences with a loss token for ``sequence``), so the summed
   gradient is that of the minibatch loss, whatever the packing.
@@ -65,6 +68,7 @@ class Policy:
         bf16: bool = True,
         temperature: float = 1.0,
         micro_batch_tokens: int = 4096,
+        share_prompts: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -75,6 +79,7 @@ class Policy:
         self.bf16 = bf16
         self.temperature = temperature
         self.micro_batch_tokens = micro_batch_tokens
+        self.share_prompts = share_prompts
         self.grad_clip = optimizer.grad_clip
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, attn_implementation=register()
@@ -97,32 +102,51 @@ class Policy:
     # -- forward ----------------------------------------------------------------------------
 
     def micro_batches(self, seqs: list[Sequence]) -> list[list[int]]:
-        from areal_flow.rl import ffd_micro_batches
+        from areal_flow.rl import ffd_micro_batches, prompt_tree_micro_batches
 
-        return ffd_micro_batches([int(s.tokens.numel()) for s in seqs], self.micro_batch_tokens)
+        if not self.share_prompts:
+            lengths = [int(s.tokens.numel()) for s in seqs]
+            return ffd_micro_batches(lengths, self.micro_batch_tokens)
+        return prompt_tree_micro_batches(
+            [tuple(s.tokens[: s.prompt_len].tolist()) for s in seqs],
+            [s.prompt_len for s in seqs],
+            [s.response_len for s in seqs],
+            self.micro_batch_tokens,
+        )
 
     def response_logits(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 logits [M, V] at the positions scoring each response token, and those tokens."""
         import torch
 
-        from areal_flow.rl import pack_sequences
+        from areal_flow.rl import pack_prompt_tree, pack_sequences
 
-        packed = pack_sequences([s.tokens for s in seqs])
-        starts = packed.cu_seqlens[:-1].tolist()
-        index = torch.cat(
-            [
-                torch.arange(start + s.prompt_len - 1, start + int(s.tokens.numel()) - 1)
-                for start, s in zip(starts, seqs, strict=True)
-            ]
-        ).to(self.device)
-        ids = packed.input_ids.to(self.device)
+        if self.share_prompts:
+            tree = pack_prompt_tree(
+                [(s.tokens[: s.prompt_len], s.tokens[s.prompt_len :]) for s in seqs]
+            )
+            ids, positions = tree.input_ids, tree.position_ids
+            index = torch.cat(tree.scoring)
+            targets = torch.cat([s.tokens[s.prompt_len :] for s in seqs])
+        else:
+            packed = pack_sequences([s.tokens for s in seqs])
+            ids, positions = packed.input_ids, packed.position_ids
+            starts = packed.cu_seqlens[:-1].tolist()
+            index = torch.cat(
+                [
+                    torch.arange(start + s.prompt_len - 1, start + int(s.tokens.numel()) - 1)
+                    for start, s in zip(starts, seqs, strict=True)
+                ]
+            )
+            targets = ids[0, index + 1]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             hidden = self.model.base_model(
-                input_ids=ids, position_ids=packed.position_ids.to(self.device), use_cache=False
+                input_ids=ids.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=False,
             ).last_hidden_state
         with torch.autocast(self.device.type, enabled=False):
-            logits = self.head(hidden[0, index].float())
-        return logits, ids[0, index + 1]
+            logits = self.head(hidden[0, index.to(self.device)].float())
+        return logits, targets.to(self.device)
 
     def response_logprobs(self, seqs: list[Sequence]) -> tuple[list[torch.Tensor], list[float]]:
         """Per sequence: log π(response tokens) [R] (fp32, CPU) and mean entropy; no gradient."""

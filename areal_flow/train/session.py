@@ -78,6 +78,7 @@ class TrainingSession:
             bf16=cfg.bf16,
             temperature=cfg.temperature,
             micro_batch_tokens=cfg.micro_batch_tokens,
+            share_prompts=cfg.share_prompts,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.weights_root = weights_root(store, run_dir)

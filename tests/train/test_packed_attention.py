@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from areal_flow.rl import pack_sequences
-from areal_flow.train.attention import register, segment_bounds
+from areal_flow.rl import pack_prompt_tree, pack_sequences
+from areal_flow.train.attention import register, segment_bounds, segments
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,51 @@ def test_segment_bounds() -> None:
     assert segment_bounds(torch.tensor([[0, 1, 2, 0, 0, 1]])) == [0, 3, 4, 6]
     with pytest.raises(ValueError, match="position 0"):
         segment_bounds(torch.tensor([1, 2, 0]))
+
+
+def test_segments_of_a_prompt_tree() -> None:
+    # prompt of 3 + response of 2 (root), a branch at position 3 of 2 tokens, a new root of 2
+    positions = torch.tensor([0, 1, 2, 3, 4, 3, 4, 0, 1])
+    assert segments(positions) == [(0, 5, 0, 0), (5, 7, 0, 3), (7, 9, 7, 0)]
+    with pytest.raises(ValueError, match="beyond its root"):
+        segments(torch.tensor([0, 1, 5, 6]))
+
+
+def test_prompt_tree_row_equals_the_sequences_run_alone(models: tuple) -> None:
+    """Shared prompts change the work, not the function: the response logits and the gradients
+    match those of every (prompt, response) run as its own sequence."""
+    plain, packed_model = models
+    gen = torch.Generator().manual_seed(1)
+    prompt_a, prompt_b = (torch.randint(100, 1000, (n,), generator=gen) for n in (9, 4))
+    pairs = [(prompt_a, torch.randint(100, 1000, (n,), generator=gen)) for n in (5, 1, 8)] + [
+        (prompt_b, torch.randint(100, 1000, (n,), generator=gen)) for n in (3, 6)
+    ]
+    pairs.insert(2, pairs.pop())  # prompts interleaved in the input: still one copy each
+    tree = pack_prompt_tree(pairs)
+    assert tree.input_ids.shape[1] == 9 + 4 + sum(int(r.numel()) for _, r in pairs)
+
+    def alone_logits(model: torch.nn.Module) -> torch.Tensor:
+        out = []
+        for prompt, response in pairs:
+            ids = torch.cat([prompt, response])[None]
+            logits = model(input_ids=ids).logits[0]
+            out.append(logits[prompt.numel() - 1 : ids.shape[1] - 1])
+        return torch.cat(out)
+
+    targets = torch.cat([r for _, r in pairs])
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:  # the sum of the responses' log-probs
+        return logits.log_softmax(-1).gather(1, targets[:, None]).sum()
+
+    expected = alone_logits(plain)
+    loss(expected).backward()
+    expected_grads = [p.grad.clone() for p in plain.parameters()]  # type: ignore[union-attr]
+    plain.zero_grad()
+    logits = packed_model(
+        input_ids=tree.input_ids, position_ids=tree.position_ids, use_cache=False
+    ).logits[0, torch.cat(tree.scoring)]
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    loss(logits).backward()
+    for p, want in zip(packed_model.parameters(), expected_grads, strict=True):
+        torch.testing.assert_close(p.grad, want, atol=1e-5, rtol=1e-4)
+    packed_model.zero_grad()

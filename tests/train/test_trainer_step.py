@@ -100,8 +100,9 @@ def test_gradient_does_not_depend_on_micro_batching(
 ) -> None:
     algo = DecoupledPPO.model_validate({"aggregation": aggregation})
     grads = []
-    for budget in (64, 100_000):  # many micro-batches vs one
-        cfg = config(tiny_model_dir, micro_batch_tokens=budget, algo=algo)
+    # many micro-batches (groups split, each part with its prompt) vs one, prompts shared or not
+    for budget, share in ((64, True), (100_000, True), (100_000, False)):
+        cfg = config(tiny_model_dir, micro_batch_tokens=budget, algo=algo, share_prompts=share)
         session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
         session.prepare(groups(tiny_model_dir))
         assert session.batch is not None
@@ -112,6 +113,7 @@ def test_gradient_does_not_depend_on_micro_batching(
             torch.cat([p.grad.flatten() for p in session.policy.model.parameters()])  # type: ignore[union-attr]
         )
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(grads[1], grads[2], atol=1e-6, rtol=1e-4)
     assert float(grads[0].abs().sum()) > 0
 
 
