@@ -14,7 +14,9 @@ Workloads:
 
 Prints per run: wall time, trajectories/s, generation and training tokens/s, final held-out
 accuracy; per workload the async/sync ratios and the accuracy of each at the async run's finish
-time. Writes the table as JSON and a PNG of accuracy vs wall-clock.
+time. Writes the table as JSON and a PNG of accuracy vs wall-clock. A workload run earlier into
+the same ``--out`` folder stays in the table and the plot as it was (neither re-run nor re-scored),
+so the workloads may be run one at a time.
 
     python bench/async_vs_sync.py [--workloads default longtail] [--steps 20] [--eval-every 5]
         [--problems 100] [--out bench/results]
@@ -95,16 +97,16 @@ def train(name: str, settings: list[str], args: argparse.Namespace, folder: Path
 
 
 def score_all(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> float:
-    """Held-out accuracy of the base model and of every checkpoint of every run, with one
-    engine (weights loaded in place); adds ``curve`` and ``final_acc`` to each run and returns
-    the base accuracy."""
+    """Held-out accuracy of the base model and of every checkpoint of every run not scored yet,
+    with one engine (weights loaded in place); adds ``curve`` and ``final_acc`` to those runs
+    and returns the base accuracy."""
     from areal_flow.evaluate import evaluate_models
     from areal_flow.loader import load_graph
     from areal_flow.report import eval_settings
 
     settings = eval_settings(load_graph(GRAPH))
     assert settings is not None
-    runs = [run for runs in results.values() for run in runs.values()]
+    runs = [run for runs in results.values() for run in runs.values() if "curve" not in run]
     paths = [settings.model] + [p for run in runs for p, _ in run["checkpoints"]]
     scores = iter(
         r.pass1["all"]
@@ -155,7 +157,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    results: dict[str, dict[str, Any]] = {}
+    # Workloads run earlier into the same folder stay in the table and the plot.
+    saved = args.out / "async_vs_sync.json"
+    results: dict[str, dict[str, Any]] = json.loads(saved.read_text()) if saved.exists() else {}
     for workload in args.workloads:
         results[workload] = {}
         for mode in MODES:
