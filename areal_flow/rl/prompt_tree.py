@@ -15,8 +15,10 @@ plus 1; a segment starting at position 0 is a root, one starting at k > 0 is a b
 attends to the first k tokens of the latest root and causally to itself.
 
 Rules:
-- Responses with the same prompt tokens share it within one row, whatever their order; the
-  first one's response follows the prompt.
+- Responses with the same prompt tokens share it within one row, whatever their order. The
+  longest of them follows the prompt as the root: a root runs under plain causal attention,
+  a branch under an explicit mask (~1.4× the attention cost on CPU), so the long one should
+  not be a branch.
 - Every response needs at least one token; the logit scoring response token t of a branch is
   the root's last prompt position for t = 0 and the branch's position t − 1 after that.
 - ``prompt_tree_micro_batches``: first-fit-decreasing like ``ffd_micro_batches``, over units of
@@ -56,6 +58,7 @@ def pack_prompt_tree(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Prom
     scoring: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)] * len(pairs)
     offset = 0
     for members in by_prompt.values():
+        members.sort(key=lambda i: -pairs[i][1].numel())  # the longest response is the root
         prompt = pairs[members[0]][0].reshape(-1).long()
         p = int(prompt.numel())
         last_prompt = offset + p - 1  # scores every response's first token

@@ -15,13 +15,14 @@ def t(*ids: int) -> torch.Tensor:
 
 
 def test_layout_by_hand() -> None:
-    # prompt A = [1 2 3] with responses [10 11] and [20]; prompt B = [7] with [30 31]
-    row = pack_prompt_tree([(t(1, 2, 3), t(10, 11)), (t(7), t(30, 31)), (t(1, 2, 3), t(20))])
+    # prompt A = [1 2 3] with responses [20] and [10 11]; prompt B = [7] with [30 31]
+    row = pack_prompt_tree([(t(1, 2, 3), t(20)), (t(7), t(30, 31)), (t(1, 2, 3), t(10, 11))])
+    # the longer response of A is its root; the shorter one a branch at position 3
     assert row.input_ids.tolist() == [[1, 2, 3, 10, 11, 20, 7, 30, 31]]
     assert row.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2]]
     # token t of a response is scored by the position before it; a branch's first token by the
     # root's last prompt token (offset 2)
-    assert [s.tolist() for s in row.scoring] == [[2, 3], [6, 7], [2]]
+    assert [s.tolist() for s in row.scoring] == [[2], [6, 7], [2, 3]]
     with pytest.raises(ValueError, match="pair 0"):
         pack_prompt_tree([(t(1), t())])
 
