@@ -2,14 +2,14 @@
 
 Usage: ``python bench/generation.py [--prompts 16] [--n 4] [--max-tokens 256]
 [--max-running 64] [--rounds 3] [--interrupts 4] [--interrupt-rounds 3] [--cpus 0 1]
-[--hf-engine]``
+[--hf-engine] [--preload [tcmalloc] [iomp]] [--dtype float32|bfloat16]``
 
 Every row generates the same work: ``--prompts`` GSM8K questions (the first ones of
 /work/shared/data/gsm8k/train.jsonl when present, else built-in questions) under SmolLM2-135M-
 Instruct's chat template, ``--n`` samples each, T = 1, no top-k/top-p, until EOS or
 ``--max-tokens``: natural lengths (their spread is printed). At most ``--max-running``
 sequences are in flight in every row (the generator's default, 64); with more prompts × n than
-that the rest wait. The model is fp32 everywhere. Rows:
+that the rest wait. The model is fp32 everywhere (``--dtype bfloat16``: bf16 everywhere). Rows:
 
 - raw vLLM: ``AsyncLLM.generate`` with ``SamplingParams(n=N)`` and the same log-prob output
   (``logprobs=0``, flat), on the generator's own vLLM engine (``max_num_seqs`` = max running);
@@ -180,12 +180,18 @@ class HFGenerate:
     run until its longest row finishes; sampling like the vLLM rows."""
 
     def __init__(
-        self, model: Path, prompts: list[list[int]], n: int, max_tokens: int, batch: int
+        self,
+        model: Path,
+        prompts: list[list[int]],
+        n: int,
+        max_tokens: int,
+        batch: int,
+        dtype: str = "float32",
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
         self.pad = AutoTokenizer.from_pretrained(model).pad_token_id
         self.eos = self.lm.generation_config.eos_token_id
         rows = [p for p in prompts for _ in range(n)]
@@ -261,13 +267,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         sampling=Sampling(temperature=1.0, max_tokens=args.max_tokens),
         max_running=args.max_running,
         kv_cache_gib=2,  # every running sequence fits: no preemption in any row
+        preload=tuple(args.preload),
+        dtype=args.dtype,
     )
     node = Generator(config)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-generation-"))
     began = time.perf_counter()
     await node.setup(NodeContext(config, 0, 1, run_dir, seed=0, cpus=list(args.cpus)))
     out: dict[str, Any] = {"startup_s": time.perf_counter() - began}
-    hf_generate = HFGenerate(model, prompts, args.n, args.max_tokens, args.max_running)
+    hf_generate = HFGenerate(model, prompts, args.n, args.max_tokens, args.max_running, args.dtype)
     await run_node(node, prompt_batch(prompts[:4], 1, "warm"))
     await run_raw(node.engine._llm, prompts[:4], 1, 16, "warm")
     LENGTHS.clear()
@@ -387,6 +395,14 @@ def main() -> None:
         "--cpus", type=int, nargs="+", default=sorted(os.sched_getaffinity(0)), help="cores"
     )
     parser.add_argument("--hf-engine", action="store_true", help="also the hf engine row")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        help="weights and compute of every row (vLLM, the node and HF alike)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--preload", nargs="*", default=["tcmalloc"], choices=["tcmalloc", "iomp"],
+        help="libraries preloaded into vLLM's processes (the generator's option); none: bare",
+    )  # fmt: skip
     args = parser.parse_args()
     print_tables(asyncio.run(bench(args)), args)
 

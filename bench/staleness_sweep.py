@@ -9,7 +9,10 @@ held-out accuracy. The smallest η at which the trainer no longer waits gives th
 asynchrony with the freshest data.
 
     python bench/staleness_sweep.py [--etas 0 1 2 4] [--steps 12] [--problems 100]
-        [--out bench/results]
+        [--no-interrupt] [--out bench/results]
+
+``--no-interrupt`` runs every η > 0 with ``staleness.interrupt=false``: new weights wait until
+the generator has nothing in flight instead of interrupting it (η = 0 always runs that way).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("--etas", type=int, nargs="+", default=[0, 1, 2, 4])
     parser.add_argument("--steps", type=int, default=12, help="Optimizer steps per run.")
     parser.add_argument("--problems", type=int, default=100, help="Held-out problems scored.")
+    parser.add_argument("--no-interrupt", action="store_true", help="interruption off for η > 0")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     args.eval_every = args.steps  # one checkpoint per run: the final one
@@ -37,13 +41,16 @@ def main() -> None:
     runs: dict[str, Any] = {}
     for eta in args.etas:
         sets = MODES["sync"] if eta == 0 else [f"staleness.max_lag={eta}"]
+        if args.no_interrupt and eta > 0:
+            sets = [*sets, "staleness.interrupt=false"]
         console.print(f"[bold]η = {eta}[/]: training {args.steps} steps ...")
-        runs[str(eta)] = train(f"eta{eta}", sets, args, args.out)
+        name = f"eta{eta}" + ("-nointerrupt" if args.no_interrupt and eta > 0 else "")
+        runs[name] = train(name, sets, args, args.out)
         (args.out / "staleness_sweep.json").write_text(json.dumps(runs, indent=2))
     console.print("scoring the base model and every final checkpoint (one engine) ...")
     base = score_all({"sweep": runs}, args)
     table = Table(title=f"staleness bound η, {args.steps} steps each (base accuracy {base:.3f})")
-    for column in ("η", "wall s", "traj/s", "trainer waiting s", "lag mean", "lag max", "acc"):
+    for column in ("run", "wall s", "traj/s", "trainer waiting s", "lag mean", "lag max", "acc"):
         table.add_column(column, justify="right")
     for eta, run in runs.items():
         s = run["summary"]

