@@ -3,7 +3,7 @@
 The built-in arithmetic task feeds prompt groups to a vLLM generator; a math verifier scores
 each answer, a filter drops groups with no learning signal, and the trainer updates the policy
 and publishes new weights, which interrupt generation mid-sequence. Staleness is bounded by
-η = max_lag policy versions.
+η = max_lag policy versions (2, chosen with bench/staleness_sweep.py; see README).
 
 Run:       areal-flow run graphs/math_rl.py
 Sync baseline (same graph): areal-flow run graphs/math_rl.py --set staleness.max_lag=0 \
@@ -61,7 +61,7 @@ graph = Graph(
         "trainer.weights -> publisher",
         "publisher -> gen.weights",
     ],
-    staleness=Staleness(max_lag=4),
+    staleness=Staleness(max_lag=2),  # bench/staleness_sweep.py: trainer waits half as at η = 1
     tracking=Tracking(experiment="math_rl"),
     evaluation=Evaluation(problems=100, samples=4),
 )
