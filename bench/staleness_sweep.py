@@ -52,10 +52,10 @@ def main() -> None:
     table = Table(title=f"staleness bound η, {args.steps} steps each (base accuracy {base:.3f})")
     for column in ("run", "wall s", "traj/s", "trainer waiting s", "lag mean", "lag max", "acc"):
         table.add_column(column, justify="right")
-    for eta, run in runs.items():
+    for name, run in runs.items():
         s = run["summary"]
         table.add_row(
-            eta,
+            name,
             f"{s['wall_s']:.0f}",
             f"{s['trajectories'] / s['wall_s']:.3f}",
             f"{run['trainer_wait_s']:.0f}",

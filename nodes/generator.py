@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field
 
+from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.node import NodeContext, Output, Streaming
 from areal_flow.schema import SCHEMAS
 from areal_flow.spec import NodeSpec, Port, Spec
@@ -64,8 +65,8 @@ class GeneratorConfig(NodeSpec):
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine weight dtype.")
     kv_cache_gib: int = Field(1, ge=1, le=1024, description="KV cache size in GiB (vLLM CPU).")
-    preload: tuple[Literal["tcmalloc", "iomp"], ...] = Field(
-        ("tcmalloc", "iomp"),
+    preload: tuple[PreloadLibrary, ...] = Field(
+        DEFAULT_PRELOAD,
         description="vLLM CPU: libraries preloaded into the engine's processes where installed "
         "('tcmalloc': Debian libtcmalloc-minimal4, 'iomp': PyPI intel-openmp); () for none.",
     )

