@@ -3,11 +3,16 @@
 Throughput: for 4 KiB, 64 KiB and 4 MiB record batches (one binary column), a producer process
 sends to a consumer in this process over TCP loopback, as raw bytes on a DEALER → ROUTER pair
 (no flow control, no serialisation, blocking pyzmq) and as Arrow batches through ``Sender`` →
-``Receiver`` (credit flow control, schema checks, asyncio). Each pair of runs is repeated
+``Receiver`` (credit flow control, schema checks, asyncio). Two blocking pyzmq arms in between
+show what each requirement costs on its own: "+ IPC" encodes every batch with the channel's
+codec and decodes it on arrival (no flow control), "+ credit" adds a credit window of the
+edge's capacity, granted in halves as the channel does. Each set of runs is repeated
 ``--trials`` times, interleaved, and the median is shown, since the machine may be shared.
 
 Latency: round trips of a 64-byte batch through two edges (ping → echo process → pong), for raw
-blocking pyzmq, raw ``zmq.asyncio`` (the floor for an asyncio node), and the channels.
+blocking pyzmq, raw ``zmq.asyncio``, a raw echo that sleeps the way the channels do
+(``wake.Wakeup``: the floor for a channel), the same plus the codec's encode and decode of
+every message (no flow control), and the channels.
 
     python bench/transport.py [--seconds 1] [--capacity 8] [--trials 3] [--round-trips 3000]
 """
@@ -30,6 +35,8 @@ from rich.console import Console
 from rich.table import Table
 
 from areal_flow.transport import EndOfStream, Message, Receiver, Sender
+from areal_flow.transport.codec import decode_data, decode_header, encode_data
+from areal_flow.transport.wake import Wakeup, has_input, recv_frames, send_frames
 
 SIZES = {"4 KiB": 4 * 2**10, "64 KiB": 64 * 2**10, "4 MiB": 4 * 2**20}
 SCHEMA = pa.schema([pa.field("payload", pa.binary())])
@@ -82,6 +89,53 @@ def raw_throughput(size: int, count: int) -> float:
         if received == 0:
             started = time.perf_counter()
         received += 1
+    elapsed = time.perf_counter() - started
+    process.join()
+    router.close(linger=0)
+    zctx.term()
+    return (received - 1) / elapsed
+
+
+def ipc_producer(address: str, size: int, count: int, window: int) -> None:
+    """Blocking pyzmq, every batch encoded afresh; with ``window`` > 0, only on credit."""
+    zctx = zmq.Context()
+    socket = zctx.socket(zmq.DEALER)
+    socket.connect(address)
+    batch = payload_batch(size)
+    socket.send(b"hello")
+    credit = window
+    for seq in range(count):
+        if window:
+            while credit <= 0 or socket.poll(0):  # block only when out of credit
+                socket.recv()
+                credit += window // 2
+            credit -= 1
+        socket.send_multipart(encode_data(batch, "raw", seq, 0), copy=False)
+    socket.send(b"end")
+    socket.close(linger=-1)
+    zctx.term()
+
+
+def ipc_throughput(size: int, count: int, window: int) -> float:
+    """Batches per second for ``ipc_producer``; each arrival is decoded and checked."""
+    zctx = zmq.Context()
+    router = zctx.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:0")
+    process = spawn(ipc_producer, router.getsockopt_string(zmq.LAST_ENDPOINT), size, count, window)
+    identity, _ = router.recv_multipart()
+    received, taken, started = 0, 0, 0.0
+    while True:
+        frames = router.recv_multipart(copy=False)
+        if len(frames) == 2:  # "end"
+            break
+        decode_batch(frames[1], frames[2])
+        if received == 0:
+            started = time.perf_counter()
+        received += 1
+        taken += 1
+        if window and taken == window // 2:
+            router.send_multipart([identity, b"credit"])
+            taken = 0
     elapsed = time.perf_counter() - started
     process.join()
     router.close(linger=0)
@@ -195,6 +249,69 @@ def asyncio_round_trips(count: int) -> list[float]:
     return asyncio.run(main())
 
 
+def wakeup_echo(address: str, count: int, codec: bool) -> None:
+    """Raw pyzmq echo that sleeps in ``wake.Wakeup`` and uses non-blocking calls, as a channel;
+    with ``codec``, each message is a batch decoded and re-encoded as a channel does."""
+
+    async def main() -> None:
+        zctx = zmq.Context()
+        socket = zctx.socket(zmq.DEALER)
+        socket.connect(address)
+        socket.send(b"hello")
+        wakeup = Wakeup([socket])
+        for seq in range(count):
+            while not has_input(socket):
+                await wakeup.wait(30)
+            frames, _ = recv_frames(socket, keep=2)
+            if codec:
+                message = decode_batch(frames[0], frames[1])
+                send_frames(socket, encode_data(message.batch, "echo", seq, 0), copy=False)
+            else:
+                send_frames(socket, frames)
+        wakeup.close()
+        socket.close(linger=1000)
+        zctx.term()
+
+    asyncio.run(main())
+
+
+def decode_batch(header: zmq.Frame, body: zmq.Frame) -> Message:
+    return decode_data(decode_header(header.buffer), body.buffer, SCHEMA, "bench")
+
+
+def wakeup_round_trips(count: int, codec: bool = False) -> list[float]:
+    async def main() -> list[float]:
+        zctx = zmq.Context()
+        router = zctx.socket(zmq.ROUTER)
+        router.bind("tcp://127.0.0.1:0")
+        process = spawn(wakeup_echo, router.getsockopt_string(zmq.LAST_ENDPOINT), count, codec)
+        identity, _ = router.recv_multipart()
+        wakeup = Wakeup([router])
+        batch = payload_batch(64)
+        times = []
+        for seq in range(count):
+            began = time.perf_counter()
+            ping = encode_data(batch, "bench", seq, 0) if codec else [b"x" * 64]
+            send_frames(router, [identity, *ping], copy=False)
+            while not has_input(router):
+                await wakeup.wait(30)
+            frames, _ = recv_frames(router, keep=3)
+            if codec:
+                decode_batch(frames[1], frames[2])
+            times.append(time.perf_counter() - began)
+        wakeup.close()
+        process.join()
+        router.close(linger=0)
+        zctx.term()
+        return times
+
+    return asyncio.run(main())
+
+
+def codec_round_trips(count: int) -> list[float]:
+    return wakeup_round_trips(count, codec=True)
+
+
 def channel_echo(pong_address: str, ping_addresses: Any, count: int) -> None:
     """Receives on the ping edge and sends each batch back on the pong edge."""
 
@@ -249,22 +366,29 @@ def throughput_table(seconds: float, capacity: int, trials: int) -> Table:
         title=f"edge throughput, TCP loopback, two processes, capacity {capacity}, "
         f"median of {trials}"
     )
-    for column in ("batch", "raw MB/s", "areal-flow MB/s", "raw batches/s", "batches/s", "ratio"):
+    columns = ("batch", "raw MB/s", "+ IPC", "+ credit", "areal-flow MB/s", "batches/s", "ratio")
+    for column in columns:
         table.add_column(column, justify="right")
     for label, size in SIZES.items():
         count = count_for(size, seconds)
-        raw, ours = [], []
-        for _ in range(trials):  # interleaved, so a noisy neighbour hits both alike
-            raw.append(raw_throughput(size, count))
-            ours.append(channel_throughput(size, count, capacity))
-        raw_rate, our_rate = statistics.median(raw), statistics.median(ours)
+        rates: dict[str, list[float]] = {"raw": [], "ipc": [], "credit": [], "ours": []}
+        for _ in range(trials):  # interleaved, so a noisy neighbour hits all alike
+            rates["raw"].append(raw_throughput(size, count))
+            rates["ipc"].append(ipc_throughput(size, count, 0))
+            rates["credit"].append(ipc_throughput(size, count, capacity))
+            rates["ours"].append(channel_throughput(size, count, capacity))
+        median = {arm: statistics.median(values) for arm, values in rates.items()}
+        raw_rate = median["raw"]
         table.add_row(
             label,
             f"{raw_rate * size / 1e6:,.0f}",
-            f"{our_rate * size / 1e6:,.0f}",
-            f"{raw_rate:,.0f}",
-            f"{our_rate:,.0f}",
-            f"{our_rate / raw_rate:.2f}×",
+            *(
+                f"{median[arm] * size / 1e6:,.0f} ({median[arm] / raw_rate:.2f}×)"
+                for arm in ("ipc", "credit")
+            ),
+            f"{median['ours'] * size / 1e6:,.0f}",
+            f"{median['ours']:,.0f}",
+            f"{median['ours'] / raw_rate:.2f}×",
         )
     return table
 
@@ -276,6 +400,8 @@ def latency_table(count: int) -> Table:
     for name, measure in (
         ("raw pyzmq (blocking)", raw_round_trips),
         ("raw pyzmq (zmq.asyncio)", asyncio_round_trips),
+        ("raw pyzmq (channel wake-up)", wakeup_round_trips),
+        ("  + codec (encode, decode)", codec_round_trips),
         ("areal-flow channel", channel_round_trips),
     ):
         samples = measure(count)[count // 10 :]  # the first tenth warms up
@@ -291,7 +417,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3, help="Runs per size; the median shows.")
     parser.add_argument("--round-trips", type=int, default=3000)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=120)  # the throughput table is wide
     console.print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     console.print(throughput_table(args.seconds, args.capacity, args.trials))
     console.print(latency_table(args.round_trips))
