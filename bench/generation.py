@@ -43,12 +43,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyarrow as pa
 
 from areal_flow.engine.base import GenerationRequest, SamplingConfig
-from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD
+from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.models import prepare_smollm2
 from areal_flow.node import NodeContext
 from areal_flow.schema import SCHEMAS
@@ -401,7 +401,7 @@ def main() -> None:
         help="weights and compute of every row (vLLM, the node and HF alike)",
     )  # fmt: skip
     parser.add_argument(
-        "--preload", nargs="*", default=list(DEFAULT_PRELOAD), choices=["tcmalloc", "iomp"],
+        "--preload", nargs="*", default=list(DEFAULT_PRELOAD), choices=get_args(PreloadLibrary),
         help="libraries preloaded into vLLM's processes (the generator's option); none: bare",
     )  # fmt: skip
     args = parser.parse_args()

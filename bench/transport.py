@@ -61,47 +61,13 @@ def spawn(target: Callable[..., None], *args: object) -> Any:
 # -- throughput ---------------------------------------------------------------------------------
 
 
-def raw_producer(address: str, size: int, count: int) -> None:
+def blocking_producer(address: str, size: int, count: int, encode: bool, window: int) -> None:
+    """Blocking pyzmq. Raw: one ``bytes`` object sent again and again. With ``encode``, every
+    batch encoded afresh by the channel's codec; with ``window`` > 0, only on credit."""
     zctx = zmq.Context()
     socket = zctx.socket(zmq.DEALER)
     socket.connect(address)
-    data = b"x" * size
-    socket.send(b"hello")
-    for _ in range(count):
-        socket.send(data, copy=False)  # pyzmq copies small frames anyway
-    socket.send(b"end")
-    socket.close(linger=-1)  # raw has no receipts: wait until everything left
-    zctx.term()
-
-
-def raw_throughput(size: int, count: int) -> float:
-    """Batches per second, timed from the first to the last arrival."""
-    zctx = zmq.Context()
-    router = zctx.socket(zmq.ROUTER)
-    router.bind("tcp://127.0.0.1:0")
-    process = spawn(raw_producer, router.getsockopt_string(zmq.LAST_ENDPOINT), size, count)
-    router.recv_multipart()  # hello
-    received, started = 0, 0.0
-    while True:
-        frames = router.recv_multipart(copy=False)
-        if len(frames[1]) == 3 and frames[1].bytes == b"end":
-            break
-        if received == 0:
-            started = time.perf_counter()
-        received += 1
-    elapsed = time.perf_counter() - started
-    process.join()
-    router.close(linger=0)
-    zctx.term()
-    return (received - 1) / elapsed
-
-
-def ipc_producer(address: str, size: int, count: int, window: int) -> None:
-    """Blocking pyzmq, every batch encoded afresh; with ``window`` > 0, only on credit."""
-    zctx = zmq.Context()
-    socket = zctx.socket(zmq.DEALER)
-    socket.connect(address)
-    batch = payload_batch(size)
+    data, batch = b"x" * size, payload_batch(size)
     socket.send(b"hello")
     credit = window
     for seq in range(count):
@@ -110,25 +76,31 @@ def ipc_producer(address: str, size: int, count: int, window: int) -> None:
                 socket.recv()
                 credit += window // 2
             credit -= 1
-        socket.send_multipart(encode_data(batch, "raw", seq, 0), copy=False)
+        if encode:
+            socket.send_multipart(encode_data(batch, "raw", seq, 0), copy=False)
+        else:
+            socket.send(data, copy=False)  # pyzmq copies small frames anyway
     socket.send(b"end")
-    socket.close(linger=-1)
+    socket.close(linger=-1)  # no receipts: wait until everything left
     zctx.term()
 
 
-def ipc_throughput(size: int, count: int, window: int) -> float:
-    """Batches per second for ``ipc_producer``; each arrival is decoded and checked."""
+def blocking_throughput(size: int, count: int, encode: bool = False, window: int = 0) -> float:
+    """Batches per second for ``blocking_producer``, timed from the first to the last arrival;
+    with ``encode``, each arrival is decoded and checked."""
     zctx = zmq.Context()
     router = zctx.socket(zmq.ROUTER)
     router.bind("tcp://127.0.0.1:0")
-    process = spawn(ipc_producer, router.getsockopt_string(zmq.LAST_ENDPOINT), size, count, window)
-    identity, _ = router.recv_multipart()
+    address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+    process = spawn(blocking_producer, address, size, count, encode, window)
+    identity, _ = router.recv_multipart()  # hello
     received, taken, started = 0, 0, 0.0
     while True:
         frames = router.recv_multipart(copy=False)
-        if len(frames) == 2:  # "end"
+        if len(frames[-1]) == 3 and frames[-1].bytes == b"end":
             break
-        decode_batch(frames[1], frames[2])
+        if encode:
+            decode_batch(frames[1], frames[2])
         if received == 0:
             started = time.perf_counter()
         received += 1
@@ -373,9 +345,9 @@ def throughput_table(seconds: float, capacity: int, trials: int) -> Table:
         count = count_for(size, seconds)
         rates: dict[str, list[float]] = {"raw": [], "ipc": [], "credit": [], "ours": []}
         for _ in range(trials):  # interleaved, so a noisy neighbour hits all alike
-            rates["raw"].append(raw_throughput(size, count))
-            rates["ipc"].append(ipc_throughput(size, count, 0))
-            rates["credit"].append(ipc_throughput(size, count, capacity))
+            rates["raw"].append(blocking_throughput(size, count))
+            rates["ipc"].append(blocking_throughput(size, count, encode=True))
+            rates["credit"].append(blocking_throughput(size, count, encode=True, window=capacity))
             rates["ours"].append(channel_throughput(size, count, capacity))
         median = {arm: statistics.median(values) for arm, values in rates.items()}
         raw_rate = median["raw"]

@@ -58,8 +58,9 @@ def test_preloaded_libraries_are_in_the_engine_processes(
     keep_engine: tuple[LoopThread, VLLMEngine],
 ) -> None:
     """The engine's processes map the libraries ``preload`` names that this machine has."""
+    paths = preload_paths(keep_engine[1].config.preload)
     # /proc maps name the files themselves: resolve symlinks (libtcmalloc_minimal.so.4 is one)
-    wanted = [os.path.realpath(p) for p in preload_paths(keep_engine[1].config.preload)]
+    wanted = [os.path.realpath(p) for p in paths]
     if not wanted:
         pytest.skip("none of the preload libraries is installed here")
     mapped = []
@@ -71,7 +72,7 @@ def test_preloaded_libraries_are_in_the_engine_processes(
     # vLLM's engine core (and its worker, when a separate process) runs with the libraries
     assert any(set(wanted) <= paths for paths in mapped), (wanted, len(mapped))
     preloaded = os.environ.get("LD_PRELOAD", "").split(":")
-    assert not set(preload_paths(keep_engine[1].config.preload)) & set(preloaded)  # restored
+    assert not set(paths) & set(preloaded)  # this process's environment is restored
 
 
 def test_tiny_model_end_to_end(
