@@ -8,6 +8,7 @@ Rules:
 - Weight edges (either end a ``weights`` port) are the declared feedback path: they may close a
   loop; any other cycle is an error.
 - Placement is checked here for the local launcher; Ray checks its cluster at start.
+- Cross-node rules (roles, sampling, local paths) live in ``areal_flow.checks``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from areal_flow.checks import path_problems, role_problems
 from areal_flow.schema import schema_difference, schema_for
 from areal_flow.spec import Edge, Graph, NodeSpec, Port
 
@@ -117,6 +119,8 @@ def _check_structure(graph: Graph) -> tuple[list[Problem], list[ResolvedEdge]]:
             resolved.append(result)
     problems += _unconnected_ports(graph, resolved)
     problems += _data_cycles(resolved, [n.name for n in graph.nodes])
+    data_edges = [(e.src, e.dst) for e in resolved if not e.weights]
+    problems += [Problem(*p) for p in role_problems(graph, data_edges) + path_problems(graph)]
     return problems, resolved
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from areal_flow.spec import Graph, NodeSpec
 
@@ -112,14 +111,9 @@ class Source(Node):
     def exhausted(self) -> bool:
         return False
 
-    def trajectories(self, batch: pa.RecordBatch) -> int:
-        """Trajectories a batch will become (staleness accounting): sum of group_size, else rows."""
-        if "group_size" in batch.schema.names:
-            return int(pc.sum(batch.column("group_size")).as_py() or 0)
-        return batch.num_rows
-
-    def next_cost(self) -> int:
-        """Trajectories the next batch will cost; the staleness gate admits it only if they fit."""
+    def next_groups(self) -> int:
+        """Prompt groups (rows of a prompt batch) the next batch will hold: the staleness gate
+        admits the batch only if they all fit."""
         return 1
 
 

@@ -1,7 +1,8 @@
 """Node kinds: which config class validates a ``kind`` and which class runs it.
 
 Rules:
-- Built-in kinds come from one explicit dict, ``nodes.BUILTIN_NODES`` (kind → config class).
+- Built-in kinds come from one explicit dict, ``areal_flow.nodes.BUILTIN_NODES`` (kind →
+  config class).
 - Third-party kinds register through the entry-point group ``areal_flow.nodes``; each entry
   point names a config class (a ``NodeSpec`` subclass with ``kind: Literal[...]``). A third-party
   kind may not shadow a built-in one.
@@ -36,7 +37,7 @@ class UnknownKind(LookupError):
 @cache
 def node_kinds() -> dict[str, type[NodeSpec]]:
     """Every known kind → its config class (built-ins first, then plug-ins)."""
-    from nodes import BUILTIN_NODES
+    from areal_flow.nodes import BUILTIN_NODES
 
     kinds: dict[str, type[NodeSpec]] = dict(BUILTIN_NODES)
     for entry in entry_points(group=ENTRY_POINT_GROUP):

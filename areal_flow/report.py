@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from areal_flow.roles import GeneratorSpec, SourceSpec, TrainerSpec
 from areal_flow.spec import Graph
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ class Summary:
 
     status: str
     wall_s: float
-    steps: int
-    trajectories: int
+    steps: int  # optimizer steps of the final policy's lineage
+    trajectories: int  # trajectories those steps trained
     version: int
     tokens_per_s: dict[str, float]
     checkpoint: str | None
@@ -73,6 +74,8 @@ class Summary:
     base: dict[str, dict[str, float]] | None = None  # metric → level → value
     final: dict[str, dict[str, float]] | None = None
     base_cached: bool = False
+    redone_steps: int = 0  # steps done again after a resume rolled them back
+    redone_trajectories: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> Path:
@@ -84,30 +87,27 @@ class Summary:
 def eval_settings(graph: Graph) -> EvalSettings | None:
     """The evaluation ``graph`` asks for, its gaps filled from its nodes; None if none."""
     spec = graph.evaluation
-    trainers = [n for n in graph.nodes if n.role == "trainer"]
-    if spec is None or not trainers:
+    trainer = next((n for n in graph.nodes if isinstance(n, TrainerSpec)), None)
+    if spec is None or trainer is None:
         return None
-    generator = next((n for n in graph.nodes if n.kind == "generator"), None)
-    source = next((n for n in graph.nodes if n.kind == "prompt_source"), None)
-    data = spec.data
+    generator = next((n for n in graph.nodes if isinstance(n, GeneratorSpec)), None)
+    sources = [n for n in graph.nodes if isinstance(n, SourceSpec)]
+    data = spec.data or next((d for s in sources if (d := s.held_out_data())), None)
     if data is None:
-        if source is None or getattr(source, "dataset", None) != "arithmetic":
-            raise ValueError(
-                "evaluation.data: set it (a dataset file or 'arithmetic'); it can only be "
-                "derived from a prompt source on the built-in arithmetic task"
-            )
-        levels = getattr(source, "levels", None)
-        data = "arithmetic:" + ",".join(levels) if levels else "arithmetic"
-    sampling = getattr(generator, "sampling", None)
+        raise ValueError(
+            "evaluation.data: set it (a dataset file or 'arithmetic'); it can only be derived "
+            "from a source with a held-out split (the prompt source on the arithmetic task)"
+        )
+    sampling = generator.sampling if generator is not None else None
     return EvalSettings(
-        model=str(getattr(trainers[0], "model", "smollm2")),
+        model=trainer.model,
         data=data,
         problems=spec.problems,
         samples=spec.samples,
         k=spec.k,
-        temperature=_pick(spec.temperature, getattr(sampling, "temperature", None), 0.7),
-        max_tokens=int(_pick(spec.max_tokens, getattr(sampling, "max_tokens", None), 256)),
-        engine=str(_pick(spec.engine, getattr(generator, "engine", None), "vllm")),
+        temperature=_pick(spec.temperature, sampling and sampling.temperature, 0.7),
+        max_tokens=int(_pick(spec.max_tokens, sampling and sampling.max_tokens, 256)),
+        engine=str(_pick(spec.engine, generator and generator.eval_engine(), "vllm")),
         seed=graph.seed,
     )
 
@@ -164,9 +164,9 @@ def _scores(result: Any) -> dict[str, dict[str, float]]:
 
 def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
     """Totals from the step log and the replicas' final metrics (evaluation added later)."""
-    from areal_flow.train.steplog import read_steps
+    from areal_flow.train.steplog import lineage, read_steps
 
-    steps = read_steps(result.run_dir)
+    steps, redone = lineage(read_steps(result.run_dir))
     rates: dict[str, float] = {}
     for key, values in result.metrics.items():
         if "gen_tokens_per_s" in values:
@@ -179,11 +179,17 @@ def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
         status=result.status,
         wall_s=result.wall_s,
         steps=len(steps),
-        trajectories=int(sum(float(s.get("sequences", 0.0)) for s in steps)),
+        trajectories=_trajectories(steps),
         version=result.version,
         tokens_per_s=rates,
         checkpoint=str(checkpoint) if checkpoint else None,
+        redone_steps=len(redone),
+        redone_trajectories=_trajectories(redone),
     )
+
+
+def _trajectories(steps: list[dict[str, Any]]) -> int:
+    return int(sum(float(s.get("sequences", 0.0)) for s in steps))
 
 
 def summary_table(summary: Summary) -> Table:
@@ -217,6 +223,11 @@ def summary_table(summary: Summary) -> Table:
     totals.add_row("wall time", f"{summary.wall_s:,.0f} s")
     totals.add_row("optimizer steps", str(summary.steps))
     totals.add_row("trajectories trained", str(summary.trajectories))
+    if summary.redone_steps:
+        totals.add_row(
+            "redone after a resume",
+            f"{summary.redone_steps} steps, {summary.redone_trajectories} trajectories",
+        )
     totals.add_row("policy version", str(summary.version))
     for node, rate in summary.tokens_per_s.items():
         totals.add_row(f"{node} tokens/s", f"{rate:,.0f}")

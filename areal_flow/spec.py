@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -29,6 +30,25 @@ from pydantic import (
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DEFAULT_CAPACITY = 4
+
+
+@dataclass(frozen=True)
+class LocalPath:
+    """Field metadata: the value names a local file or folder that graph validation checks
+    exists (``areal_flow.checks``), unless it is one of ``names`` (built-ins such as
+    ``smollm2``) or starts with one of them and a colon (``arithmetic:add1``)."""
+
+    what: Literal["model", "dataset", "checkpoint"]
+    names: tuple[str, ...] = ()
+
+
+#: A model reference: an HF folder, a .gguf file or the alias ``smollm2``.
+ModelRef = Annotated[str, LocalPath("model", ("smollm2",))]
+#: A dataset reference: the built-in ``arithmetic`` task, or a .jsonl/.parquet file or a
+#: ``save_to_disk`` folder.
+DatasetRef = Annotated[str, LocalPath("dataset", ("arithmetic",))]
+#: A checkpoint, a checkpoints folder or a run folder to resume from.
+CheckpointRef = Annotated[Path, LocalPath("checkpoint")]
 
 
 class Spec(BaseModel):
@@ -144,7 +164,7 @@ class Evaluation(Spec):
     the way the policy was trained.
     """
 
-    data: str | None = Field(
+    data: DatasetRef | None = Field(
         None,
         description="'arithmetic', 'arithmetic:add1,sub1' or a dataset file; default: the "
         "prompt source's task, held-out split.",
@@ -179,13 +199,25 @@ class NodeSpec(Spec):
     outputs: ClassVar[dict[str, Port]] = {}
     #: Stateless kinds are restarted by the driver when a replica dies; stateful ones stop the run.
     stateless: ClassVar[bool] = False
-    #: Human-readable role, used to group and colour nodes in drawings. The runtime counts
-    #: trajectories received by a ``trainer`` as accepted (staleness accounting).
+    #: The role's name (drawings, logs). Set only by the role base specs in
+    #: ``areal_flow.roles``; the runtime tests the type, never this string.
     role: ClassVar[str] = "transform"
     #: When a replica of this kind finishes, the whole run stops (the trainer's step budget).
     ends_run: ClassVar[bool] = False
 
     kind: str = Field(description="Node kind; selects the config class and the implementation.")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        # Roles are types (areal_flow.roles): a hand-set role would let a spec claim a role
+        # without the fields the runtime reads for it.
+        super().__pydantic_init_subclass__(**kwargs)
+        if "role" in cls.__dict__ and cls.__module__ != "areal_flow.roles":
+            raise TypeError(
+                f"{cls.__name__} sets role = {cls.__dict__['role']!r} by hand; take a role by "
+                "subclassing its base spec in areal_flow.roles instead (e.g. TrainerSpec)"
+            )
+
     name: str = Field(
         pattern=NAME_PATTERN,
         max_length=64,

@@ -21,14 +21,14 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from areal_flow.node import Output, Source, Transform
-from areal_flow.spec import Graph, NodeSpec, Port, Resources, light_resources
+from areal_flow.roles import SinkSpec, SourceSpec, TransformSpec
+from areal_flow.spec import Graph, Port, Resources, light_resources
 
 
-class ListSourceConfig(NodeSpec):
+class ListSourceConfig(SourceSpec):
     """Emits ``count`` numbered rows (or the given ``rows``), ``batch_rows`` per batch."""
 
     outputs: ClassVar[dict[str, Port]] = {"out": Port(record="any")}
-    role: ClassVar[str] = "source"
 
     kind: Literal["list_source"] = "list_source"
     count: int | None = Field(
@@ -37,7 +37,6 @@ class ListSourceConfig(NodeSpec):
     rows: list[dict[str, Any]] | None = Field(None, description="Explicit rows to emit.")
     batch_rows: int = Field(1, ge=1, description="Rows per batch.")
     payload_bytes: int = Field(0, ge=0, description="Size of each numbered row's payload.")
-    resources: Resources = Field(default_factory=light_resources, description="Per replica.")
 
 
 class ListSource(Source):
@@ -80,7 +79,7 @@ class ListSource(Source):
         return not self._endless and self._next >= len(self._batches)
 
 
-class FunctionConfig(NodeSpec):
+class FunctionConfig(TransformSpec):
     """Applies ``fn`` (``module:function``, batch → batch or None) to every batch."""
 
     inputs: ClassVar[dict[str, Port]] = {"in": Port(record="any")}
@@ -118,16 +117,14 @@ class Function(Transform):
         return result
 
 
-class CollectSinkConfig(NodeSpec):
+class CollectSinkConfig(SinkSpec):
     """Writes every batch it receives to the run folder."""
 
     inputs: ClassVar[dict[str, Port]] = {"in": Port(record="any")}
-    role: ClassVar[str] = "sink"
 
     kind: Literal["collect_sink"] = "collect_sink"
     delay_s: float = Field(0.0, ge=0, description="Pause after each batch (a slow consumer).")
     keep: bool = Field(True, description="Write batches to the run folder; false only counts.")
-    resources: Resources = Field(default_factory=light_resources, description="Per replica.")
 
 
 class CollectSink(Transform):

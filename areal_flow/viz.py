@@ -17,6 +17,7 @@ from pathlib import Path
 import networkx as nx
 
 from areal_flow.graph import ResolvedEdge, resolved_edges
+from areal_flow.roles import role_of
 from areal_flow.spec import NodeSpec
 
 ROLE_COLOURS = {
@@ -64,7 +65,7 @@ def to_dot(g: nx.MultiDiGraph) -> str:
     for name, data in g.nodes(data=True):
         spec: NodeSpec = data["spec"]
         label = node_label(spec).replace("\n", "\\n")
-        lines.append(f'  "{name}" [label="{label}", fillcolor="{ROLE_COLOURS[spec.role]}"];')
+        lines.append(f'  "{name}" [label="{label}", fillcolor="{ROLE_COLOURS[role_of(spec)]}"];')
     for edge in resolved_edges(g):
         style = ", style=dashed, constraint=false" if edge.weights else ""
         lines.append(f'  "{edge.src}" -> "{edge.dst}" [label="{edge_label(edge)}"{style}];')
@@ -81,7 +82,7 @@ def to_mermaid(g: nx.MultiDiGraph) -> str:
         arrow = "-.->" if edge.weights else "-->"
         lines.append(f"  {edge.src} {arrow}|{edge_label(edge)}| {edge.dst}")
     for role, colour in ROLE_COLOURS.items():
-        members = [n for n, d in g.nodes(data=True) if d["spec"].role == role]
+        members = [n for n, d in g.nodes(data=True) if role_of(d["spec"]) == role]
         if members:
             lines.append(f"  classDef {role} fill:{colour},stroke:#555")
             lines.append(f"  class {','.join(members)} {role}")
@@ -128,7 +129,7 @@ def _render(g: nx.MultiDiGraph, out: Path) -> None:
                 box_w,
                 box_h,
                 boxstyle="round,pad=0.05,rounding_size=0.15",
-                facecolor=ROLE_COLOURS[spec.role],
+                facecolor=ROLE_COLOURS[role_of(spec)],
                 edgecolor="#444",
                 linewidth=1.2,
                 zorder=2,
@@ -168,7 +169,7 @@ def _render(g: nx.MultiDiGraph, out: Path) -> None:
             zorder=4,
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
         )
-    roles = sorted({d["spec"].role for _, d in g.nodes(data=True)})
+    roles = sorted({role_of(d["spec"]) for _, d in g.nodes(data=True)})
     legend = [Patch(facecolor=ROLE_COLOURS[r], edgecolor="#444", label=r) for r in roles]
     legend.append(Patch(facecolor="white", edgecolor="#c0392b", linestyle="--", label="weights"))
     ax.legend(

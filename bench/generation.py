@@ -51,8 +51,9 @@ from areal_flow.engine.base import GenerationRequest, SamplingConfig
 from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.models import prepare_smollm2
 from areal_flow.node import NodeContext
+from areal_flow.nodes.generator import Generator, GeneratorConfig
+from areal_flow.roles import Sampling
 from areal_flow.schema import SCHEMAS
-from nodes.generator import Generator, GeneratorConfig, Sampling
 
 GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
 FALLBACK_QUESTIONS = [

@@ -52,11 +52,11 @@ import torch
 
 from areal_flow.models import prepare_model
 from areal_flow.rl import decoupled_ppo_loss, token_logprobs
+from areal_flow.train.algo import DecoupledPPO, Optimizer
 from areal_flow.train.batch import Sequence
 from areal_flow.train.checkpoint import save_checkpoint
 from areal_flow.train.policy import Policy
 from areal_flow.train.weights import SHM_ROOT, publish_weights, verify_weights
-from nodes.trainer import DecoupledPPO, Optimizer
 
 MODES = ("shared", "packed", "padded", "padded-sorted", "padded-fixed")
 

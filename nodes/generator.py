@@ -20,21 +20,12 @@ from pydantic import Field
 
 from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.node import NodeContext, Output, Streaming
+from areal_flow.roles import GeneratorSpec, Sampling
 from areal_flow.schema import SCHEMAS
-from areal_flow.spec import NodeSpec, Port, Spec
+from areal_flow.spec import Port
 
 
-class Sampling(Spec):
-    """Sampling parameters shared by every request of the generator."""
-
-    temperature: float = Field(1.0, gt=0, le=10, description="Softmax temperature (> 0).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
-    top_k: int = Field(0, ge=0, description="Top-k cut; 0 = off.")
-    max_tokens: int = Field(256, ge=1, le=131072, description="Most response tokens.")
-    stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
-
-
-class GeneratorConfig(NodeSpec):
+class GeneratorConfig(GeneratorSpec):
     """LLM rollouts on vLLM (default) or plain transformers (``hf``)."""
 
     inputs: ClassVar[dict[str, Port]] = {
@@ -42,19 +33,11 @@ class GeneratorConfig(NodeSpec):
         "weights": Port(record="weights", required=False, weights=True),
     }
     outputs: ClassVar[dict[str, Port]] = {"rollouts": Port(record="rollout")}
-    role: ClassVar[str] = "generator"
-    stateless: ClassVar[bool] = True
 
     kind: Literal["generator"] = "generator"
-    model: str = Field(
-        "smollm2",
-        min_length=1,
-        description="HF model folder, a .gguf file, or 'smollm2' (SmolLM2-135M-Instruct).",
-    )
     engine: Literal["vllm", "hf"] = Field(
         "vllm", description="'vllm' (CPU or CUDA) or 'hf' (plain transformers fallback)."
     )
-    sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
     max_running: int = Field(
         64, ge=1, le=4096, description="Most sequences decoding at once in this replica."
     )
@@ -73,6 +56,9 @@ class GeneratorConfig(NodeSpec):
     max_model_len: int = Field(
         1024, ge=16, le=131072, description="Most prompt + response tokens per sequence."
     )
+
+    def eval_engine(self) -> str | None:
+        return self.engine
 
 
 class Generator(Streaming):

@@ -13,16 +13,15 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from areal_flow.node import Output, Transform
-from areal_flow.spec import NodeSpec, Port, Resources, light_resources
+from areal_flow.roles import FilterSpec
+from areal_flow.spec import Port
 
 
-class GroupFilterConfig(NodeSpec):
+class GroupFilterConfig(FilterSpec):
     """Drops groups and trajectories that carry no learning signal."""
 
     inputs: ClassVar[dict[str, Port]] = {"scored": Port(record="scored")}
     outputs: ClassVar[dict[str, Port]] = {"kept": Port(record="scored")}
-    role: ClassVar[str] = "filter"
-    stateless: ClassVar[bool] = True
 
     kind: Literal["group_filter"] = "group_filter"
     drop_uniform_reward: bool = Field(
@@ -36,7 +35,6 @@ class GroupFilterConfig(NodeSpec):
     max_response_tokens: int | None = Field(
         None, ge=1, description="Drop trajectories with longer responses; null = no limit."
     )
-    resources: Resources = Field(default_factory=light_resources, description="Per replica.")
 
 
 class GroupFilter(Transform):

@@ -6,23 +6,18 @@ in bounded time; model output is never evaluated as code.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
 from areal_flow.node import NodeContext, Output, Transform
+from areal_flow.roles import RewardSpec
 from areal_flow.schema import SCHEMAS
-from areal_flow.spec import NodeSpec, Port, Resources, light_resources
 
 
-class MathVerifierConfig(NodeSpec):
+class MathVerifierConfig(RewardSpec):
     """Reward from answer correctness (+ an optional format reward)."""
-
-    inputs: ClassVar[dict[str, Port]] = {"rollouts": Port(record="rollout")}
-    outputs: ClassVar[dict[str, Port]] = {"scored": Port(record="scored")}
-    role: ClassVar[str] = "reward"
-    stateless: ClassVar[bool] = True
 
     kind: Literal["math_verifier"] = "math_verifier"
     workers: int = Field(2, ge=1, le=256, description="Verifier worker processes per replica.")
@@ -40,7 +35,6 @@ class MathVerifierConfig(NodeSpec):
         "answer_is",
         description="The format the prompt asks for: 'The answer is N.', \\boxed{N}, '#### N'.",
     )
-    resources: Resources = Field(default_factory=light_resources, description="Per replica.")
 
 
 class MathVerifier(Transform):

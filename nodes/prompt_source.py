@@ -12,8 +12,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from areal_flow.node import NodeContext, Output, Source
+from areal_flow.roles import SourceSpec
 from areal_flow.schema import SCHEMAS
-from areal_flow.spec import NodeSpec, Port, Resources, Spec, light_resources
+from areal_flow.spec import DatasetRef, ModelRef, Port, Spec
 
 
 class FieldMap(Spec):
@@ -27,15 +28,14 @@ class FieldMap(Spec):
     )
 
 
-class PromptSourceConfig(NodeSpec):
+class PromptSourceConfig(SourceSpec):
     """Emits prompt groups from a dataset file or the built-in ``arithmetic`` task."""
 
     inputs: ClassVar[dict[str, Port]] = {}
     outputs: ClassVar[dict[str, Port]] = {"prompts": Port(record="prompt")}
-    role: ClassVar[str] = "source"
 
     kind: Literal["prompt_source"] = "prompt_source"
-    dataset: str = Field(
+    dataset: DatasetRef = Field(
         "arithmetic",
         min_length=1,
         description="'arithmetic' (built-in procedural task, no files) or a path to a .jsonl / "
@@ -53,7 +53,7 @@ class PromptSourceConfig(NodeSpec):
     size: int = Field(
         20_000, ge=1, le=10_000_000, description="Arithmetic items per epoch (files: all rows)."
     )
-    model: str = Field(
+    model: ModelRef = Field(
         "smollm2",
         min_length=1,
         description="Model whose tokenizer and chat template render prompts (as the generator's).",
@@ -66,7 +66,11 @@ class PromptSourceConfig(NodeSpec):
     max_prompt_tokens: int = Field(
         512, ge=8, le=131072, description="Longer prompts are skipped and counted."
     )
-    resources: Resources = Field(default_factory=light_resources, description="Per replica.")
+
+    def held_out_data(self) -> str | None:
+        if self.dataset != "arithmetic":
+            return None
+        return "arithmetic:" + ",".join(self.levels) if self.levels else "arithmetic"
 
 
 class PromptSource(Source):
@@ -97,8 +101,8 @@ class PromptSource(Source):
         )
         self.walked = int(state.get("walked", 0))
 
-    def next_cost(self) -> int:
-        return int(self.config.group_size)  # type: ignore[attr-defined]
+    def next_groups(self) -> int:
+        return 1  # one prompt group per batch
 
     @property
     def exhausted(self) -> bool:

@@ -17,99 +17,25 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
-from pydantic import Field
 
+from areal_flow.checks import trainer_temperature
 from areal_flow.node import NodeContext, Output, Streaming
-from areal_flow.spec import Graph, NodeSpec, Port, Spec
+from areal_flow.roles import PublisherSpec
+from areal_flow.spec import Graph
+from areal_flow.train.config import TrainingConfig
 from areal_flow.train.steplog import StepLog
 
 if TYPE_CHECKING:
     from areal_flow.train.weights import Store
 
 
-class DecoupledPPO(Spec):
-    """The decoupled PPO objective (AReaL eq. 5) and its advantage estimator."""
-
-    advantage: Literal["grpo", "drgrpo", "rloo"] = Field(
-        "grpo", description="Group-relative advantage: GRPO, Dr.GRPO (no std) or RLOO."
-    )
-    batch_norm: bool = Field(False, description="Also whiten advantages across the batch.")
-    eps_low: float = Field(0.2, gt=0, lt=1, description="Lower clip: ratio ≥ 1 − eps_low.")
-    eps_high: float = Field(0.28, gt=0, le=10, description="Upper clip: ratio ≤ 1 + eps_high.")
-    iw_cap: float | None = Field(5.0, gt=1, description="Cap on π_prox/π_behav; null = uncapped.")
-    iw_cap_mode: Literal["clamp", "mask"] = Field(
-        "mask", description="'clamp' the weight at the cap, or 'mask' tokens above it."
-    )
-    aggregation: Literal["token", "sequence"] = Field(
-        "token", description="Mean over all tokens, or over tokens then sequences."
-    )
-    updates_per_batch: int = Field(
-        1, ge=1, le=64, description="K minibatch updates (optimizer steps) per batch."
-    )
-
-
-class Optimizer(Spec):
-    """AdamW with warm-up and a schedule."""
-
-    lr: float = Field(2e-5, gt=0, le=1, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    schedule: Literal["constant", "cosine", "linear"] = Field(
-        "constant", description="Learning-rate decay after warm-up."
-    )
-
-
-class TrainerConfig(NodeSpec):
+class TrainerConfig(TrainingConfig):
     """Consumes scored trajectories, updates the policy, emits weight notices."""
 
-    inputs: ClassVar[dict[str, Port]] = {"scored": Port(record="scored")}
-    outputs: ClassVar[dict[str, Port]] = {"weights": Port(record="weights", weights=True)}
-    role: ClassVar[str] = "trainer"
-    ends_run: ClassVar[bool] = True
-
     kind: Literal["trainer"] = "trainer"
-    model: str = Field("smollm2", min_length=1, description="Initial policy (as the generator's).")
-    batch_groups: int = Field(
-        8, ge=1, le=4096, description="Prompt groups per training step (B = groups × n)."
-    )
-    steps: int = Field(50, ge=1, description="Optimizer steps; the run stops after the last.")
-    algo: DecoupledPPO = Field(default_factory=DecoupledPPO, description="Objective.")
-    optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer.")
-    temperature: float = Field(
-        1.0, gt=0, description="Sampling temperature of the generator (for log-probs)."
-    )
-    micro_batch_tokens: int = Field(
-        4096, ge=64, description="Token budget of one packed micro-batch."
-    )
-    share_prompts: bool = Field(
-        True,
-        description="Put a group's prompt into the forward pass once, shared by its responses "
-        "(same result, fewer token positions); false packs every sequence whole.",
-    )
-    bf16: bool = Field(True, description="bf16 autocast (CPU and GPU).")
-    checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N steps (and at stop).")
-    samples_every: int = Field(
-        10, ge=1, description="Write sample rollouts of the batch every N steps (and step 1)."
-    )
-    keep_checkpoints: int | None = Field(
-        3, ge=1, le=1000, description="Newest checkpoints kept on disk; null keeps all."
-    )
-    truncated: Literal["train", "mask"] = Field(
-        "train",
-        description="Responses cut at max_tokens (finish_reason 'length'): 'train' on them, or "
-        "'mask' them: they stay in their group's reward baseline but carry no loss (the filter "
-        "must 'keep' them for this).",
-    )
-    resume_from: Path | None = Field(
-        None,
-        description="Resume from a checkpoint: a step_<N> folder, a checkpoints folder or a run "
-        "folder (its latest checkpoint). The runtime's resume state takes precedence.",
-    )
 
 
 class Trainer(Streaming):
@@ -135,6 +61,7 @@ class Trainer(Streaming):
         resume = (ctx.resume_state or {}).get("checkpoint") or cfg.resume_from
         self.session = TrainingSession(
             cfg,
+            temperature=trainer_temperature(ctx.graph, cfg),
             run_dir=ctx.run_dir,
             device=ctx.device,
             seed=ctx.seed,
@@ -250,7 +177,6 @@ def _weights_store(name: str, graph: Graph | None) -> Store:
     for edge in graph.edges:
         if edge.split("src")[0] == name:
             node = graph.node(edge.split("dst")[0])
-            store = getattr(node, "store", None)
-            if node.kind == "weight_publisher" and store in ("shm", "run_dir"):
-                return store
+            if isinstance(node, PublisherSpec):
+                return node.store
     return "shm"

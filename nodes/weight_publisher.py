@@ -16,23 +16,18 @@ import pyarrow as pa
 from pydantic import Field
 
 from areal_flow.node import NodeContext, Output, Transform
-from areal_flow.spec import NodeSpec, Port, Resources, light_resources
+from areal_flow.roles import PublisherSpec
+from areal_flow.spec import Port
 
 
-class WeightPublisherConfig(NodeSpec):
+class WeightPublisherConfig(PublisherSpec):
     """Fans weight notices out to generators and tracks their acknowledgements."""
 
     inputs: ClassVar[dict[str, Port]] = {"weights": Port(record="weights", weights=True)}
     outputs: ClassVar[dict[str, Port]] = {"weights": Port(record="weights", weights=True)}
-    role: ClassVar[str] = "publisher"
-    stateless: ClassVar[bool] = True
 
     kind: Literal["weight_publisher"] = "weight_publisher"
-    store: Literal["shm", "run_dir"] = Field(
-        "shm", description="Where weights live: /dev/shm (fast) or the run folder."
-    )
     keep_versions: int = Field(2, ge=1, le=100, description="Versions kept before deletion.")
-    resources: Resources = Field(default_factory=light_resources, description="Per replica.")
 
 
 class WeightPublisher(Transform):

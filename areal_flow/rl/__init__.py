@@ -5,7 +5,13 @@ Importing this package imports torch; ``areal_flow.rl.versions`` alone does not 
 re-exported here for convenience.
 """
 
-from areal_flow.rl.advantages import ESTIMATORS, Estimator, group_advantages, group_index, whiten
+from areal_flow.rl.advantages import (
+    ESTIMATORS,
+    Estimator,
+    batch_scale,
+    group_advantages,
+    group_index,
+)
 from areal_flow.rl.logprobs import token_entropy, token_logprobs
 from areal_flow.rl.packing import (
     PackedRow,
@@ -25,6 +31,7 @@ __all__ = [
     "Estimator",
     "PackedRow",
     "PromptTreeRow",
+    "batch_scale",
     "decoupled_ppo_loss",
     "ffd_micro_batches",
     "group_advantages",
@@ -38,5 +45,4 @@ __all__ = [
     "trajectory_version",
     "unpack",
     "version_lag_stats",
-    "whiten",
 ]

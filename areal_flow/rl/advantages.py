@@ -8,15 +8,19 @@ Rules:
 - **Population std** (divide by n, ``unbiased=False``): it is defined for every group size,
   makes each normalised group have unit variance, and matches the batch whitening below. (The
   sample std would scale GRPO advantages by √((n−1)/n), e.g. ×0.87 for n = 4.)
-- A group whose rewards are all equal gets advantage 0 under every estimator.
+- A group whose rewards are all equal gets advantage **exactly** 0 under every estimator (and
+  with ``batch_norm``): its rewards are compared, not subtracted, since a float32 group mean
+  leaves ~1e-8 of rounding that GRPO's ε-guarded division would blow up to ~0.1.
 - RLOO needs a group of at least 2 (no leave-one-out baseline otherwise): a size-1 group raises.
-- ``batch_norm`` then whitens across the whole batch: (A − mean(A)) / (std(A) + ε), population
-  std again.
+- ``batch_norm`` then scales the whole batch to unit spread: A / (std(A) + ε), population std.
+  It does not re-centre: group-relative advantages already have mean 0 per group, and
+  subtracting the batch mean would only move uniform groups off 0.
 - Group ids may be any hashable values (the ``group_id`` strings of the schema) or an int tensor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from typing import Literal
 
@@ -54,7 +58,10 @@ def group_advantages(
     index = index.to(r.device)
     size = torch.zeros(n_groups, device=r.device).index_add_(0, index, torch.ones_like(r))
     mean = torch.zeros(n_groups, device=r.device).index_add_(0, index, r) / size
-    centred = r - mean[index]
+    high = torch.full((n_groups,), -math.inf, device=r.device).scatter_reduce(0, index, r, "amax")
+    low = torch.full((n_groups,), math.inf, device=r.device).scatter_reduce(0, index, r, "amin")
+    uniform = (high == low)[index]
+    centred = torch.where(uniform, torch.zeros_like(r), r - mean[index])
     if estimator == "grpo":
         var = torch.zeros(n_groups, device=r.device).index_add_(0, index, centred**2) / size
         adv = centred / (var.sqrt()[index] + eps)
@@ -66,11 +73,11 @@ def group_advantages(
             raise ValueError("RLOO needs groups of at least 2 trajectories; got a group of 1")
         adv = centred * n / (n - 1)
     if batch_norm:
-        adv = whiten(adv, eps=eps)
+        adv = batch_scale(adv, eps=eps)
     return adv
 
 
-def whiten(values: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
-    """(x − mean) / (population std + ε) over all elements."""
-    centred = values - values.mean()
-    return centred / (centred.pow(2).mean().sqrt() + eps)
+def batch_scale(values: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
+    """x / (population std + ε) over all elements; zeros stay exactly zero."""
+    spread = (values - values.mean()).pow(2).mean().sqrt()
+    return values / (spread + eps)

@@ -41,6 +41,7 @@ import zmq
 import zmq.asyncio
 
 from areal_flow.graph import resolved_edges
+from areal_flow.roles import SourceSpec, TrainerSpec
 from areal_flow.runtime.control import (
     DRAIN_S,
     HEARTBEAT_S,
@@ -141,15 +142,15 @@ def _control_message(frames: list[bytes]) -> dict[str, Any] | None:
 
 
 def staleness_gate(graph: Graph) -> StalenessController | None:
-    """The gate for graphs with a trainer fed by a prompt source; None otherwise."""
-    trainers = [n for n in graph.nodes if n.role == "trainer"]
-    sources = [n for n in graph.nodes if n.role == "source" and hasattr(n, "group_size")]
-    if not trainers or not sources:
+    """The gate of a graph with a trainer (validation made sure its sources emit prompt
+    groups); None for graphs without one. It counts groups, the trainer's unit."""
+    trainer = next((n for n in graph.nodes if isinstance(n, TrainerSpec)), None)
+    if trainer is None:
         return None
-    batch_groups = int(getattr(trainers[0], "batch_groups", 1))
-    group_size = int(getattr(sources[0], "group_size", 1))
     return StalenessController(
-        batch_size=batch_groups * group_size, max_lag=graph.staleness.max_lag
+        batch_groups=trainer.batch_groups,
+        max_lag=graph.staleness.max_lag,
+        updates_per_batch=trainer.algo.updates_per_batch,
     )
 
 
@@ -201,7 +202,8 @@ class Driver:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         plan = make_plan(self.graph, self.g, self.run_dir, free_tcp_address())
         if self.resume is not None:
-            plan = resumed_plan(plan, self.resume, {n.name: n.role for n in self.graph.nodes})
+            trainers = {n.name for n in self.graph.nodes if isinstance(n, TrainerSpec)}
+            plan = resumed_plan(plan, self.resume, trainers)
         plan = self.launcher.prepare(plan)  # the addresses replicas and driver will bind
         keys = self._run_keys() if plan.wants_curve() else None
         plan = plan.model_copy(update={"curve": keys is not None})
@@ -226,6 +228,11 @@ class Driver:
                 handle = self.launcher.start(plan, plan_path, rp)
                 spec = self.graph.node(rp.node)
                 self.replicas[rp.key.encode()] = Replica(rp, spec, handle)
+            if self.gate is not None and any(r.serves_weights for r in self.replicas.values()):
+                # Generators start on the initial model (a resumed trainer re-publishes its
+                # version): until they report a load, the gate admits for version 0, never for
+                # a trainer version they do not serve yet.
+                self.gate.set_serving(0)
             await self._loop()
         finally:
             await self._shutdown()
@@ -298,7 +305,7 @@ class Driver:
         elif kind == "heartbeat":
             replica.metrics = message["metrics"]
         elif kind == "admit":
-            granted = self._admit(replica, int(message["n"]))
+            granted = self._admit(replica, int(message["groups"]))
             await self._send(
                 ident, {"type": "admit_reply", "id": message["id"], "granted": granted}
             )
@@ -361,7 +368,7 @@ class Driver:
 
     async def _broadcast_capacity(self) -> None:
         for ident, replica in self.replicas.items():
-            if replica.spec.role == "source" and replica.status == "running":
+            if isinstance(replica.spec, SourceSpec) and replica.status == "running":
                 await self._send(ident, {"type": "capacity"})
 
     async def _maybe_start(self) -> None:
@@ -406,7 +413,7 @@ class Driver:
         if self._interrupted and self._drain_deadline is None:
             self._drain_deadline = time.monotonic() + DRAIN_S
             for ident, replica in self.replicas.items():
-                if replica.spec.role == "source" or not replica.plan.inputs:
+                if isinstance(replica.spec, SourceSpec) or not replica.plan.inputs:
                     await self._send(ident, {"type": "drain"})
 
     # -- health -------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """A gated source's loop: admit, issue, issue lost groups again, end when all are settled.
 
 Rules:
-- Before each batch the staleness gate must admit the trajectories it will cost
-  (``Source.next_cost``). An empty draw, or one holding only groups a resumed run skips, gives
-  them back (``cancel``); a batch costing other than announced is an error in the source.
+- Before each batch the staleness gate must admit the prompt groups it holds
+  (``Source.next_groups``; the gate counts groups, the unit the trainer consumes). An empty
+  draw, or one holding only groups a resumed run skips, gives them back (``cancel``); a batch
+  holding other than announced is an error in the source.
 - With the driver's ledger on (the graph has a trainer), the source tells the driver what it
   issues (group ids, trajectories, and the node's state before and after: a resumed run
   restarts from those states) *before* sending it, and keeps each group's prompt rows until
@@ -61,7 +62,7 @@ class Issuer:
             if link.reissue:
                 batch = self.kept.get(link.reissue.popleft())
                 if batch is not None:  # None: settled meanwhile by a copy that survived
-                    if not await link.admit(trajectories(batch)):
+                    if not await link.admit(len(group_sizes(batch))):
                         return
                     await self._issue(batch, batch)
             elif not self.node.exhausted:
@@ -80,24 +81,24 @@ class Issuer:
 
     async def _next(self) -> bool:
         """Admit, draw and issue one batch; False when the run drains while waiting."""
-        cost = self.node.next_cost()
+        cost = self.node.next_groups()
         if not await self.link.admit(cost):
             return False
         before = self.node.state()
         out = await self.call(self.node.next_batch)
         batch = out if isinstance(out, pa.RecordBatch) or out is None else out.get(self.port)
         if batch is None:
-            await self.link.send({"type": "cancel", "n": cost})
+            await self.link.send({"type": "cancel", "groups": cost})
             await asyncio.sleep(IDLE_SOURCE_S)
             return True
-        if trajectories(batch) != cost:
+        if len(group_sizes(batch)) != cost:
             raise ValueError(
-                f"{type(self.node).__name__}.next_cost() announced {cost} trajectories but the "
-                f"batch costs {trajectories(batch)} (sum of group_size): make them agree"
+                f"{type(self.node).__name__}.next_groups() announced {cost} prompt groups but "
+                f"the batch holds {len(group_sizes(batch))} (distinct group_id): make them agree"
             )
         wanted = self._unskipped(batch)
         if wanted.num_rows < batch.num_rows:
-            await self.link.send({"type": "cancel", "n": cost - trajectories(wanted)})
+            await self.link.send({"type": "cancel", "groups": cost - len(group_sizes(wanted))})
             if not wanted.num_rows:
                 return True
             out = wanted if isinstance(out, pa.RecordBatch) else {**out, self.port: wanted}
@@ -121,11 +122,6 @@ class Issuer:
             for group in groups:
                 self.kept[group] = batch.filter(pc.equal(batch.column("group_id"), group))
         await self.emit(out)
-
-
-def trajectories(batch: pa.RecordBatch) -> int:
-    """Trajectories a prompt batch becomes: the sum of ``group_size``, else its rows."""
-    return sum(group_sizes(batch).values())
 
 
 def group_sizes(batch: pa.RecordBatch) -> dict[str, int]:

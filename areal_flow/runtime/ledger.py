@@ -7,8 +7,9 @@ every event to ``ledger.jsonl`` in the run folder, which a resumed run (``resume
 fault tests read.
 
 Rules:
-- A group is known by its ``group_id`` (unique per admission: dataset item and epoch). Its
-  trajectories count in the gate once, as one *counted copy*. Another copy of the same group
+- A group is known by its ``group_id`` (unique per admission: dataset item and epoch). It
+  counts in the gate (whose unit is the group) once, as one *counted copy*; the ledger follows
+  the copy's trajectories one by one. Another copy of the same group
   (a re-issue racing a copy that was not lost after all) travels uncounted: the trainer drops
   trajectory ids it already holds, and whichever copy resolves the group first settles it.
 - Location: replicas report the groups they take and send on. A group only moves forward (the
@@ -17,8 +18,10 @@ Rules:
   still sit in its send queue, and those its upstream nodes sent that may sit in its receive
   queue. Their capacity goes back to the gate and their source issues them again. In doubt a
   group is declared lost: a surviving copy is harmless (above), a lost group is not.
-- A group is settled when all its counted trajectories are accepted or rejected; its source is
-  told, forgets the group, and ends its stream only once all its groups are settled.
+- A group is settled when all its counted trajectories are accepted or rejected; then the gate
+  settles it as accepted (the trainer got at least one of them) or rejected (its capacity comes
+  back). Its source is told, forgets the group, and ends its stream only once all its groups
+  are settled.
 - One JSON object per line, flushed at once: a killed driver loses no event.
 """
 
@@ -49,6 +52,7 @@ class GroupRecord:
     n: int  # trajectories of the counted copy
     state: str = "running"  # running | lost | settled (then only its id is kept)
     open: int = 0  # counted trajectories not yet accepted or rejected
+    accepted: int = 0  # counted trajectories the trainer got
     at: str = ""  # replica key that last took or issued it
     node: str = ""  # that replica's node
     rank: int = 0  # that node's topological rank
@@ -99,7 +103,7 @@ class Ledger:
         elif kind == "sent":
             self.sent(replica, node, message["groups"])
         elif kind == "cancel":
-            self.gate.cancel(int(message["n"]))
+            self.gate.cancel(int(message["groups"]))
         elif kind == "accepted":
             settled = self.accepted(message["rows"], message.get("versions"))
         elif kind == "rejected":
@@ -121,7 +125,7 @@ class Ledger:
         for group, n in groups.items():
             record = self.groups.get(group)
             if group in self.settled or (record is not None and record.state != "lost"):
-                self.gate.cancel(n)  # a second copy of a group already counted
+                self.gate.cancel(1)  # a second copy of a group already counted
                 self.write("extra_copy", g=group, n=n, src=source)
                 continue
             event = "issued" if record is None else "reissued"
@@ -156,10 +160,9 @@ class Ledger:
             per_group.setdefault(group, []).append(i)
         settled = []
         for group, indices in per_group.items():
-            counted = self._resolve(group, len(indices))
-            if counted:
-                kept = [versions[i] for i in indices[:counted]] if versions is not None else None
-                self.gate.accept(counted, kept)
+            counted = self._resolve(group, len(indices), accepted=True)
+            if counted and versions is not None:
+                self.gate.record_lags([versions[i] for i in indices[:counted]])
             self.write("accepted", g=group, rows=len(indices), counted=counted)
             settled += self._maybe_settle(group)
         return settled
@@ -168,14 +171,12 @@ class Ledger:
         """Trajectories were dropped by a transform. Returns the groups this settled."""
         settled = []
         for group, rows in groups.items():
-            counted = self._resolve(group, rows)
-            if counted:
-                self.gate.reject(counted)
+            counted = self._resolve(group, rows, accepted=False)
             self.write("rejected", g=group, rows=rows, counted=counted)
             settled += self._maybe_settle(group)
         return settled
 
-    def _resolve(self, group: str, rows: int) -> int:
+    def _resolve(self, group: str, rows: int, *, accepted: bool) -> int:
         """How many of ``rows`` resolve the counted copy (the rest belong to another copy)."""
         record = self.groups.get(group)
         if record is None or record.state != "running":
@@ -183,6 +184,8 @@ class Ledger:
             return 0
         counted = min(rows, record.open)
         record.open -= counted
+        if accepted:
+            record.accepted += counted
         self.duplicates += rows - counted
         return counted
 
@@ -191,6 +194,8 @@ class Ledger:
         if record is None or record.state != "running" or record.open > 0:
             return []
         record.state = "settled"
+        self.gate.settle(accepted=record.accepted > 0)
+        self.write("settled", g=group, accepted=record.accepted > 0)
         del self.groups[group]
         self.settled.add(group)
         return [record]
@@ -206,7 +211,7 @@ class Ledger:
             if record.state != "running":
                 continue
             if record.at == replica or (record.moving and record.node in upstream):
-                self.gate.lose(record.open)
+                self.gate.lose(1)
                 self.write("lost", g=group, n=record.open, at=record.at, why=why)
                 record.state, record.open = "lost", 0
                 reissue.setdefault(record.source, []).append(group)

@@ -3,7 +3,7 @@
 Rules:
 - One reader task dispatches everything the driver sends: start/stop/drain events, policy
   version updates (written into the node context), and replies to admission requests.
-- ``admit(n)`` asks the driver's staleness gate for n trajectories and waits for the answer;
+- ``admit(n)`` asks the driver's staleness gate for n prompt groups and waits for the answer;
   a denied request is retried when the driver reports new capacity or after a short timeout,
   until granted or the run drains. An answer that does not come within ``ADMIT_REPLY_S`` is
   asked for again (never an endless wait).
@@ -63,7 +63,7 @@ class ControlLink:
         self.heard = time.monotonic()
         self._on_version = on_version
         self._replies: dict[int, asyncio.Future[bool]] = {}
-        self._abandoned: dict[int, int] = {}  # requests that timed out → trajectories asked
+        self._abandoned: dict[int, int] = {}  # requests that timed out → groups asked
         self._ids = itertools.count()
         self._reader: asyncio.Task[None] | None = None
 
@@ -106,16 +106,16 @@ class ControlLink:
                 elif request in self._abandoned:
                     n = self._abandoned.pop(request)
                     if granted:
-                        await self.send({"type": "cancel", "n": n})
+                        await self.send({"type": "cancel", "groups": n})
 
     async def admit(self, n: int) -> bool:
-        """Wait until the gate admits ``n`` trajectories (True) or the run drains (False)."""
+        """Wait until the gate admits ``n`` prompt groups (True) or the run drains (False)."""
         while not self.draining.is_set():
             request = next(self._ids)
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._replies[request] = future
             self.capacity_changed.clear()
-            await self.send({"type": "admit", "id": request, "n": n})
+            await self.send({"type": "admit", "id": request, "groups": n})
             try:
                 if await asyncio.wait_for(future, ADMIT_REPLY_S):
                     return True

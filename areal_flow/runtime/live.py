@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from areal_flow.graph import resolved_edges
+from areal_flow.roles import TrainerSpec
 
 if TYPE_CHECKING:
     from areal_flow.runtime.driver import Driver
@@ -68,7 +69,8 @@ class Progress:
     def line(self, driver: Driver) -> str:
         now = time.monotonic()
         parts = [f"elapsed {_clock(now - driver.started)}", f"version {driver.version}"]
-        trainer = next((r for r in driver.replicas.values() if r.spec.role == "trainer"), None)
+        trainers = (r for r in driver.replicas.values() if isinstance(r.spec, TrainerSpec))
+        trainer = next(trainers, None)
         if trainer is not None:
             parts.extend(self._trainer(trainer, now))
         rates: dict[str, float] = defaultdict(float)
@@ -81,7 +83,8 @@ class Progress:
 
     def _trainer(self, trainer: Any, now: float) -> list[str]:
         done = int(trainer.metrics.get("steps", 0))
-        total = int(getattr(trainer.spec, "steps", 0) or 0)
+        spec: TrainerSpec = trainer.spec
+        total = spec.steps
         parts = [f"step {done}/{total}" if total else f"step {done}"]
         if done and self.first_step is None:
             self.first_step = (now, done)

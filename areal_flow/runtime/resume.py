@@ -10,8 +10,8 @@ Rules:
   the checkpoint lacks — in flight at the crash, or trained after the checkpoint and rolled back
   with it — is issued again, and no group the checkpoint holds is issued twice.
 - The staleness gate is rebuilt with ``StalenessController.from_state`` at the checkpoint's
-  version from the ledger's counters: nothing in flight, ``accepted`` what the restored trainer
-  holds (AReaL issue #1388: capacity must not count the crashed run's in-flight work).
+  version from the ledger's counters: nothing in flight, ``accepted`` the groups the restored
+  trainer holds (AReaL issue #1388: capacity must not count the crashed run's in-flight work).
 - The trainer gets ``{"checkpoint": path}`` as its resume state, a source its own saved state
   (``Node.state()``, e.g. the prompt source's ``position`` and ``walked``).
 - No checkpoint, no resume: ``ResumeError`` names the folder.
@@ -49,7 +49,8 @@ class ResumePoint:
     checkpoint: Path
     step: int
     version: int
-    pending: int  # trajectories the checkpoint keeps untrained (the gate's ``buffered``)
+    pending: int  # trajectories the checkpoint keeps untrained
+    held: int  # prompt groups the checkpoint holds: trained, pending or in its batch
     sources: dict[str, SourceStart]  # per source replica key
     counters: dict[str, int]  # admitted, accepted, rejected trajectories over the ledger
 
@@ -83,6 +84,7 @@ def resume_point(run_dir: Path) -> ResumePoint:
         step=position.step,
         version=position.version,
         pending=position.pending,
+        held=len(position.held),
         sources=_source_starts(events, resolved),
         counters=_counters(events),
     )
@@ -120,33 +122,35 @@ def _source_starts(events: list[dict[str, Any]], resolved: set[str]) -> dict[str
 
 
 def _counters(events: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """The gate's counters (prompt groups) over the ledger: issued copies, settled groups."""
     counters = {"admitted": 0, "accepted": 0, "rejected": 0}
     for event in events:
         if event["e"] in ("issued", "reissued"):
-            counters["admitted"] += int(event["n"])
-        elif event["e"] in ("accepted", "rejected"):
-            counters[event["e"]] += int(event["counted"])
+            counters["admitted"] += 1
+        elif event["e"] == "settled":
+            counters["accepted" if event["accepted"] else "rejected"] += 1
     return counters
 
 
 def resumed_gate(point: ResumePoint, gate: StalenessController) -> StalenessController:
-    """``gate`` (built from the graph) rebuilt at the resume point with ``from_state``."""
+    """``gate`` (built from the graph) rebuilt at the resume point with ``from_state``: the
+    checkpoint's version, and the groups it holds as accepted."""
     state = {
         **gate.state_dict(),
         **point.counters,
         "version": point.version,
         "running": 0,
     }
-    return StalenessController.from_state(state, version=point.version, buffered=point.pending)
+    return StalenessController.from_state(state, held=point.held, version=point.version)
 
 
-def resumed_plan(plan: RunPlan, point: ResumePoint, roles: dict[str, str]) -> RunPlan:
-    """``plan`` with each replica's resume state: the checkpoint for trainers, the start state
-    and skip list for sources that issued groups before."""
+def resumed_plan(plan: RunPlan, point: ResumePoint, trainers: set[str]) -> RunPlan:
+    """``plan`` with each replica's resume state: the checkpoint for the trainer (named in
+    ``trainers``), the start state and skip list for sources that issued groups before."""
     replicas = []
     for replica in plan.replicas:
         update: dict[str, Any] = {}
-        if roles.get(replica.node) == "trainer":
+        if replica.node in trainers:
             update["resume_state"] = {"checkpoint": str(point.checkpoint)}
         elif replica.key in point.sources:
             start = point.sources[replica.key]

@@ -6,8 +6,9 @@ Rules:
   server needed. Telemetry is switched off before mlflow is imported.
 - Params: the graph spec flattened to dotted paths, nodes by name (``nodes.gen.sampling.
   temperature``). Artifacts: the spec (``graph.json``), the graph drawing, the sample-rollout
-  tables the trainer writes, the run summary; the final checkpoint is recorded by path (tag
-  ``checkpoint``), not copied.
+  tables the trainer writes, the run summary (its totals also as ``summary/...`` metrics: the
+  final lineage's steps and trajectories, and the steps a resume redid); the final checkpoint
+  is recorded by path (tag ``checkpoint``), not copied.
 - Metrics, per trainer step (MLflow ``step`` = optimizer step): everything in the trainer's
   step log (reward, accuracy, format rate, loss, clip fraction, importance weights, entropy,
   version lag, training tokens/s, publish time) plus, sampled from heartbeats when that step
@@ -233,7 +234,8 @@ class RunTracker:
         self.client.log_metric(self.run_id, "wall_s", result.wall_s)
         if summary is not None and summary.exists():
             self.client.log_artifact(self.run_id, str(summary))
-            for name, value in eval_metrics(json.loads(summary.read_text())).items():
+            data = json.loads(summary.read_text())
+            for name, value in {**eval_metrics(data), **summary_totals(data)}.items():
                 self.client.log_metric(self.run_id, _metric_name(name), value)
         status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         self.client.set_terminated(self.run_id, status)
@@ -276,6 +278,12 @@ def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
             for level, value in levels.items():
                 out[f"eval/{which}/{metric}/{level}"] = float(value)
     return out
+
+
+def summary_totals(summary: dict[str, Any]) -> dict[str, float]:
+    """``summary/<total>``: the final lineage's steps and trajectories, and what a resume redid."""
+    keys = ("steps", "trajectories", "redone_steps", "redone_trajectories")
+    return {f"summary/{key}": float(summary[key]) for key in keys if key in summary}
 
 
 def _metric_name(key: str) -> str:

@@ -42,6 +42,7 @@ import zmq.asyncio
 
 from areal_flow.node import Node, NodeContext, Output, Source, Streaming, Transform
 from areal_flow.registry import node_class
+from areal_flow.roles import TrainerSpec
 from areal_flow.runtime.control import DRIVER_SILENT_S, HEARTBEAT_S, STOP_GRACE_S, identity
 from areal_flow.runtime.issuer import IDLE_SOURCE_S, Issuer, group_rows
 from areal_flow.runtime.link import ControlLink
@@ -219,7 +220,7 @@ class Worker:
         self.stats["batches_in"] += 1
         self.stats["rows_in"] += item.batch.num_rows
         batch = item.batch
-        if self.spec.role == "trainer" and item.wire.record in TRAJECTORY_RECORDS:
+        if isinstance(self.spec, TrainerSpec) and item.wire.record in TRAJECTORY_RECORDS:
             versions = _oldest_versions(batch)
             rows = batch.column("group_id").to_pylist()
             await self.link.send(
@@ -259,7 +260,8 @@ class Worker:
         for port, batch in await self.outbox.emit(out, self.ctx.version):
             self.stats["batches_out"] += 1
             self.stats["rows_out"] += batch.num_rows
-            if self.ledger and records.get(port) in GROUP_RECORDS and self.spec.role != "source":
+            relay = not isinstance(self.node, Source)
+            if self.ledger and records.get(port) in GROUP_RECORDS and relay:
                 await self.link.send({"type": "sent", "groups": group_rows(batch)})
 
     async def _timed(self, fn: Any, *args: Any) -> Any:

@@ -18,7 +18,10 @@ Rules:
   tokens for ``token`` aggregation, sequences with a loss token for ``sequence``), so the summed
   gradient is that of the minibatch loss, whatever the packing.
 - One ``train_step`` is one optimizer step: clip the global gradient norm, AdamW, scheduler.
-  A non-finite gradient norm raises instead of corrupting the weights.
+  A non-finite gradient (NaN/inf norm) never reaches the weights: the AdamW update is skipped
+  (the scheduler still advances, so the learning rate stays tied to the step number), the step
+  reports ``skipped = 1``, and ``optimizer.max_bad_steps`` skipped steps in a row raise
+  ``NonFiniteGradients`` — a run whose gradients stay broken stops with that message.
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ from areal_flow.train.batch import Sequence
 if TYPE_CHECKING:
     import torch
 
-    from nodes.trainer import DecoupledPPO, Optimizer
+    from areal_flow.train.algo import DecoupledPPO, Optimizer
 
 PPO_MEAN_METRICS = ("clip_frac", "ratio_mean", "iw_mean", "iw_capped_frac", "kl_behav_k3")
+
+
+class NonFiniteGradients(RuntimeError):
+    """Too many optimizer steps in a row had a NaN or infinite gradient."""
 
 
 def lr_factor(warmup: int, schedule: str, total: int) -> Callable[[int], float]:
@@ -81,6 +88,9 @@ class Policy:
         self.micro_batch_tokens = micro_batch_tokens
         self.share_prompts = share_prompts
         self.grad_clip = optimizer.grad_clip
+        self.max_bad_steps = optimizer.max_bad_steps
+        self.bad_in_a_row = 0  # consecutive steps skipped for a non-finite gradient
+        self.skipped_steps = 0
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, attn_implementation=register()
         )
@@ -200,17 +210,22 @@ class Policy:
                 loss, metrics = self._micro_loss(group, algo, denominator, prox_from_forward)
                 loss.backward()
                 totals.add(float(loss.detach()), metrics)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.grad_clip, error_if_nonfinite=True
-        )
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         lr = float(self.scheduler.get_last_lr()[0])
-        self.optimizer.step()
+        finite = bool(torch.isfinite(grad_norm))
+        self._count_bad(finite, float(grad_norm))
+        if finite:
+            self.optimizer.step()
+        else:  # nothing of this step may reach the weights (the gradients are kept otherwise)
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         elapsed = time.perf_counter() - began
         tokens = sum(int(s.tokens.numel()) for s in seqs)
         return {
             **totals.result(),
             "grad_norm": float(grad_norm),
+            "skipped": float(not finite),
+            "skipped_steps": float(self.skipped_steps),
             "lr": lr,
             "step_s": elapsed,
             "sequences": float(len(seqs)),
@@ -218,6 +233,19 @@ class Policy:
             "loss_tokens": float(loss_tokens),
             "tokens_per_s": tokens / elapsed,
         }
+
+    def _count_bad(self, finite: bool, grad_norm: float) -> None:
+        if finite:
+            self.bad_in_a_row = 0
+            return
+        self.bad_in_a_row += 1
+        self.skipped_steps += 1
+        if self.bad_in_a_row >= self.max_bad_steps:
+            raise NonFiniteGradients(
+                f"the gradient norm was {grad_norm} (not finite) in {self.bad_in_a_row} optimizer "
+                "steps in a row, so each was skipped; stopping. Lower optimizer.lr, check the "
+                "rewards and advantages for NaN/inf, or raise optimizer.max_bad_steps."
+            )
 
     def _micro_loss(
         self, group: list[Sequence], algo: DecoupledPPO, denominator: float, prox_from_forward: bool
@@ -262,11 +290,18 @@ class Policy:
 
     def train_state(self) -> dict[str, Any]:
         """Optimizer and scheduler state (tensors + plain values) for checkpoints."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "skipped_steps": self.skipped_steps,
+            "bad_in_a_row": self.bad_in_a_row,
+        }
 
     def load_train_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
 
 
 class _MetricSum:

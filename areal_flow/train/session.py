@@ -41,7 +41,7 @@ from areal_flow.train.batch import (
 from areal_flow.train.weights import Store, WeightsRef, publish_weights, weights_root
 
 if TYPE_CHECKING:
-    from nodes.trainer import TrainerConfig
+    from areal_flow.train.config import TrainingConfig
 
 
 class TrainingSession:
@@ -49,8 +49,9 @@ class TrainingSession:
 
     def __init__(
         self,
-        cfg: TrainerConfig,
+        cfg: TrainingConfig,
         *,
+        temperature: float,
         run_dir: Path,
         device: str = "cpu",
         seed: int = 0,
@@ -76,7 +77,7 @@ class TrainingSession:
             total_steps=cfg.steps,
             device=device,
             bf16=cfg.bf16,
-            temperature=cfg.temperature,
+            temperature=temperature,
             micro_batch_tokens=cfg.micro_batch_tokens,
             share_prompts=cfg.share_prompts,
         )
@@ -143,7 +144,7 @@ class TrainingSession:
         """Advantages, π_prox and the minibatch split of a new batch; returns batch metrics."""
         import torch
 
-        from areal_flow.rl import group_advantages, version_lag_stats
+        from areal_flow.rl import group_advantages
 
         began = time.perf_counter()
         with self.lock:
@@ -185,7 +186,6 @@ class TrainingSession:
             "response_len_mean": sum(lengths) / len(lengths),
             **({"entropy": _weighted_mean(entropy, lengths)} if entropy else {}),
             "prox_s": time.perf_counter() - began,
-            **version_lag_stats(_nonempty(table.column("versions").to_pylist()), self.version),
         }
 
     def _proximal_logprobs(self, draft: pa.Table, k: int) -> tuple[list[list[float]], list[float]]:
@@ -204,12 +204,18 @@ class TrainingSession:
     def train_next(self) -> tuple[WeightsRef, dict[str, float]]:
         """One optimizer step on the next minibatch; version += 1; publish. Returns the notice
         and the step's metrics."""
+        from areal_flow.rl import version_lag_stats
+
         with self.lock:
             if self.batch is None:
                 raise RuntimeError("train_next called without a prepared batch; call prepare()")
             rows = rows_of_minibatch(self.batch, self.next_minibatch)
             single = max(self.batch.column("minibatch").to_pylist()) == 0
+            # Lag at the step that trains them (the staleness bound's definition): η + K − 1
+            # at most, η for a batch's first minibatch.
+            lags = version_lag_stats(_nonempty(rows.column("versions").to_pylist()), self.version)
             metrics = self.policy.train_step(to_sequences(rows), self.cfg.algo, single)
+            metrics.update(lags)
             self.step += 1
             self.version += 1
             self.trained.extend(trajectory_ids(rows))

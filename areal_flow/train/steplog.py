@@ -8,6 +8,8 @@ Rules:
   reward, versions) go to ``<run>/samples/step_<N>.jsonl`` — what a person reads to see what
   the policy actually writes.
 - Lines are self-contained JSON; readers skip a torn last line.
+- A resumed run appends again from its checkpoint's step: ``lineage`` separates the final
+  policy's steps from the work a resume redid.
 """
 
 from __future__ import annotations
@@ -63,6 +65,21 @@ class StepLog:
 def read_steps(run_dir: Path) -> list[dict[str, Any]]:
     """Every complete step record of a run, in order (a torn last line is skipped)."""
     return list(iter_jsonl(steps_path(run_dir)))
+
+
+def lineage(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, redone): the steps of the final policy's history, and the records a resume
+    rolled back and did again. A resumed trainer restarts from its last checkpoint, so a record
+    whose step is not above the previous one supersedes every earlier record from that step on.
+    """
+    kept: list[dict[str, Any]] = []
+    redone: list[dict[str, Any]] = []
+    for record in records:
+        step = int(record["step"])
+        while kept and int(kept[-1]["step"]) >= step:
+            redone.append(kept.pop())
+        kept.append(record)
+    return kept, redone
 
 
 def iter_jsonl(path: Path, start: int = 0) -> Iterator[dict[str, Any]]:

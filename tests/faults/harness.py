@@ -124,7 +124,7 @@ class WatchedRun:
 
 def epoch_groups(graph: Graph) -> set[str]:
     """The group id of every prompt of epoch 0, from the dataset itself (not the run)."""
-    from nodes.prompt_source import load_dataset
+    from areal_flow.nodes.prompt_source import load_dataset
 
     cfg = graph.node("prompts")
     dataset = load_dataset(cfg, graph.seed)  # type: ignore[arg-type]

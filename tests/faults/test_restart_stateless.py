@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from areal_flow.runtime import Driver
 from areal_flow.spec import Graph
 from tests.faults.harness import (
     WatchedRun,
@@ -34,7 +35,10 @@ def test_generator_verifier_filter_and_publisher_restart_and_lose_nothing(
 def check_restarts(run: WatchedRun, tmp_path: Path, graph: Graph) -> None:
     """Kill each stateless kind in turn, each once the previous one is back at work."""
     # The generator dies holding prompt groups mid-generation, after a first policy update.
-    run.wait("a trained step", lambda d: d.version >= 1 and run.running("gen"))
+    run.wait(
+        "a trained step and prompt groups at the generator",
+        lambda d: d.version >= 1 and run.running("gen") and holds_groups(d, "gen/0"),
+    )
     killed = [run.kill("gen")]
     seen = run.replica("reward").metrics.get("batches_in", 0)
     run.wait(
@@ -81,3 +85,9 @@ def check_restarts(run: WatchedRun, tmp_path: Path, graph: Graph) -> None:
     while session_members(killed) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert session_members(killed) == [], "processes of killed replicas are still alive"
+
+
+def holds_groups(driver: Driver, replica: str) -> bool:
+    """The ledger places prompt groups at ``replica`` (taken, or sent and not yet taken on)."""
+    assert driver.ledger is not None
+    return any(record.at == replica for record in list(driver.ledger.groups.values()))

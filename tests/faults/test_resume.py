@@ -4,6 +4,7 @@ the epoch was lost and none trained twice."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from areal_flow.runtime.resume import resume_point
 from areal_flow.train.checkpoint import data_position
+from areal_flow.train.steplog import read_steps
 from tests.faults.harness import (
     ROOT,
     WatchedRun,
@@ -77,6 +79,11 @@ def test_trainer_and_source_crashes_resume_to_every_prompt_trained_once(
     assert f"step {second.step}, policy version {second.version}" in done.stdout
     assert checkpoint_meta(tmp_path)["step"] == PROMPTS // 4
     assert_epoch_trained_exactly_once(tmp_path, graph)
+    # The summary counts the final lineage; steps redone after a resume are reported apart.
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    records = read_steps(tmp_path)
+    assert (summary["steps"], summary["trajectories"]) == (PROMPTS // 4, PROMPTS * 4)
+    assert summary["redone_steps"] == len(records) - PROMPTS // 4
     # The resumed sources skipped what the checkpoints held: no group was issued again after
     # a resume if the checkpoint it resumed from already held it.
     for checkpoint, issued in issued_after_each_resume(tmp_path).items():

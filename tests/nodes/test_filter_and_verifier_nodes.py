@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from areal_flow.node import NodeContext
+from areal_flow.nodes.group_filter import GroupFilter, GroupFilterConfig
+from areal_flow.nodes.math_verifier import MathVerifier, MathVerifierConfig
 from areal_flow.schema import SCHEMAS
-from nodes.group_filter import GroupFilter, GroupFilterConfig
-from nodes.math_verifier import MathVerifier, MathVerifierConfig
 
 
 def rollout_rows(

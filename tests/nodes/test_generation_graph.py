@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from areal_flow.nodes.generator import GeneratorConfig
+from areal_flow.nodes.prompt_source import PromptSourceConfig
+from areal_flow.roles import Sampling
 from areal_flow.spec import Graph
 from areal_flow.testing import CollectSinkConfig, read_sink, run_in_process
-from nodes.generator import GeneratorConfig, Sampling
-from nodes.prompt_source import PromptSourceConfig
 
 
 @pytest.mark.slow

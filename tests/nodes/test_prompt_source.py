@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from areal_flow.node import NodeContext
+from areal_flow.nodes.prompt_source import PromptSource, PromptSourceConfig
 from areal_flow.schema import SCHEMAS
-from nodes.prompt_source import PromptSource, PromptSourceConfig
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
@@ -41,7 +41,7 @@ def test_groups_carry_the_chat_template_and_group_size(
 ) -> None:
     node = start(tmp_path, model=str(tiny_model_dir), group_size=4, size=50)
     row = drain(node, 1)[0]
-    assert node.next_cost() == 4 and row["group_size"] == 4
+    assert node.next_groups() == 1 and row["group_size"] == 4  # the gate counts groups
     assert row["prompt"].startswith("<|im_start|>") and row["prompt"].endswith(
         "<|im_start|>assistant\n"
     )

@@ -17,12 +17,12 @@ UPSTREAM = {"gen": {"prompts"}, "reward": {"gen"}, "filter": {"reward"}, "traine
 SRC = "prompts/0"
 
 
-def ledger(path: Path | None = None, batch: int = 8, lag: int | None = 1) -> Ledger:
+def ledger(path: Path | None = None, batch: int = 2, lag: int | None = 1) -> Ledger:
     return Ledger(StalenessController(batch, lag), RANKS, UPSTREAM, path)
 
 
 def issue(book: Ledger, group: str, n: int = 4, index: int = 0) -> None:
-    book.gate.admit(n)
+    book.gate.admit(1)  # the gate counts groups; the ledger follows their n trajectories
     state = {"position": {"epoch": 0, "index": index}, "walked": index}
     after = {"position": {"epoch": 0, "index": index + 1}, "walked": index + 1}
     book.issued(SRC, "prompts", {group: n}, state, after)
@@ -40,11 +40,23 @@ def test_a_group_settles_when_all_its_trajectories_are_resolved() -> None:
         move(book, "a", node)
     book.took("filter/0", "filter", {"a": 4})
     assert book.rejected({"a": 1}) == []  # one trajectory dropped, three go on
+    assert book.gate.running == 1  # not settled yet
     settled = book.accepted(["a", "a", "a"], [0, 0, 0])
     assert [r.group for r in settled] == ["a"] and settled[0].source == SRC
     gate = book.gate
-    assert (gate.admitted, gate.accepted, gate.rejected, gate.running) == (4, 3, 1, 0)
+    # The group reached the trainer short of a row: one accepted group, nothing rejected.
+    assert (gate.admitted, gate.accepted, gate.rejected, gate.running) == (1, 1, 0, 0)
+    assert gate.lag_histogram == {0: 3}
     assert book.unsettled() == []
+
+
+def test_a_group_filtered_out_whole_gives_its_capacity_back() -> None:
+    book = ledger(lag=0)
+    issue(book, "a")
+    issue(book, "b")
+    assert book.gate.capacity == 0
+    assert [r.group for r in book.rejected({"a": 4})] == ["a"]
+    assert (book.gate.rejected, book.gate.capacity) == (1, 1)
 
 
 def test_a_dead_generator_loses_what_it_held_and_what_was_on_its_way() -> None:
@@ -58,7 +70,7 @@ def test_a_dead_generator_loses_what_it_held_and_what_was_on_its_way() -> None:
     # d: sent by the source, maybe in gen's receive queue
     lost = book.lose("gen/0", "gen", "exited with code -9")
     assert lost == {SRC: ["a", "c", "d"]}
-    assert (book.gate.running, book.gate.lost) == (4, 12)  # their capacity is back
+    assert (book.gate.running, book.gate.lost) == (1, 3)  # their capacity is back
     assert book.groups["b"].node == "reward"
 
 
@@ -68,14 +80,14 @@ def test_a_reissued_group_counts_once_whichever_copy_arrives() -> None:
     book.took("gen/0", "gen", {"a": 4})
     book.lose("gen/0", "gen", "killed")
     issue(book, "a")  # the re-issue: counted again
-    assert book.gate.running == 4
+    assert book.gate.running == 1
     settled = book.accepted(["a"] * 4, [0] * 4)  # the first copy to arrive settles it
     assert [r.group for r in settled] == ["a"]
     assert book.accepted(["a"] * 4, [1] * 4) == []  # the other copy is a duplicate
     issue(book, "a")  # a third copy issued later (a stale re-issue) is cancelled at once
     gate = book.gate
-    assert (gate.accepted, gate.running, gate.lost, book.duplicates) == (4, 0, 4, 4)
-    assert gate.admitted == 8  # the cancelled copy is not admitted work
+    assert (gate.accepted, gate.running, gate.lost, book.duplicates) == (1, 0, 1, 4)
+    assert gate.admitted == 2  # the cancelled copy is not admitted work
 
 
 def test_events_are_appended_to_the_run_folder(tmp_path: Path) -> None:
@@ -87,12 +99,13 @@ def test_events_are_appended_to_the_run_folder(tmp_path: Path) -> None:
     book.accepted(["a"] * 4)
     book.close()
     events = read_ledger(tmp_path)
-    assert [e["e"] for e in events] == ["issued", "lost", "reissued", "accepted"]
+    assert [e["e"] for e in events] == ["issued", "lost", "reissued", "accepted", "settled"]
     assert events[1]["why"] == "killed" and events[3]["counted"] == 4
+    assert events[4]["accepted"] is True
     (tmp_path / "ledger.jsonl").write_text(
         (tmp_path / "ledger.jsonl").read_text() + '{"e":"iss'
     )  # a line cut short by a crash
-    assert len(read_ledger(tmp_path)) == 4
+    assert len(read_ledger(tmp_path)) == 5
 
 
 # -- resume ----------------------------------------------------------------------------------
@@ -118,7 +131,7 @@ def ids(group: str, n: int = 4) -> list[str]:
 
 
 def test_resume_restarts_the_source_at_its_oldest_unresolved_group(tmp_path: Path) -> None:
-    book = ledger(tmp_path / "ledger.jsonl", batch=8, lag=None)
+    book = ledger(tmp_path / "ledger.jsonl", batch=2, lag=None)
     for i, group in enumerate("abcdef"):
         issue(book, group, index=i)
     book.rejected({"b": 4})  # filtered out whole: resolved
@@ -127,13 +140,13 @@ def test_resume_restarts_the_source_at_its_oldest_unresolved_group(tmp_path: Pat
     # The checkpoint (step 1) trained a and c, keeps e pending; d and f were in flight.
     checkpoint(tmp_path, 1, ids("a") + ids("c"), ids("e"))
     point = resume_point(tmp_path)
-    assert point.version == 1 and point.pending == 4
+    assert point.version == 1 and point.pending == 4 and point.held == 3
     start = point.sources[SRC]
     assert start.state == {"position": {"epoch": 0, "index": 3}, "walked": 3}  # before d
     assert start.skip == ["e"]  # f comes again, e does not
-    gate = resumed_gate(point, StalenessController(8, None))
-    assert (gate.version, gate.accepted, gate.running) == (1, 8 + 4, 0)
-    assert (gate.admitted, gate.rejected, gate.lost) == (24, 4, 8)  # d and f died in flight
+    gate = resumed_gate(point, StalenessController(2, None))
+    assert (gate.version, gate.accepted, gate.running) == (1, 3, 0)  # a, c trained; e pending
+    assert (gate.admitted, gate.rejected, gate.lost) == (6, 1, 2)  # d and f died in flight
 
 
 def test_groups_trained_after_the_checkpoint_are_issued_again(tmp_path: Path) -> None:
@@ -167,7 +180,7 @@ def test_resume_without_a_checkpoint_names_the_folder(tmp_path: Path) -> None:
 
 
 def test_lose_and_cancel_give_capacity_back() -> None:
-    gate = StalenessController(batch_size=4, max_lag=0)
+    gate = StalenessController(batch_groups=4, max_lag=0)
     gate.admit(4)
     assert gate.capacity == 0
     gate.lose(4)
@@ -175,5 +188,5 @@ def test_lose_and_cancel_give_capacity_back() -> None:
     gate.admit(4)
     gate.cancel(4)
     assert (gate.capacity, gate.admitted, gate.running) == (4, 4, 0)
-    with pytest.raises(ValueError, match="only 0 trajectories are in flight"):
+    with pytest.raises(ValueError, match="only 0 groups are in flight"):
         gate.lose(1)

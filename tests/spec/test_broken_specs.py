@@ -245,6 +245,67 @@ BROKEN: list[tuple[str, Callable[[Data], None], str, str]] = [
     ),
     ("unknown tracking field", top(tracking={"url": "x"}), "tracking.url", "did you mean 'uri'"),
     ("graph name with spaces", top(name="math rl"), "name", "pattern"),
+    # Issue 15: cross-node rules and local paths fail validation, not a worker minutes later.
+    (
+        "trainer temperature differs from the generator's",
+        on_node("trainer", temperature=1.0),
+        "nodes.trainer.temperature",
+        "differs from nodes.gen.sampling.temperature 0.7",
+    ),
+    (
+        "nucleus sampling in a graph with a trainer",
+        nested("gen", "sampling", top_p=0.9),
+        "nodes.gen.sampling.top_p",
+        "truncated distribution",
+    ),
+    (
+        "top-k in a graph with a trainer",
+        nested("gen", "sampling", top_k=50),
+        "nodes.gen.sampling.top_k",
+        "set top_k = 0",
+    ),
+    (
+        "trainer and generator on different models",
+        on_node("trainer", model="/nonexistent/other-model"),
+        "nodes.trainer.model",
+        "samples from 'smollm2'",
+    ),
+    (
+        "missing dataset file",
+        on_node("prompts", dataset="data/no-such-file.jsonl"),
+        "nodes.prompts.dataset",
+        "does not exist",
+    ),
+    (
+        "missing model folder",
+        on_node("gen", model="models/missing"),
+        "nodes.gen.model",
+        "give a Hugging Face model folder",
+    ),
+    (
+        "missing checkpoint to resume from",
+        on_node("trainer", resume_from="runs/gone/checkpoints"),
+        "nodes.trainer.resume_from",
+        "does not exist",
+    ),
+    (
+        "missing evaluation data file",
+        top(evaluation={"data": "heldout/missing.jsonl"}),
+        "evaluation.data",
+        "does not exist",
+    ),
+    (
+        "more updates per batch than groups",
+        nested("trainer", "algo", updates_per_batch=8),
+        "nodes.trainer",
+        "exceeds batch_groups = 4",
+    ),
+    (
+        "two trainers",
+        add_node(kind="trainer", name="trainer2", resources={"cpus": 0}),
+        "nodes",
+        "at most one trainer",
+    ),
 ]
 
 

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from areal_flow.node import NodeContext
+from areal_flow.nodes.trainer import Trainer, TrainerConfig
+from areal_flow.nodes.weight_publisher import WeightPublisherConfig
 from areal_flow.schema import SCHEMAS
 from areal_flow.spec import Graph
+from areal_flow.train.algo import DecoupledPPO, Optimizer
 from areal_flow.train.batch import trajectory_ids
 from areal_flow.train.checkpoint import resolve_checkpoint
 from areal_flow.train.weights import verify_weights
-from nodes.trainer import DecoupledPPO, Optimizer, Trainer, TrainerConfig
-from nodes.weight_publisher import WeightPublisherConfig
 from tests.train.scored import load_model, scored_group
 
 GROUP_REWARDS = [(1.0, 0.0, 0.5, 0.0), (0.0, 1.0, 1.0, 0.0), (0.2, 0.9, 0.0, 0.4)]
@@ -40,7 +41,7 @@ def trainer(
     values: dict[str, Any] = {
         "name": "trainer",
         "model": str(model_dir),
-        "batch_groups": 1,
+        "batch_groups": 2,  # K = 2 minibatches need at least 2 groups (validation)
         "steps": 6,
         "bf16": False,
         "micro_batch_tokens": 64,
@@ -122,14 +123,14 @@ def test_node_emits_increasing_versions_and_checkpoints(
         assert torch.equal(a, b)
     assert AutoTokenizer.from_pretrained(latest)("2+2").input_ids
     meta = json.loads((latest / "trainer.json").read_text())
-    # group 0 in two minibatch steps; the budget's last step trains group 1 whole in one
-    assert meta["version"] == 3 and len(meta["trained_ids"]) == 8
+    # groups 0-1 in two minibatch steps; the budget's last step trains groups 2-3 whole in one
+    assert meta["version"] == 3 and len(meta["trained_ids"]) == 16
 
 
 def test_node_returns_when_input_ends_early(
     tiny_model_dir: Path, tmp_path: Path, scored_groups: list[pa.RecordBatch]
 ) -> None:
-    node = trainer(tiny_model_dir, tmp_path, steps=50, algo=DecoupledPPO())
+    node = trainer(tiny_model_dir, tmp_path, steps=50, algo=DecoupledPPO(), batch_groups=1)
     assert [n["version"] for n in drive(node, scored_groups[:2])] == [1, 2]
     assert resolve_checkpoint(tmp_path).name == "step_2"
 
@@ -152,9 +153,10 @@ def test_resume_trains_every_id_exactly_once_and_matches_an_uninterrupted_run(
 
     trained = resumed.session.trained
     assert Counter(trained).most_common(1)[0][1] == 1  # nothing trained twice
-    assert trained[:6] == first.session.trained  # the resumed run continues the first one
+    done = len(first.session.trained)
+    assert trained[:done] == first.session.trained  # the resumed run continues the first one
     assert trained == reference.session.trained  # ... and loses nothing
-    assert set(trained) == {i for g in scored_groups[:3] for i in trajectory_ids(g)}
+    assert set(trained) == {i for g in scored_groups for i in trajectory_ids(g)}
     assert resumed.session.duplicates > 0
     for a, b in zip(params(resumed), params(reference), strict=True):
         assert torch.equal(a, b)  # bit for bit: nothing of the state was lost
@@ -163,11 +165,11 @@ def test_resume_trains_every_id_exactly_once_and_matches_an_uninterrupted_run(
 def test_resume_state_from_the_runtime_takes_precedence(
     tiny_model_dir: Path, tmp_path: Path, scored_groups: list[pa.RecordBatch]
 ) -> None:
-    node = trainer(tiny_model_dir, tmp_path / "a", steps=2, algo=DecoupledPPO())
+    node = trainer(tiny_model_dir, tmp_path / "a", steps=2, algo=DecoupledPPO(), batch_groups=1)
     drive(node, scored_groups)
     state = node.state()
     resumed = trainer(tiny_model_dir, tmp_path / "b", resume_state=state, steps=3,
-                      algo=DecoupledPPO())  # fmt: skip
+                      algo=DecoupledPPO(), batch_groups=1)  # fmt: skip
     assert (resumed.session.step, resumed.session.version) == (2, 2)
     assert [n["version"] for n in drive(resumed, scored_groups)] == [2, 3]
     assert resumed.session.trained[-4:] == trajectory_ids(scored_groups[2])

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from areal_flow.nodes.trainer import TrainerConfig
+from areal_flow.train.algo import DecoupledPPO, Optimizer
 from areal_flow.train.batch import rows_of_minibatch, to_sequences
 from areal_flow.train.policy import Policy, lr_factor
 from areal_flow.train.session import TrainingSession
-from nodes.trainer import DecoupledPPO, Optimizer, TrainerConfig
 from tests.train.scored import load_model, scored_group
 
 REWARDS = [(1.0, 0.0, 0.0, 1.0), (0.0, 0.0, 1.0, 0.0)]
@@ -45,7 +47,9 @@ def test_prox_logprobs_equal_behaviour_when_weights_are_unchanged(
     # K = 2 minibatches: π_prox is recomputed for the whole batch before the first update.
     algo = DecoupledPPO(updates_per_batch=2)
     cfg = config(tiny_model_dir, bf16=bf16, temperature=0.7, algo=algo)
-    session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
+    session = TrainingSession(
+        cfg, temperature=cfg.temperature or 1.0, run_dir=tmp_path, store="run_dir"
+    )
     session.prepare(groups(tiny_model_dir, temperature=0.7))
     assert session.batch is not None
     prox = session.batch.column("prox_logprobs").to_pylist()
@@ -64,7 +68,9 @@ def test_single_minibatch_takes_prox_from_the_update_forward(
     tiny_model_dir: Path, tmp_path: Path, bf16: bool, atol: float
 ) -> None:
     cfg = config(tiny_model_dir, bf16=bf16, temperature=0.7)  # K = 1
-    session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
+    session = TrainingSession(
+        cfg, temperature=cfg.temperature or 1.0, run_dir=tmp_path, store="run_dir"
+    )
     batch_metrics = session.prepare(groups(tiny_model_dir, temperature=0.7))
     assert "entropy" not in batch_metrics  # no separate π_prox pass ran
     _, metrics = session.train_next()
@@ -80,7 +86,9 @@ def test_repeated_steps_on_a_fixed_batch_lower_the_loss(
     # K = 2 so prepare() stores π_prox for every row; the steps below all use that fixed π_prox.
     algo = DecoupledPPO(updates_per_batch=2)
     cfg = config(tiny_model_dir, optimizer=Optimizer(lr=3e-3), algo=algo)
-    session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
+    session = TrainingSession(
+        cfg, temperature=cfg.temperature or 1.0, run_dir=tmp_path, store="run_dir"
+    )
     session.prepare(groups(tiny_model_dir))
     assert session.batch is not None
     seqs = to_sequences(session.batch)
@@ -103,7 +111,9 @@ def test_gradient_does_not_depend_on_micro_batching(
     # many micro-batches (groups split, each part with its prompt) vs one, prompts shared or not
     for budget, share in ((64, True), (100_000, True), (100_000, False)):
         cfg = config(tiny_model_dir, micro_batch_tokens=budget, algo=algo, share_prompts=share)
-        session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
+        session = TrainingSession(
+            cfg, temperature=cfg.temperature or 1.0, run_dir=tmp_path, store="run_dir"
+        )
         session.prepare(groups(tiny_model_dir))
         assert session.batch is not None
         seqs = to_sequences(rows_of_minibatch(session.batch, 0))
@@ -121,7 +131,9 @@ def test_masked_truncated_responses_get_no_gradient(tiny_model_dir: Path, tmp_pa
     model = load_model(tiny_model_dir)
     batch = scored_group(model, "0:0", [1.0, 0.0], seed=3, finish_reasons=["length", "length"])
     cfg = config(tiny_model_dir, batch_groups=1, truncated="mask")
-    session = TrainingSession(cfg, run_dir=tmp_path, store="run_dir")
+    session = TrainingSession(
+        cfg, temperature=cfg.temperature or 1.0, run_dir=tmp_path, store="run_dir"
+    )
     metrics = session.prepare([batch])
     assert metrics["truncated_frac"] == 1.0
     _, step = session.train_next()
@@ -141,3 +153,30 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 def test_policy_loads_fp32_and_keeps_params_fp32_under_bf16(tiny_model_dir: Path) -> None:
     policy = Policy(tiny_model_dir, optimizer=Optimizer(), total_steps=1, bf16=True)
     assert {p.dtype for p in policy.model.parameters()} == {torch.float32}
+
+
+def test_a_non_finite_gradient_skips_the_step_and_repeated_ones_stop(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 15: one NaN gradient (``error_if_nonfinite=True``) used to kill the run."""
+    from areal_flow.train.policy import NonFiniteGradients
+
+    cfg = config(tiny_model_dir, optimizer=Optimizer(lr=1e-3, max_bad_steps=2))
+    session = TrainingSession(cfg, temperature=1.0, run_dir=tmp_path, store="run_dir")
+    session.prepare(groups(tiny_model_dir))
+    assert session.batch is not None
+    good_seqs = to_sequences(session.batch)
+    # A NaN advantage poisons every gradient through the loss.
+    bad_seqs = [replace(good_seqs[0], advantage=float("nan")), *good_seqs[1:]]
+    policy = session.policy
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    metrics = policy.train_step(bad_seqs, cfg.algo, prox_from_forward=True)
+    assert metrics["skipped"] == 1.0 and metrics["skipped_steps"] == 1.0
+    after = policy.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the weights are untouched
+    good = policy.train_step(good_seqs, cfg.algo, prox_from_forward=True)  # resets the count
+    assert good["skipped"] == 0.0 and good["skipped_steps"] == 1.0
+    assert any(not torch.equal(before[k], policy.model.state_dict()[k]) for k in before)
+    policy.train_step(bad_seqs, cfg.algo, prox_from_forward=True)
+    with pytest.raises(NonFiniteGradients, match="2 optimizer steps in a row"):
+        policy.train_step(bad_seqs, cfg.algo, prox_from_forward=True)

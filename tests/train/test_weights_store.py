@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from areal_flow.node import NodeContext
+from areal_flow.nodes.weight_publisher import WeightPublisher, WeightPublisherConfig
 from areal_flow.schema import SCHEMAS
 from areal_flow.train.weights import (
     SHM_ROOT,
@@ -19,7 +20,6 @@ from areal_flow.train.weights import (
     verify_weights,
     weights_root,
 )
-from nodes.weight_publisher import WeightPublisher, WeightPublisherConfig
 from tests.train.scored import load_model
 
 

@@ -1,0 +1,47 @@
+"""The run summary counts the final policy's lineage; work a resume redid is reported apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from areal_flow.report import build_summary
+from areal_flow.runtime.driver import RunResult
+from areal_flow.runtime.tracking import summary_totals
+from areal_flow.train.steplog import lineage, read_steps, steps_path
+
+
+def write_steps(run_dir: Path, steps: list[int], per_step: int = 32) -> None:
+    path = steps_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        for step in steps:
+            out.write(json.dumps({"step": step, "sequences": per_step, "tokens": 100}) + "\n")
+
+
+def test_a_resumed_run_counts_its_lineage_and_the_redone_work_apart(tmp_path: Path) -> None:
+    """Issue 15: an 8-step run whose trainer was killed after step 5 and resumed from the
+    step-4 checkpoint said "optimizer steps 9" and "trajectories trained 288"."""
+    write_steps(tmp_path, [1, 2, 3, 4, 5])  # killed after step 5
+    write_steps(tmp_path, [5, 6, 7, 8])  # resumed from the step-4 checkpoint
+    kept, redone = lineage(read_steps(tmp_path))
+    assert [int(r["step"]) for r in kept] == list(range(1, 9))
+    assert [int(r["step"]) for r in redone] == [5]
+    result = RunResult("completed", tmp_path, 10.0, 8, None, {}, {}, {})
+    summary = build_summary(result, None)
+    assert (summary.steps, summary.trajectories) == (8, 256)
+    assert (summary.redone_steps, summary.redone_trajectories) == (1, 32)
+    saved = json.loads(summary.save(tmp_path).read_text())
+    assert summary_totals(saved) == {
+        "summary/steps": 8.0,
+        "summary/trajectories": 256.0,
+        "summary/redone_steps": 1.0,
+        "summary/redone_trajectories": 32.0,
+    }
+
+
+def test_two_resumes_from_older_checkpoints_supersede_everything_after_them() -> None:
+    records = [{"step": s} for s in (1, 2, 3, 4, 3, 4, 5, 2, 3, 4, 5, 6)]
+    kept, redone = lineage(records)
+    assert [r["step"] for r in kept] == [1, 2, 3, 4, 5, 6]
+    assert sorted(r["step"] for r in redone) == [2, 3, 3, 4, 4, 5]
