@@ -27,10 +27,13 @@ raises `SandboxUnavailable` — it fails closed, there is no weaker fallback):
   caller's uid in a user namespace with no capabilities; ``no_new_privs`` in both cases, and all
   mounts are nosuid.
 
-Not guaranteed: the sandbox shares the kernel (no seccomp filter, so a kernel exploit escapes);
+Not guaranteed: the sandbox shares the kernel and filters no system calls (no seccomp), so a
+kernel exploit escapes, and the program may create nested (unprivileged) namespaces of its own;
 binds are read-only but readable (the interpreter's site-packages, system files); memory held
 in page cache or the scratch tmpfs is not counted in the address-space limit; CPU is limited
-per process, so a process tree is bounded by the wall limit and the process count.
+per process, so a process tree is bounded by the wall limit and the process count. Where the
+caller is root only inside a user namespace (uid 0 outside), the kernel would not apply the
+process limit, so that case is refused as unavailable.
 """
 
 from __future__ import annotations
