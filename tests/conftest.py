@@ -30,3 +30,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) 
     from areal_flow.models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", tokenizer_from=smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def sandbox_isolation() -> str:
+    """The sandbox's isolation on this machine; skips where the kernel refuses its namespaces."""
+    from areal_flow.tools.sandbox import SandboxUnavailable, check_sandbox
+
+    try:
+        return check_sandbox()
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
