@@ -13,7 +13,7 @@ Rules (each broken rule is a ``Problem`` naming the field path and the fix):
 - Fields typed ``ModelRef``/``DatasetRef``/``CheckpointRef`` (``areal_flow.spec.LocalPath``) name
   files that must exist on this machine — checked unless the graph runs on Ray, whose nodes
   may see other file systems. Relative paths are relative to the working directory, as the
-  workers see them.
+  workers see them. ``FunctionRef`` fields must resolve to a function (importing its module).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, get_args
 import networkx as nx
 
 from areal_flow.roles import GeneratorSpec, SourceSpec, TrainerSpec
-from areal_flow.spec import Graph, LocalPath, NodeSpec, Spec
+from areal_flow.spec import Graph, Importable, LocalPath, NodeSpec, Spec
 
 DEFAULT_TEMPERATURE = 1.0
 
@@ -154,17 +154,27 @@ def _spec_paths(spec: Spec, where: str) -> list[tuple[str, str]]:
         if isinstance(value, Spec):
             problems += _spec_paths(value, f"{where}.{name}")
             continue
-        marker = _local_path([*info.metadata, *_nested_metadata(info.annotation)])
-        if marker is None or value is None:
+        metadata = [*info.metadata, *_nested_metadata(info.annotation)]
+        if value is None:
             continue
-        message = _missing(marker, str(value))
+        marker = next((m for m in metadata if isinstance(m, LocalPath)), None)
+        message = _missing(marker, str(value)) if marker is not None else None
+        if any(isinstance(m, Importable) for m in metadata):
+            message = _unloadable(str(value))
         if message:
             problems.append((f"{where}.{name}", message))
     return problems
 
 
-def _local_path(metadata: list[Any]) -> LocalPath | None:
-    return next((m for m in metadata if isinstance(m, LocalPath)), None)
+def _unloadable(ref: str) -> str | None:
+    """Why the function reference ``ref`` cannot be used; None when it resolves to a callable."""
+    from areal_flow.usercode import UserCodeError, resolve
+
+    try:
+        obj = resolve(ref)
+    except UserCodeError as err:
+        return str(err)
+    return None if callable(obj) else f"{ref} is a {type(obj).__name__}, not a function"
 
 
 def _nested_metadata(annotation: Any) -> list[Any]:

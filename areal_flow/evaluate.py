@@ -147,12 +147,16 @@ async def _generate(
 async def _score(
     model: str, data: str, items: list[Any], answers: dict[int, list[str]], samples: int, k: int
 ) -> EvalResult:
-    from areal_flow.reward import RewardConfig, VerifierPool
+    from areal_flow.reward import math_pool
 
-    with VerifierPool(RewardConfig(), workers=2) as pool:
-        pairs = [(a, items[i].answer) for i in sorted(answers) for a in answers[i]]
-        verdicts = await pool.score(pairs)
-    return _tally(model, data, items, answers, verdicts, samples, k)
+    with math_pool(workers=2) as pool:
+        rows = [
+            {"prompt": items[i].question, "response": a, "answer": items[i].answer}
+            for i in sorted(answers)
+            for a in answers[i]
+        ]
+        results = await pool.score(rows)
+    return _tally(model, data, items, answers, results, samples, k)
 
 
 def _tally(
@@ -160,7 +164,7 @@ def _tally(
     data: str,
     items: list[Any],
     answers: dict[int, list[str]],
-    verdicts: list[Any],
+    results: list[Any],
     samples: int,
     k: int,
 ) -> EvalResult:
@@ -168,10 +172,10 @@ def _tally(
     by_level: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     cursor = 0
     for index in sorted(answers):
-        chunk = verdicts[cursor : cursor + len(answers[index])]
+        chunk = results[cursor : cursor + len(answers[index])]
         cursor += len(chunk)
-        correct = sum(v.correct for v in chunk)
-        formatted = sum(v.format_ok for v in chunk)
+        correct = int(sum(r.metrics.get("correct", 0.0) for r in chunk))
+        formatted = int(sum(r.metrics.get("format_ok", 0.0) for r in chunk))
         for level in (ALL, items[index].level):
             by_level[level].append((len(chunk), correct, formatted))
     for level, rows in sorted(by_level.items()):

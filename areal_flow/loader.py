@@ -2,8 +2,11 @@
 
 Rules:
 - A graph file is Python (exposing ``graph`` or ``build_graph()``), YAML or JSON (the same schema
-  as ``Graph``). Every failure becomes ``GraphInvalid`` with problems that name the field path,
-  using node names instead of list indices (``nodes.gen.sampling.temperature``).
+  as ``Graph``). A Python file runs as a module (``areal_flow.usercode``), and the node kinds it
+  uses are registered (``registry.use_kinds``), so specs and functions defined in the file are
+  found again by ``--set`` and by every worker. Every failure becomes ``GraphInvalid`` with
+  problems that name the field path, using node names instead of list indices
+  (``nodes.gen.sampling.temperature``).
 - ``--set path.to.field=value`` edits the spec as data and re-validates it exactly like a file;
   values are parsed as YAML (``0.5``, ``null``, ``[a, b]``, ``true``).
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import runpy
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,7 +24,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from areal_flow.graph import GraphInvalid, Problem
+from areal_flow.registry import UnknownKind, use_kinds
 from areal_flow.spec import Graph
+from areal_flow.usercode import load_graph_module
 
 GRAPH_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 
@@ -126,7 +130,7 @@ def _load_data(path: Path) -> Graph:
 
 def _load_python(path: Path) -> Graph:
     try:
-        namespace = runpy.run_path(str(path), run_name="areal_flow_graph")
+        namespace = vars(load_graph_module(path))
         graph = namespace.get("graph")
         if graph is None and callable(namespace.get("build_graph")):
             graph = namespace["build_graph"]()
@@ -146,6 +150,10 @@ def _load_python(path: Path) -> Graph:
         raise GraphInvalid(
             [Problem(str(path), f"'graph' must be an areal_flow Graph, got {type(graph).__name__}")]
         )
+    try:  # node kinds the file defines: so --set and the workers validate them too
+        use_kinds(graph)
+    except UnknownKind as err:
+        raise GraphInvalid([Problem(str(path), str(err))]) from None
     return graph
 
 
@@ -155,7 +163,8 @@ def _problems_in_file(path: Path, err: ValidationError) -> list[Problem]:
 
 
 def _file_line(path: Path, err: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
+    here = path.resolve()
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == here]
     return f"{path}:{frames[-1].lineno}" if frames else str(path)
 
 
@@ -199,10 +208,10 @@ def _message(error: Any) -> str:
 
 
 def _all_field_names() -> set[str]:
-    from areal_flow.registry import node_kinds
+    from areal_flow.registry import all_kinds
 
     names: set[str] = set()
-    todo: list[type[BaseModel]] = [Graph, *node_kinds().values()]
+    todo: list[type[BaseModel]] = [Graph, *all_kinds().values()]
     seen: set[type[BaseModel]] = set()
     while todo:
         model = todo.pop()

@@ -5,6 +5,13 @@ Rules:
   type (or one end says ``any``, used by generic test nodes).
 - Each record type extends the previous stage's fields, so a node passes columns through and
   appends its own: prompt ⊂ rollout ⊂ scored.
+- Records are *open*: a batch carries a record type when it has every field of the record with
+  its type (any order) and no nulls where the record forbids them (``record_problems``). Extra
+  columns (a dataset's own fields, a node's additions) travel along and reach downstream nodes;
+  a node that rebuilds rows keeps them (``with_extra_columns``).
+- ``scored`` holds what the trainer needs (``reward``) plus two generic fields: ``verdict``, a
+  short reason ("" when the reward has none) and ``metrics``, named numbers of the reward
+  (correct, format, any component) that the trainer, MLflow and the summary report by name.
 - One row is one trajectory (rollout, scored) or one prompt group (prompt). Token ids are int32,
   log-probs float32, policy versions int32 (one per response token: the version that sampled it).
 - This module knows nothing of torch or zmq.
@@ -41,12 +48,13 @@ ROLLOUT_FIELDS: Final[list[pa.Field]] = [
     pa.field("finish_reason", pa.string(), nullable=False),  # stop | length | abort
 ]
 
+METRICS_TYPE: Final = pa.map_(pa.string(), pa.float32())
+
 SCORED_FIELDS: Final[list[pa.Field]] = [
     *ROLLOUT_FIELDS,
     pa.field("reward", pa.float32(), nullable=False),
-    pa.field("correct", pa.bool_(), nullable=False),
-    pa.field("format_ok", pa.bool_(), nullable=False),
-    pa.field("verdict", pa.string(), nullable=False),  # why: correct | wrong | no_answer | timeout…
+    pa.field("verdict", pa.string(), nullable=False),  # why, e.g. correct | wrong | timeout; ""
+    pa.field("metrics", METRICS_TYPE, nullable=False),  # named numbers of the reward, may be {}
 ]
 
 WEIGHTS_FIELDS: Final[list[pa.Field]] = [
@@ -93,6 +101,47 @@ def schema_difference(a: pa.Schema, b: pa.Schema) -> list[str]:
         if a_fields[name].type != b_fields[name].type:
             lines.append(f"'{name}': {a_fields[name].type} vs {b_fields[name].type}")
     return sorted(lines)
+
+
+def record_problems(schema: pa.Schema, record: pa.Schema) -> list[str]:
+    """Why ``schema`` does not carry ``record`` (missing fields, other types); [] when it does."""
+    problems = []
+    for field in record:
+        index = schema.get_field_index(field.name)
+        if index < 0:
+            problems.append(f"'{field.name}' ({field.type}) is missing")
+        elif not schema.field(index).type.equals(field.type):
+            problems.append(f"'{field.name}': {schema.field(index).type} vs {field.type}")
+    return problems
+
+
+def null_problems(batch: pa.RecordBatch, record: pa.Schema) -> list[str]:
+    """Nulls in fields ``record`` declares non-nullable (``batch`` carries ``record``)."""
+    return [
+        f"'{field.name}' has {batch.column(field.name).null_count} null(s)"
+        for field in record
+        if not field.nullable and batch.column(field.name).null_count
+    ]
+
+
+def extra_columns(batch: pa.RecordBatch, record: pa.Schema) -> list[str]:
+    """Columns of ``batch`` that ``record`` does not define, in batch order."""
+    return [name for name in batch.schema.names if record.get_field_index(name) < 0]
+
+
+def with_extra_columns(
+    built: pa.RecordBatch, source: pa.RecordBatch, rows: list[int] | None = None
+) -> pa.RecordBatch:
+    """``built`` plus ``source``'s columns it lacks (taken at ``rows``, default all): how a node
+    that rebuilds a batch row by row passes a dataset's or an upstream node's columns on."""
+    for name in source.schema.names:
+        if built.schema.get_field_index(name) >= 0:
+            continue
+        column = source.column(name)
+        if rows is not None:
+            column = column.take(pa.array(rows, pa.int64()))
+        built = built.append_column(source.schema.field(name), column)
+    return built
 
 
 def empty_batch(record_type: str) -> pa.RecordBatch:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
@@ -49,6 +50,30 @@ ModelRef = Annotated[str, LocalPath("model", ("smollm2",))]
 DatasetRef = Annotated[str, LocalPath("dataset", ("arithmetic",))]
 #: A checkpoint, a checkpoints folder or a run folder to resume from.
 CheckpointRef = Annotated[Path, LocalPath("checkpoint")]
+
+
+@dataclass(frozen=True)
+class Importable:
+    """Field metadata: the value is a ``module:qualname`` reference that graph validation
+    resolves (``areal_flow.checks``) and workers load (``areal_flow.usercode``)."""
+
+
+def _function_reference(value: Any) -> Any:
+    # A function object (in a Python graph file) becomes its reference: specs stay plain data,
+    # and every process loads the function from where it is defined.
+    if callable(value) and not isinstance(value, str):
+        from areal_flow.usercode import reference
+
+        return reference(value)
+    if isinstance(value, str):
+        module, sep, name = value.partition(":")
+        if not sep or not module or not all(p.isidentifier() for p in name.split(".")):
+            raise ValueError(f"{value!r} must look like 'package.module:function'")
+    return value
+
+
+#: A function: ``"package.module:function"``, or the function itself in a Python graph file.
+FunctionRef = Annotated[str, BeforeValidator(_function_reference), Importable()]
 
 
 class Spec(BaseModel):

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from areal_flow.data import ArithmeticTask
-from areal_flow.reward import RewardConfig, VerifierPool, score_answer
+from areal_flow.reward import RewardConfig, math_pool, score_answer
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
@@ -80,11 +80,12 @@ def bench_pool(
     pairs: list[tuple[str, str]], config: RewardConfig, workers: int
 ) -> tuple[float, float, Counter[str]]:
     start = time.perf_counter()
-    with VerifierPool(config, workers=workers, timeout_s=5.0) as pool:
+    with math_pool(config, workers=workers, timeout_s=5.0) as pool:
         started = time.perf_counter()
-        verdicts = pool.score_sync(pairs)
+        rows = [{"prompt": "", "response": r, "answer": a} for r, a in pairs]
+        results = pool.score_sync(rows)
         scored = time.perf_counter()
-    return started - start, scored - started, Counter(v.reason for v in verdicts)
+    return started - start, scored - started, Counter(r.verdict for r in results)
 
 
 def main() -> None:

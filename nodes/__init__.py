@@ -16,6 +16,7 @@ from areal_flow.nodes.generator import GeneratorConfig
 from areal_flow.nodes.group_filter import GroupFilterConfig
 from areal_flow.nodes.math_verifier import MathVerifierConfig
 from areal_flow.nodes.prompt_source import PromptSourceConfig
+from areal_flow.nodes.reward_fn import RewardFnConfig
 from areal_flow.nodes.trainer import TrainerConfig
 from areal_flow.nodes.weight_publisher import WeightPublisherConfig
 from areal_flow.roles import Sampling
@@ -27,6 +28,7 @@ BUILTIN_NODES: dict[str, type[NodeSpec]] = {
     "prompt_source": PromptSourceConfig,
     "generator": GeneratorConfig,
     "math_verifier": MathVerifierConfig,
+    "reward": RewardFnConfig,
     "group_filter": GroupFilterConfig,
     "trainer": TrainerConfig,
     "weight_publisher": WeightPublisherConfig,
@@ -44,6 +46,7 @@ __all__ = [
     "MathVerifierConfig",
     "Optimizer",
     "PromptSourceConfig",
+    "RewardFnConfig",
     "Sampling",
     "TrainerConfig",
     "WeightPublisherConfig",

@@ -21,7 +21,7 @@ from pydantic import Field
 from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.node import NodeContext, Output, Streaming
 from areal_flow.roles import GeneratorSpec, Sampling
-from areal_flow.schema import SCHEMAS
+from areal_flow.schema import SCHEMAS, with_extra_columns
 from areal_flow.spec import Port
 
 
@@ -118,13 +118,13 @@ class Generator(Streaming):
         cfg: GeneratorConfig = self.config  # type: ignore[assignment]
         sampling = sampling_config(cfg.sampling)
         async for batch in inputs:
-            for prompt in batch.to_pylist():
+            for index, prompt in enumerate(batch.to_pylist()):
                 n = int(prompt["group_size"])
                 for _ in range(min(n, cfg.max_running)):
                     await self.slots.acquire()
                 request = f"{prompt['group_id']}#{next(self.requests)}"
                 async with self.submissions:
-                    self.groups[request] = _Group(prompt, n)
+                    self.groups[request] = _Group(prompt, n, batch.slice(index, 1))
                     await self.engine.submit(
                         GenerationRequest(
                             request, prompt["prompt_token_ids"], n=n, sampling=sampling
@@ -161,14 +161,16 @@ class Generator(Streaming):
 
 
 class _Group:
-    def __init__(self, prompt: dict[str, Any], n: int) -> None:
+    def __init__(self, prompt: dict[str, Any], n: int, row: pa.RecordBatch) -> None:
         self.prompt = prompt
         self.n = n
+        self.row = row  # the prompt as its one-row batch: its extra columns ride along
         self.samples: list[Any] = []
 
 
 def rollout_batch(group: _Group) -> pa.RecordBatch:
-    """One rollout row per sample of a finished group, in sample order."""
+    """One rollout row per sample of a finished group, in sample order, with the prompt's
+    extra columns (a dataset's own fields) repeated on every row."""
     rows = []
     for sample in sorted(group.samples, key=lambda s: s.sample_index):
         rows.append(
@@ -182,7 +184,8 @@ def rollout_batch(group: _Group) -> pa.RecordBatch:
                 "finish_reason": sample.finish_reason,
             }
         )
-    return pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["rollout"])
+    built = pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["rollout"])
+    return with_extra_columns(built, group.row, [0] * len(rows))
 
 
 def sampling_config(sampling: Sampling) -> Any:

@@ -1,19 +1,18 @@
-"""Math verifier: scores each rollout's final answer against the reference with math-verify.
+"""Math verifier: the reward function ``areal_flow.reward.math_reward:score`` with typed settings.
 
-Rules: runs math-verify in worker processes (it uses signal.alarm); every answer gets a verdict
-in bounded time; model output is never evaluated as code.
+Rules: one reward node among others (``RewardFn``): math-verify in worker processes (it uses
+signal.alarm), every answer gets a verdict in bounded time, model output is never evaluated as
+code. Metrics ``correct`` and ``format_ok`` report accuracy and format rate by name.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import pyarrow as pa
 from pydantic import Field
 
-from areal_flow.node import NodeContext, Output, Transform
+from areal_flow.nodes.reward_fn import RewardCall, RewardFn
 from areal_flow.roles import RewardSpec
-from areal_flow.schema import SCHEMAS
 
 
 class MathVerifierConfig(RewardSpec):
@@ -27,7 +26,9 @@ class MathVerifierConfig(RewardSpec):
         description="'strict': \\boxed{}, 'The answer is N', '#### N'; 'lenient': + last number.",
     )
     reward_correct: float = Field(1.0, description="Reward of a correct answer (AReaL: 5).")
-    reward_wrong: float = Field(0.0, description="Reward of a wrong or missing answer (AReaL: -5).")
+    reward_wrong: float = Field(
+        0.0, description="Reward of a wrong, missing or timed-out answer (AReaL: -5)."
+    )
     format_reward: float = Field(
         0.0, description="Added when the answer follows the required format; 0 = off."
     )
@@ -37,15 +38,13 @@ class MathVerifierConfig(RewardSpec):
     )
 
 
-class MathVerifier(Transform):
-    """Appends reward, correct, format_ok and verdict to each rollout batch."""
+class MathVerifier(RewardFn):
+    """Appends reward, verdict and the ``correct``/``format_ok`` metrics to each rollout."""
 
-    concurrency = 4  # batches scored at once; the pool's workers do the parallel work
+    def reward_call(self) -> RewardCall:
+        from areal_flow.reward.math_reward import SCORE, WARM_UP
+        from areal_flow.reward.scoring import RewardConfig
 
-    def setup(self, ctx: NodeContext) -> None:
-        from areal_flow.reward import RewardConfig, VerifierPool
-
-        super().setup(ctx)
         cfg: MathVerifierConfig = self.config  # type: ignore[assignment]
         reward = RewardConfig(
             correct_reward=cfg.reward_correct,
@@ -54,28 +53,12 @@ class MathVerifier(Transform):
             required_format=cfg.required_format,
             lenient=cfg.extraction == "lenient",
         )
-        self.pool = VerifierPool(reward, workers=cfg.workers, timeout_s=cfg.timeout_s).start()
-
-    async def process(self, batch: pa.RecordBatch) -> Output:
-        assert self.ctx is not None
-        pairs = zip(
-            batch.column("response").to_pylist(), batch.column("answer").to_pylist(), strict=True
+        return RewardCall(
+            SCORE,
+            reward.model_dump(),
+            cfg.workers,
+            cfg.timeout_s,
+            cfg.reward_wrong,
+            reward.max_response_chars,
+            WARM_UP,
         )
-        verdicts = await self.pool.score(pairs)
-        for verdict in verdicts:
-            self.ctx.metrics.count(f"verdict_{verdict.reason}")
-        return scored_batch(batch, verdicts)
-
-    def teardown(self) -> None:
-        if hasattr(self, "pool"):
-            self.pool.close()
-
-
-def scored_batch(batch: pa.RecordBatch, verdicts: list[Any]) -> pa.RecordBatch:
-    """``batch`` (rollout records) with the verdict columns appended, as a scored batch."""
-    columns = {name: batch.column(name) for name in SCHEMAS["rollout"].names}
-    columns["reward"] = pa.array([v.reward for v in verdicts], pa.float32())
-    columns["correct"] = pa.array([v.correct for v in verdicts], pa.bool_())
-    columns["format_ok"] = pa.array([v.format_ok for v in verdicts], pa.bool_())
-    columns["verdict"] = pa.array([v.reason for v in verdicts], pa.string())
-    return pa.RecordBatch.from_pydict(columns, schema=SCHEMAS["scored"])

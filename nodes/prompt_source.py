@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field
 
+from areal_flow.data.problem import ANSWER_INSTRUCTION
 from areal_flow.node import NodeContext, Output, Source
 from areal_flow.roles import SourceSpec
 from areal_flow.schema import SCHEMAS
@@ -18,13 +19,38 @@ from areal_flow.spec import DatasetRef, ModelRef, Port, Spec
 
 
 class FieldMap(Spec):
-    """Which columns of a dataset file hold the question and the reference answer."""
+    """Which columns of a dataset file hold the question, the reference answer and the rest."""
 
     question: str = Field("question", min_length=1, description="Column with the problem text.")
     answer: str = Field(
         "answer",
         min_length=1,
         description="Column with the reference answer; GSM8K's '#### N' lines are understood.",
+    )
+    id: str | None = Field(None, description="Column with a stable id; null = the row number.")
+    level: str | None = Field(
+        None, description="Column with a level/subset name for per-level metrics; null = none."
+    )
+    extra: list[str] = Field(
+        default_factory=list,
+        description="Other columns carried with each prompt (as extra record columns): they "
+        "reach the reward function as keyword arguments.",
+    )
+
+
+class PromptFormat(Spec):
+    """How a question becomes the model's prompt."""
+
+    system: str | None = Field(None, description="A system message; null = none.")
+    instruction: str = Field(
+        ANSWER_INSTRUCTION,
+        description="Appended to each question on its own line ('' = nothing); the default asks "
+        "for the format the math verifier checks.",
+    )
+    chat_template: bool = Field(
+        True,
+        description="Render with the tokenizer's chat template (and a generation prompt); false "
+        "feeds the plain text (system, question, instruction) to the model as is.",
     )
 
 
@@ -42,6 +68,7 @@ class PromptSourceConfig(SourceSpec):
         ".parquet file or a Hugging Face datasets folder written by save_to_disk.",
     )
     fields: FieldMap = Field(default_factory=FieldMap, description="Column mapping for files.")
+    format: PromptFormat = Field(default_factory=PromptFormat, description="Prompt rendering.")
     levels: list[str] | None = Field(
         None, description="Arithmetic task levels to draw from; null = all levels."
     )
@@ -100,6 +127,7 @@ class PromptSource(Source):
             len(self.dataset), seed=ctx.seed, shuffle=cfg.shuffle, epochs=cfg.epochs, start=start
         )
         self.walked = int(state.get("walked", 0))
+        self.extra_schema = extra_schema(self.dataset, cfg.fields.extra)
 
     def next_groups(self) -> int:
         return 1  # one prompt group per batch
@@ -121,20 +149,14 @@ class PromptSource(Source):
                 self.ctx.metrics.count("prompts_too_long")
                 continue
             self.ctx.metrics.count("prompts")
-            return pa.RecordBatch.from_pylist([row], schema=SCHEMAS["prompt"])
+            return pa.RecordBatch.from_pylist([row], schema=self.extra_schema)
         return None
 
     def _row(self, epoch: int, problem: Any) -> dict[str, Any]:
-        from areal_flow.data.problem import prompt_text
-
         cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt_text(problem.question)}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        text, ids = render_prompt(self.tokenizer, problem.question, cfg.format)
         return {
+            **problem.extra,
             "prompt_id": problem.id,
             "group_id": f"{problem.id}@{epoch}",
             "group_size": cfg.group_size,
@@ -158,5 +180,39 @@ def load_dataset(cfg: PromptSourceConfig, seed: int) -> Any:
     if cfg.dataset == "arithmetic":
         mix = {level: 1.0 for level in cfg.levels} if cfg.levels else None
         return ArithmeticTask(seed=seed, mix=mix).dataset(cfg.split, cfg.size)
-    fields = DataFieldMap(question=cfg.fields.question, answer=cfg.fields.answer)
+    fields = DataFieldMap(
+        question=cfg.fields.question,
+        answer=cfg.fields.answer,
+        id=cfg.fields.id,
+        level=cfg.fields.level,
+        extra=tuple(cfg.fields.extra),
+    )
     return load_problems(cfg.dataset, fields, split=cfg.split)
+
+
+def render_prompt(tokenizer: Any, question: str, fmt: PromptFormat) -> tuple[str, list[int]]:
+    """The prompt text and its token ids for ``question``."""
+    from areal_flow.data.problem import prompt_text
+
+    user = prompt_text(question, fmt.instruction)
+    if fmt.chat_template:
+        messages = [{"role": "system", "content": fmt.system}] if fmt.system else []
+        messages.append({"role": "user", "content": user})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = f"{fmt.system}\n\n{user}" if fmt.system else user
+    return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def extra_schema(dataset: Any, names: list[str]) -> pa.Schema:
+    """The prompt schema plus the extra columns, their types inferred from the whole dataset
+    (so every batch has one schema); a name that clashes with a prompt field is an error."""
+    clash = [n for n in names if SCHEMAS["prompt"].get_field_index(n) >= 0]
+    if clash:
+        raise ValueError(
+            f"fields.extra {clash} clash with prompt record fields; rename them in the dataset"
+        )
+    if not names:
+        return SCHEMAS["prompt"]
+    table = pa.Table.from_pylist([{n: p.extra.get(n) for n in names} for p in dataset])
+    return pa.schema([*SCHEMAS["prompt"], *table.schema])

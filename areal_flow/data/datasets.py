@@ -9,6 +9,8 @@ Rules:
   per split). Arrow is read with pyarrow directly; the ``datasets`` package is not needed.
 - The answer field may hold a full GSM8K solution: its last ``#### N`` line is the reference,
   with thousands separators removed. Otherwise the stripped field text is the reference.
+- ``extra`` fields are carried along as they are (None where a row lacks one): they reach the
+  reward function with the row.
 - A row is skipped (and counted by reason) when it is not valid JSON, not an object, lacks a
   mapped field, or has an empty question or answer. The first few skips keep their 1-based
   line (JSONL) or row number (Arrow, Parquet) for logging. A source with no valid rows is an
@@ -48,6 +50,7 @@ class FieldMap:
     answer: str = "answer"
     id: str | None = None
     level: str | None = None
+    extra: tuple[str, ...] = ()  # other fields carried along (None where a row lacks one)
 
 
 @dataclass(frozen=True)
@@ -255,4 +258,5 @@ def _row_to_problem(row: Any, fields: FieldMap, name: str, index: int) -> Proble
     if not answer:
         return "empty_answer"
     problem_id = values.get("id", f"{name}-{index}")
-    return Problem(problem_id, question, answer, values.get("level", name))
+    extra = {key: row.get(key) for key in fields.extra}
+    return Problem(problem_id, question, answer, values.get("level", name), extra)

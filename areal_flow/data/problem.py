@@ -12,8 +12,8 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 #: Asks for the format `areal_flow.reward` extracts by default (``required_format="answer_is"``).
 ANSWER_INSTRUCTION: Final = "End with 'The answer is N.' where N is the final answer."
@@ -27,6 +27,7 @@ class Problem:
     question: str
     answer: str
     level: str
+    extra: dict[str, Any] = field(default_factory=dict)  # a dataset's own fields, passed along
 
 
 def prompt_text(question: str, instruction: str = ANSWER_INSTRUCTION) -> str:

@@ -17,13 +17,14 @@ import json
 import random
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from areal_flow.data import load_problems
-from areal_flow.reward.scoring import RewardConfig
-from areal_flow.reward.verifier import VerifierPool
+from areal_flow.reward.math_reward import math_pool
+from areal_flow.reward.pool import RewardResult
 
 
 @dataclass(frozen=True)
@@ -55,26 +56,36 @@ def gsm8k_agreement(path: Path, workers: int = 2, seed: int = 0) -> Agreement:
     shuffled = references[:]
     random.Random(seed).shuffle(shuffled)
     same = [_equal(a, b) for a, b in zip(references, shuffled, strict=True)]
-    with VerifierPool(RewardConfig(), workers=workers) as pool:
+    with math_pool(workers=workers) as pool:
         began = time.perf_counter()
-        raw = pool.score_sync(zip(solutions, references, strict=True))
-        restated = pool.score_sync(
-            (restate(s), r) for s, r in zip(solutions, references, strict=True)
-        )
-        crossed = pool.score_sync(zip(solutions, shuffled, strict=True))
+        raw = [_correct(r) for r in pool.score_sync(_rows(solutions, references))]
+        restated_results = pool.score_sync(_rows(map(restate, solutions), references))
+        crossed = [_correct(r) for r in pool.score_sync(_rows(solutions, shuffled))]
         elapsed = time.perf_counter() - began
+    restated = [_correct(r) for r in restated_results]
     n = len(solutions)
-    distinct = [v for v, s in zip(crossed, same, strict=True) if not s]
+    distinct = [c for c, s in zip(crossed, same, strict=True) if not s]
     return Agreement(
         pairs=n,
-        reference_correct=sum(v.correct for v in raw) / n,
-        restated_correct=sum(v.correct for v in restated) / n,
-        restated_format_ok=sum(v.format_ok for v in restated) / n,
-        shuffled_wrong=sum(not v.correct for v in distinct) / max(len(distinct), 1),
-        shuffled_wrong_all=sum(not v.correct for v in crossed) / n,
+        reference_correct=sum(raw) / n,
+        restated_correct=sum(restated) / n,
+        restated_format_ok=sum(r.metrics.get("format_ok", 0.0) for r in restated_results) / n,
+        shuffled_wrong=sum(not c for c in distinct) / max(len(distinct), 1),
+        shuffled_wrong_all=sum(not c for c in crossed) / n,
         coincidences=n - len(distinct),
         seconds_per_answer=elapsed / (3 * n),
     )
+
+
+def _rows(responses: Iterable[str], references: list[str]) -> list[dict[str, str]]:
+    return [
+        {"prompt": "", "response": r, "answer": a}
+        for r, a in zip(responses, references, strict=True)
+    ]
+
+
+def _correct(result: RewardResult) -> bool:
+    return result.metrics.get("correct", 0.0) == 1.0
 
 
 def _equal(a: str, b: str) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from areal_flow.graph import Machine, build
+from areal_flow.registry import use_kinds
 from areal_flow.runtime.control import STUCK_AFTER_S
 from areal_flow.runtime.driver import Driver, Failure, RunResult
 from areal_flow.runtime.launcher import InProcessLauncher, Launcher, LocalLauncher
@@ -55,6 +56,7 @@ def run_graph(
     kind = launcher or graph.launcher
     if kind != "inprocess" and kind != graph.launcher:
         graph = graph.model_copy(update={"launcher": kind})  # placement is checked per launcher
+    use_kinds(graph)  # node kinds defined outside the registry (a graph file, a test module)
     g = build(graph, Machine.detect())
     run_dir = run_dir or new_run_dir(graph)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def _data_outputs(replica: Any) -> bool:
 
 
 class Progress:
-    """Step, reward, accuracy, staleness, tokens/s per node, elapsed and ETA in one line.
+    """Step, reward and its named metrics, staleness, tokens/s per node, elapsed and ETA.
 
     The ETA extrapolates the pace since the first optimizer step (start-up excluded)."""
 
@@ -92,9 +92,13 @@ class Progress:
             since, first = self.first_step
             if done > first:
                 parts.append(f"ETA {_clock((now - since) / (done - first) * (total - done))}")
-        for key, label in (("reward_mean", "reward"), ("accuracy", "acc"), ("lag_mean", "lag")):
-            if key in trainer.metrics:
-                parts.append(f"{label} {trainer.metrics[key]:.2f}")
+        metrics = trainer.metrics
+        shown = ["reward_mean", *sorted(k for k in metrics if k.startswith("reward/")), "lag_mean"]
+        for key in (k for k in shown if k in metrics):
+            label = {"reward_mean": "reward", "lag_mean": "lag"}.get(
+                key, key.removeprefix("reward/")
+            )
+            parts.append(f"{label} {metrics[key]:.2f}")
         return parts
 
 

@@ -9,6 +9,9 @@ Rules:
   no pinning and share what is left. GPUs are assigned the same way.
 - The plan is plain JSON in the run folder (``plan.json``): workers read it, tests inspect it.
 - A resumed run's plan also carries each replica's resume state (``resume.py`` fills it).
+- User code travels by reference: the graph files run as modules and the ``module:qualname`` of
+  every node kind outside the registry; a worker loads them (``load_user_code``) before it
+  validates the spec.
 - ``curve``: every socket of the run uses CurveZMQ with the run's keys (``run_dir/keys``). The
   driver turns it on when any address leaves loopback (a run spanning hosts) or when
   ``AREAL_FLOW_CURVE=1`` forces it (tests: the whole run encrypted on 127.0.0.1).
@@ -27,8 +30,10 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict
 
 from areal_flow.graph import ResolvedEdge, resolved_edges
+from areal_flow.registry import user_kinds
 from areal_flow.spec import Graph
 from areal_flow.transport.curve import needs_curve
+from areal_flow.usercode import graph_modules
 
 FORCE_CURVE_ENV = "AREAL_FLOW_CURVE"  # "1": CurveZMQ even when every socket is on loopback
 
@@ -79,6 +84,16 @@ class RunPlan(BaseModel):
     replicas: list[ReplicaPlan]
     resume: bool = False
     curve: bool = False  # CurveZMQ on every socket, keys in run_dir/keys
+    graph_modules: dict[str, str] = {}  # graph files run as modules: name → path (usercode)
+    user_kinds: dict[str, str] = {}  # node kinds outside the registry: kind → module:qualname
+
+    def load_user_code(self) -> None:
+        """Make this process know the run's user node kinds (before validating ``graph``)."""
+        from areal_flow.registry import register_kinds
+        from areal_flow.usercode import load_graph_modules
+
+        load_graph_modules(self.graph_modules)
+        register_kinds(self.user_kinds)
 
     def addresses(self) -> list[str]:
         """Every address a socket of the run binds or connects to."""
@@ -158,6 +173,8 @@ def make_plan(
         control=control,
         replicas=plans,
         resume=resume,
+        graph_modules=graph_modules(),
+        user_kinds=user_kinds(graph),
     )
 
 

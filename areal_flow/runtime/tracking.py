@@ -10,7 +10,8 @@ Rules:
   final lineage's steps and trajectories, and the steps a resume redid); the final checkpoint
   is recorded by path (tag ``checkpoint``), not copied.
 - Metrics, per trainer step (MLflow ``step`` = optimizer step): everything in the trainer's
-  step log (reward, accuracy, format rate, loss, clip fraction, importance weights, entropy,
+  step log (reward, the reward's named metrics ``reward/<name>``, loss, clip fraction,
+  importance weights, entropy,
   version lag, training tokens/s, publish time) plus, sampled from heartbeats when that step
   is seen, generation tokens/s, queue depths per edge, the staleness gate's counters and lag
   histogram, and publish latency.

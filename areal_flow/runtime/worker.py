@@ -386,6 +386,7 @@ async def run_replica(plan: RunPlan, node_name: str, replica: int, hard_exit: bo
     zctx = zmq.asyncio.Context()
     try:
         keys = load_run_keys(plan.run_dir) if plan.curve else None
+        plan.load_user_code()
         node = build_node(plan, node_name)
         worker = Worker(plan, plan.replica(node_name, replica), zctx, node, hard_exit, keys)
         return await worker.serve()

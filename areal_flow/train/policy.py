@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,9 +217,12 @@ class Policy:
         self._count_bad(finite, float(grad_norm))
         if finite:
             self.optimizer.step()
+            self.scheduler.step()
         else:  # nothing of this step may reach the weights (the gradients are kept otherwise)
             self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+            with warnings.catch_warnings():  # "scheduler before optimizer": skipped on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         elapsed = time.perf_counter() - began
         tokens = sum(int(s.tokens.numel()) for s in seqs)
         return {

@@ -180,8 +180,7 @@ class TrainingSession:
             "groups": float(len(groups)),
             "trajectories": float(table.num_rows),
             "reward_mean": float(rewards.mean()),
-            "accuracy": sum(table.column("correct").to_pylist()) / table.num_rows,
-            "format_rate": sum(table.column("format_ok").to_pylist()) / table.num_rows,
+            **reward_metric_means(table.column("metrics").to_pylist()),
             "truncated_frac": sum(truncated) / table.num_rows,
             "response_len_mean": sum(lengths) / len(lengths),
             **({"entropy": _weighted_mean(entropy, lengths)} if entropy else {}),
@@ -297,6 +296,18 @@ class TrainingSession:
             self.next_minibatch = int(meta["next_minibatch"])
             self.known.update(trajectory_ids(batch))
         self.last_checkpoint = checkpoint.path
+
+
+def reward_metric_means(rows: list[list[tuple[str, float]]]) -> dict[str, float]:
+    """``reward/<name>``: the batch mean of each named reward metric, over the rows that have
+    it (``correct`` of the math verifier is the batch accuracy)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        for name, value in row:
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+    return {f"reward/{name}": sums[name] / counts[name] for name in sorted(sums)}
 
 
 def _weighted_mean(values: list[float], weights: list[int]) -> float:

@@ -22,7 +22,16 @@ from typing import Any
 
 import pyarrow as pa
 
-SAMPLE_COLUMNS = ("group_id", "level", "prompt", "response", "answer", "reward", "correct")
+SAMPLE_COLUMNS = (
+    "group_id",
+    "level",
+    "prompt",
+    "response",
+    "answer",
+    "reward",
+    "verdict",
+    "metrics",
+)
 
 
 def steps_path(run_dir: Path) -> Path:

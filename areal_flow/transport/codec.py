@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pyarrow as pa
 
-from areal_flow.schema import fingerprint, schema_difference
+from areal_flow.schema import fingerprint, null_problems, record_problems
 
 MAX_HEADER_BYTES: Final = 4096
 _FIELD_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
@@ -56,6 +56,7 @@ _IPC_ERRORS: Final = (pa.ArrowException, ValueError, OSError, EOFError, StopIter
 _EOS: Final = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the IPC stream's end marker
 _OLD_EOS: Final = b"\x00\x00\x00\x00"  # pre-1.0 end marker, still valid in a stream
 _JOIN_BELOW: Final = 1 << 16  # smaller batches: serialise, then join (fewer Python calls)
+T = TypeVar("T")
 _CACHE_LIMIT: Final = 256  # a process sees few schemas; the bound rules out a leak
 
 
@@ -96,7 +97,7 @@ _by_schema: dict[pa.Schema, _Schema] = {}
 _by_message: dict[bytes, _Schema] = {}  # key: the schema message's flatbuffer metadata
 
 
-def _remember(cache: dict[Any, _Schema], key: Any, value: _Schema) -> _Schema:
+def _remember(cache: dict[Any, Any], key: Any, value: T) -> T:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     cache[key] = value
@@ -188,14 +189,14 @@ def decode_data(
     """The batch in ``body`` (any buffer), checked against the port's schema (None: any)."""
     batch, body_fp = _read_one_batch(body, edge)
     if expected is not None:
-        want = schema_fingerprint(expected)
-        if header["fp"] != want or body_fp != want:
-            diff = "; ".join(schema_difference(batch.schema, expected))
+        problems = carries(batch, body_fp, expected)
+        if problems or header["fp"] != body_fp:
             raise BadMessage(
                 "schema_mismatch",
-                f"edge {edge}: {header['producer']} sent schema {header['fp']}, the port "
-                f"expects {want}: {diff or 'same fields, other order or nullability'} "
-                "(both ends of an edge must declare the same record type)",
+                f"edge {edge}: {header['producer']} sent schema {header['fp']} that does not "
+                f"carry the port's record: {'; '.join(problems) or 'the header fingerprint is '}"
+                f"{'' if problems else f'not the body schema {body_fp}'} (both ends of an edge "
+                "must declare the same record type; extra columns are fine)",
             )
     if batch.num_rows != header["rows"]:
         raise BadMessage(
@@ -204,6 +205,19 @@ def decode_data(
     return Message(
         header["producer"], header["seq"], header["version"], batch, float(header["sent_at"])
     )
+
+
+_carries: dict[tuple[str, str], list[str]] = {}  # (batch fp, record fp) → schema problems
+
+
+def carries(batch: pa.RecordBatch, batch_fp: str, record: pa.Schema) -> list[str]:
+    """Why ``batch`` (whose schema has fingerprint ``batch_fp``) does not carry ``record``;
+    [] when it does. The schema part is memoised per pair of fingerprints."""
+    key = (batch_fp, schema_fingerprint(record))
+    problems = _carries.get(key)
+    if problems is None:
+        problems = _remember(_carries, key, record_problems(batch.schema, record))
+    return problems or null_problems(batch, record)
 
 
 def _read_one_batch(body: Any, edge: str) -> tuple[pa.RecordBatch, str]:

@@ -31,8 +31,14 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from areal_flow.schema import schema_difference
-from areal_flow.transport.codec import BadMessage, decode_header, encode_control, encode_data
+from areal_flow.transport.codec import (
+    BadMessage,
+    carries,
+    decode_header,
+    encode_control,
+    encode_data,
+    schema_fingerprint,
+)
 from areal_flow.transport.curve import RunKeys, apply_client, check_address
 from areal_flow.transport.wake import Wakeup, has_input, recv_frames, send_frames
 
@@ -158,12 +164,14 @@ class Sender:
         return missing
 
     def _check_schema(self, batch: pa.RecordBatch) -> None:
-        if self.schema is not None and not batch.schema.equals(self.schema):
-            diff = "; ".join(schema_difference(batch.schema, self.schema))
+        if self.schema is None:
+            return
+        problems = carries(batch, schema_fingerprint(batch.schema), self.schema)
+        if problems:
             raise ValueError(
-                f"edge {self.edge}: {self.producer} tried to send a batch that is not the port's "
-                f"record type: {diff or 'same fields, other order or nullability'} (build "
-                "output batches with the port's schema, areal_flow.schema.SCHEMAS)"
+                f"edge {self.edge}: {self.producer} tried to send a batch that does not carry the "
+                f"port's record type: {'; '.join(problems)} (give output batches every field of "
+                "the port's schema, areal_flow.schema.SCHEMAS; extra columns are fine)"
             )
 
     async def _acquire(self, timeout: float | None) -> _Peer:

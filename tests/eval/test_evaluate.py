@@ -51,17 +51,21 @@ def test_evaluate_tiny_model_end_to_end(tiny_model_dir: Path) -> None:
 def test_tally_scores_real_verdicts_per_level() -> None:
     from areal_flow.data.problem import Problem
     from areal_flow.evaluate import _tally
-    from areal_flow.reward import RewardConfig, VerifierPool
+    from areal_flow.reward import math_pool
 
     items = [Problem("a", "3 + 4?", "7", "add1"), Problem("b", "9 - 2?", "7", "sub1")]
     answers = {
         0: ["The answer is 7.", "The answer is 8.", "7", "The answer is 7."],
         1: ["The answer is 6.", "so 7", "The answer is 5.", "The answer is 4."],
     }
-    pairs = [(a, items[i].answer) for i in sorted(answers) for a in answers[i]]
-    with VerifierPool(RewardConfig(), workers=1) as pool:
-        verdicts = pool.score_sync(pairs)
-    result = _tally("m", "d", items, answers, verdicts, samples=4, k=2)
+    rows = [
+        {"prompt": items[i].question, "response": a, "answer": items[i].answer}
+        for i in sorted(answers)
+        for a in answers[i]
+    ]
+    with math_pool(workers=1) as pool:
+        results = pool.score_sync(rows)
+    result = _tally("m", "d", items, answers, results, samples=4, k=2)
     assert result.pass1 == {"add1": 0.5, "sub1": 0.0, "all": 0.25}
     assert result.pass_k["add1"] == pytest.approx(1 - 1 / 6)  # 2 of 4 correct, k = 2
     assert result.format_rate == {"add1": 0.75, "sub1": 0.75, "all": 0.75}

@@ -12,7 +12,8 @@ import pytest
 from areal_flow.node import NodeContext
 from areal_flow.nodes.group_filter import GroupFilter, GroupFilterConfig
 from areal_flow.nodes.math_verifier import MathVerifier, MathVerifierConfig
-from areal_flow.schema import SCHEMAS
+from areal_flow.nodes.reward_fn import RewardFn, RewardFnConfig
+from areal_flow.schema import SCHEMAS, record_problems
 
 
 def rollout_rows(
@@ -56,18 +57,41 @@ def test_verifier_node_scores_a_group(tmp_path: Path) -> None:
         scored = asyncio.run(node.process(batch))
     finally:
         node.teardown()
-    assert isinstance(scored, pa.RecordBatch) and scored.schema.equals(SCHEMAS["scored"])
+    assert isinstance(scored, pa.RecordBatch)
+    assert record_problems(scored.schema, SCHEMAS["scored"]) == []
     assert scored.column("reward").to_pylist() == [5.0, -5.0, -5.0]
-    assert scored.column("correct").to_pylist() == [True, False, False]
-    assert scored.column("format_ok").to_pylist() == [True, True, False]
+    metrics = [dict(m) for m in scored.column("metrics").to_pylist()]
+    assert [m["correct"] for m in metrics] == [1.0, 0.0, 0.0]
+    assert [m["format_ok"] for m in metrics] == [1.0, 1.0, 0.0]
     assert scored.column("verdict").to_pylist() == ["correct", "wrong", "no_answer"]
     assert node.ctx is not None and node.ctx.metrics.counters["verdict_correct"] == 1
+
+
+def test_extra_columns_pass_through_the_reward_and_the_filter(tmp_path: Path) -> None:
+    """A dataset's own field rides along the rollout, reaches the reward, and stays."""
+    config = RewardFnConfig(name="reward", fn="tests.reward.fns:brevity", workers=1)
+    node = RewardFn(config)
+    node.setup(ctx_for(config, tmp_path))
+    try:
+        batch = pa.RecordBatch.from_pylist(
+            rollout_rows(["The answer is 7.", "no"]), schema=SCHEMAS["rollout"]
+        )
+        batch = batch.append_column("bonus", pa.array([0.25, 0.75]))
+        out = asyncio.run(node.process(batch))
+    finally:
+        node.teardown()
+    assert isinstance(out, pa.RecordBatch)
+    assert record_problems(out.schema, SCHEMAS["scored"]) == []
+    assert out.column("bonus").to_pylist() == [0.25, 0.75]
+    assert [dict(m)["bonus"] for m in out.column("metrics").to_pylist()] == [0.25, 0.75]
+    kept, _ = run_filter(tmp_path, out, drop_uniform_reward=False)
+    assert kept is not None and kept.column("bonus").to_pylist() == [0.25, 0.75]
 
 
 def scored(rewards: list[float], finish: list[str] | None = None, words: int = 3) -> pa.RecordBatch:
     rows = rollout_rows([" ".join(["w"] * words)] * len(rewards), finish=finish)
     for row, reward in zip(rows, rewards, strict=True):
-        row.update(reward=reward, correct=reward > 0, format_ok=True, verdict="x")
+        row.update(reward=reward, verdict="x", metrics=[("correct", float(reward > 0))])
     return pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["scored"])
 
 

@@ -64,6 +64,20 @@ def test_function_graph_gives_the_local_launchers_results(ray_cluster: str, tmp_
     assert not ray.util.list_named_actors(all_namespaces=True), "every actor was stopped"
 
 
+def test_a_node_defined_in_the_graph_file_runs_in_ray_actors(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    from areal_flow.loader import load_graph
+
+    graph_file = ROOT / "tests" / "runtime" / "graphs" / "user_nodes.py"
+    result = run_graph(load_graph(graph_file), tmp_path, launcher="ray")
+    assert result.ok, result.failure
+    words = read_sink(tmp_path, "sink").column("word").to_pylist()
+    expected = ("asynchronous", "dataflow", "graph", "of", "user", "nodes")
+    assert sorted(words) == sorted(f"{w.upper()}!!" for w in expected)
+    assert result.metrics["shout/0"]["shouted"] == 6
+
+
 def test_replica_that_raises_stops_the_run_with_its_name_and_log(
     ray_cluster: str, tmp_path: Path
 ) -> None:

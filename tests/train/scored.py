@@ -63,9 +63,8 @@ def scored_group(
                 "versions": [version] * len(response),
                 "finish_reason": (finish_reasons or ["stop"] * n)[i],
                 "reward": float(rewards[i]),
-                "correct": rewards[i] > 0,
-                "format_ok": True,
                 "verdict": "correct" if rewards[i] > 0 else "wrong",
+                "metrics": [("correct", float(rewards[i] > 0)), ("format_ok", 1.0)],
             }
         )
     return pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["scored"])

@@ -283,7 +283,8 @@ def test_wrong_schema_is_rejected_naming_the_edge_and_fields() -> None:
         assert receiver.rejected == Counter(schema_mismatch=1)
         text = str(receiver.last_rejection)
         assert edge in text and "gen/0" in text
-        assert "'reward' only on the producer side" in text and "'id': int32 vs int64" in text
+        assert "'id': int32 vs int64" in text and "'producer' (string) is missing" in text
+        assert "reward" not in text.split("record:")[1]  # an extra column is no problem
         for closable in (sender, receiver):
             closable.close()
         zctx.destroy(linger=0)
@@ -296,9 +297,35 @@ def test_sender_refuses_a_batch_of_the_wrong_record_type() -> None:
         zctx = zmq.asyncio.Context()
         receiver = Receiver(zctx, "a.out -> b.in", SCHEMA, capacity=1)
         sender = Sender(zctx, "a.out -> b.in", SCHEMA, "p", [receiver.address])
-        with pytest.raises(ValueError, match=r"a\.out -> b\.in.*'x' only on the producer side"):
+        with pytest.raises(ValueError, match=r"a\.out -> b\.in.*'id' \(int64\) is missing"):
             await sender.send(pa.RecordBatch.from_pydict({"x": [1]}))
-        assert sender.sent == 0
+        nulls = pa.RecordBatch.from_pydict({"id": [None], "producer": ["p"]}, schema=SCHEMA)
+        strict = pa.schema([pa.field("id", pa.int64(), nullable=False), SCHEMA.field(1)])
+        strict_sender = Sender(zctx, "a.out -> b.in", strict, "p", [receiver.address])
+        with pytest.raises(ValueError, match=r"'id' has 1 null"):
+            await strict_sender.send(nulls)
+        assert sender.sent == 0 and strict_sender.sent == 0
+        for closable in (sender, strict_sender, receiver):
+            closable.close()
+        zctx.destroy(linger=0)
+
+    asyncio.run(main())
+
+
+def test_extra_columns_travel_with_the_record() -> None:
+    """Records are open: a batch with every field of the port's record plus its own columns
+    (in any order) is the record, and arrives whole."""
+
+    async def main() -> None:
+        zctx = zmq.asyncio.Context()
+        receiver = Receiver(zctx, "a.out -> b.in", SCHEMA, capacity=1)
+        sender = Sender(zctx, "a.out -> b.in", SCHEMA, "p", [receiver.address])
+        batch = pa.RecordBatch.from_pydict({"note": ["hi"], "producer": ["p"], "id": [3]})
+        sending = asyncio.create_task(sender.send(batch))
+        item = await receiver.recv(timeout=10)
+        await sending
+        assert isinstance(item, Message) and item.batch.equals(batch)
+        assert receiver.rejected == Counter()
         for closable in (sender, receiver):
             closable.close()
         zctx.destroy(linger=0)

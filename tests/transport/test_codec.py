@@ -62,9 +62,12 @@ def test_lying_fingerprint_is_caught_by_the_body_check() -> None:
     forged["fp"] = json.loads(encode_data(batch(), "x", 0, 0)[0])["fp"]
     with pytest.raises(BadMessage) as err:
         decode_data(forged, body, SCHEMA, "e")
-    assert err.value.reason == "schema_mismatch" and "'text' only on the consumer side" in str(
-        err.value
-    )
+    assert err.value.reason == "schema_mismatch" and "'text' (string) is missing" in str(err.value)
+    # A header that names another schema than its (conforming) body is refused as well.
+    good_header, good_body = encode_data(batch(), "src/0", 0, 0)
+    lying = {**json.loads(good_header), "fp": "0123456789abcdef"}
+    with pytest.raises(BadMessage, match="not the body schema"):
+        decode_data(lying, good_body, SCHEMA, "e")
 
 
 @pytest.mark.parametrize(

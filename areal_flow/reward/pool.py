@@ -1,20 +1,25 @@
-"""A pool of verifier worker processes with per-answer deadlines, usable from asyncio or not.
+"""A pool of reward worker processes with per-call deadlines, usable from asyncio or not.
 
-Role: score (response, reference) pairs in parallel without letting any answer stall or kill the
-caller. Used by the math verifier node (async) and by `areal-flow eval` (sync).
+Role: call a reward function (any ``module:name`` reference, ``areal_flow.usercode``) on many
+rows in parallel without letting any call stall or kill the caller. Used by the reward nodes
+(the math verifier is one such function, ``areal_flow.reward.math_reward``) and by
+`areal-flow eval`.
 
 Rules:
-- Verification runs in worker PROCESSES (spawned, not forked: the caller may hold ZeroMQ
-  sockets and threads). math-verify relies on ``signal.alarm``, which threads cannot use.
+- Calls run in worker PROCESSES (spawned, not forked: the caller may hold ZeroMQ sockets and
+  threads), so user code is isolated from the run; math-verify needs their main thread
+  (``signal.alarm``). Workers load the run's graph modules first, so a function defined in a
+  graph file resolves there.
 - Each worker has one dispatcher thread in the caller. It sends the worker a chunk of queued
-  answers (one pipe round trip costs more than scoring a plain answer) and reads one reply per
-  answer, waiting at most ``timeout_s`` for each. A worker that misses the deadline is killed and
-  replaced; one that dies is replaced. Either way that answer gets a "wrong" verdict with reason
-  ``timeout`` or ``worker_crash``, is counted, and the rest of its chunk goes to the replacement;
-  the caller never sees the failure as an exception.
-- Oversized responses are rejected in the caller (reason ``too_long``) so megabytes never cross
-  the pipe.
-- A worker that cannot start (import error, bad config) is an error, raised to the caller.
+  rows (one pipe round trip costs more than scoring a plain answer) and reads one reply per
+  row, waiting at most ``timeout_s`` for each. A worker that misses the deadline is killed and
+  replaced; one that dies is replaced. Either way that row gets the failure reward with verdict
+  ``timeout`` or ``worker_crash``; a function that raises or returns something that is not a
+  reward gives ``exception`` or ``bad_return``. Every failure is counted by reason
+  (``PoolStats``) and the caller never sees it as an exception.
+- Oversized responses are refused in the caller (verdict ``too_long``, the failure reward), so
+  megabytes never cross the pipe.
+- A worker that cannot start (import error, a bad reference) is an error, raised to the caller.
 """
 
 from __future__ import annotations
@@ -23,38 +28,52 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import json
 import multiprocessing
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from areal_flow.reward.scoring import Reason, RewardConfig, Verdict, make_verdict
 from areal_flow.reward.worker import recv_json, send_json, serve
+from areal_flow.usercode import graph_modules
+
+FAILURES = ("timeout", "worker_crash", "exception", "bad_return", "too_long")
 
 
-class VerifierError(RuntimeError):
+@dataclass(frozen=True)
+class RewardResult:
+    """The outcome of one call: the reward, a verdict and named metrics; ``failure`` is the
+    reason when the call failed (then ``reward`` is the pool's failure reward)."""
+
+    reward: float
+    verdict: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
+    message: str = ""  # what went wrong, for failures
+
+
+class RewardPoolError(RuntimeError):
     """The pool cannot score: a worker failed to start, or the pool is closed."""
 
 
 @dataclass
 class PoolStats:
-    """Counters since the pool started: answers scored, verdicts by reason, workers replaced."""
+    """Counters since the pool started: rows scored, failures by reason, workers replaced."""
 
     scored: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
 
 
 @dataclass
 class _Task:
     task_id: int
-    response: str
-    reference: str
-    future: concurrent.futures.Future[Verdict]
+    kwargs: dict[str, Any]
+    future: concurrent.futures.Future[RewardResult]
 
 
 class _Worker:
@@ -78,19 +97,23 @@ class _Worker:
         self.conn.close()
 
 
-class VerifierPool:
-    """``workers`` processes scoring answers with ``config``; each answer gets ``timeout_s``.
+class RewardPool:
+    """``workers`` processes calling ``fn(**row, **params)``; each call gets ``timeout_s``.
 
     Use as a context manager (or call `start` / `close`). `score` is the asyncio API, `score_sync`
-    the blocking one; both return verdicts in input order.
+    the blocking one; both return results in input order.
     """
 
     def __init__(
         self,
-        config: RewardConfig | None = None,
+        fn: str,
+        params: Mapping[str, Any] | None = None,
         *,
         workers: int = 2,
         timeout_s: float = 5.0,
+        failure_reward: float = 0.0,
+        max_response_chars: int = 32_768,
+        warmup: str | None = None,
         memory_limit_mb: int | None = 2048,
         start_timeout_s: float = 120.0,
         max_chunk: int = 32,
@@ -99,7 +122,12 @@ class VerifierPool:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        self.config = config if config is not None else RewardConfig()
+        self.fn = fn
+        self.params_json = json.dumps(dict(params or {}))
+        self.failure_reward = float(failure_reward)
+        self.max_response_chars = max_response_chars
+        self.warmup = warmup
+        self.modules = graph_modules()
         self.workers = workers
         self.timeout_s = timeout_s
         self.memory_limit_mb = memory_limit_mb
@@ -114,12 +142,12 @@ class VerifierPool:
         self._workers: list[_Worker] = []
         self._started = False
         self._closed = False
-        self._broken: VerifierError | None = None
+        self._broken: RewardPoolError | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> VerifierPool:
-        """Start every worker and wait until all are ready (raises VerifierError if one is not)."""
+    def start(self) -> RewardPool:
+        """Start every worker and wait until all are ready (RewardPoolError if one is not)."""
         if self._started:
             return self
         self._started = True
@@ -127,7 +155,7 @@ class VerifierPool:
         self._workers = [self._await_ready(*pair) for pair in launched]
         for slot in range(self.workers):
             thread = threading.Thread(
-                target=self._dispatch, args=(slot,), name=f"verifier-{slot}", daemon=True
+                target=self._dispatch, args=(slot,), name=f"reward-{slot}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
@@ -148,7 +176,7 @@ class VerifierPool:
             if task is not None:
                 task.future.cancel()
 
-    def __enter__(self) -> VerifierPool:
+    def __enter__(self) -> RewardPool:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -156,33 +184,36 @@ class VerifierPool:
 
     # --- scoring ---------------------------------------------------------------------------
 
-    def submit(self, response: str, reference: str) -> concurrent.futures.Future[Verdict]:
-        """Queue one answer; the future resolves to its verdict."""
+    def submit(self, row: Mapping[str, Any]) -> concurrent.futures.Future[RewardResult]:
+        """Queue one call with keyword arguments ``row`` (JSON values); the future resolves to
+        its result."""
         if not self._started or self._closed:
-            raise VerifierError("the verifier pool is not running: use `with VerifierPool(...)`")
+            raise RewardPoolError("the reward pool is not running: use `with RewardPool(...)`")
         if self._broken is not None:
             raise self._broken
-        future: concurrent.futures.Future[Verdict] = concurrent.futures.Future()
-        if len(response) > self.config.max_response_chars:
-            future.set_result(self._record(make_verdict(self.config, "too_long", False, None)))
+        future: concurrent.futures.Future[RewardResult] = concurrent.futures.Future()
+        response = row.get("response", "")
+        if isinstance(response, str) and len(response) > self.max_response_chars:
+            message = f"{len(response)} characters > max_response_chars {self.max_response_chars}"
+            future.set_result(self._failed("too_long", message))
             return future
-        self._tasks.put(_Task(next(self._ids), response, reference, future))
+        self._tasks.put(_Task(next(self._ids), dict(row), future))
         return future
 
-    def score_sync(self, pairs: Iterable[tuple[str, str]]) -> list[Verdict]:
-        """Verdicts for (response, reference) pairs, in order; blocks until all are scored."""
-        futures = [self.submit(response, reference) for response, reference in pairs]
+    def score_sync(self, rows: Iterable[Mapping[str, Any]]) -> list[RewardResult]:
+        """Results for ``rows``, in order; blocks until all are scored."""
+        futures = [self.submit(row) for row in rows]
         return [f.result() for f in futures]
 
-    async def score(self, pairs: Iterable[tuple[str, str]]) -> list[Verdict]:
-        """Verdicts for (response, reference) pairs, in order, without blocking the event loop."""
-        futures = [self.submit(response, reference) for response, reference in pairs]
+    async def score(self, rows: Iterable[Mapping[str, Any]]) -> list[RewardResult]:
+        """Results for ``rows``, in order, without blocking the event loop."""
+        futures = [self.submit(row) for row in rows]
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     def stats(self) -> PoolStats:
         """A snapshot of the counters."""
         with self._lock:
-            return PoolStats(self._stats.scored, dict(self._stats.by_reason), self._stats.restarts)
+            return PoolStats(self._stats.scored, dict(self._stats.failures), self._stats.restarts)
 
     def worker_pids(self) -> list[int | None]:
         """The process id of each worker slot's current process (for monitoring and tests)."""
@@ -192,8 +223,15 @@ class VerifierPool:
 
     def _launch(self) -> tuple[BaseProcess, Connection]:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
-        args = (child_end, self.config.model_dump_json(), self.memory_limit_mb)
-        process = self._ctx.Process(target=serve, args=args, name="verifier-worker", daemon=True)
+        args = (
+            child_end,
+            self.fn,
+            self.params_json,
+            self.modules,
+            self.warmup,
+            self.memory_limit_mb,
+        )
+        process = self._ctx.Process(target=serve, args=args, name="reward-worker", daemon=True)
         process.start()
         child_end.close()  # so the parent sees EOF when the child dies
         return process, parent_end
@@ -208,9 +246,11 @@ class VerifierPool:
         if not (isinstance(hello, list) and hello[:1] == ["ready"]):
             code = process.exitcode
             worker.kill()
-            raise VerifierError(
-                f"a verifier worker did not start within {self.start_timeout_s:.0f} s "
-                f"(exit code {code}); run `python -c 'import math_verify'` to see why"
+            raise RewardPoolError(
+                f"a reward worker for {self.fn} did not start within "
+                f"{self.start_timeout_s:.0f} s (exit code {code}): the function or its module "
+                f"cannot be loaded; try `python -c 'from areal_flow.usercode import resolve; "
+                f'resolve("{self.fn}")\'` to see why'
             )
         return worker
 
@@ -224,7 +264,7 @@ class VerifierPool:
             live = [task for task in chunk if task.future.set_running_or_notify_cancel()]
             try:
                 self._serve(slot, live)
-            except VerifierError as error:
+            except RewardPoolError as error:
                 self._broken = error
                 for task in live:
                     if not task.future.done():
@@ -251,37 +291,52 @@ class VerifierPool:
         return chunk
 
     def _serve(self, slot: int, tasks: list[_Task]) -> None:
-        """Resolve every task of a chunk. The worker streams one reply per answer, so each answer
-        gets its own deadline; the one that hangs or kills the worker gets the failure verdict
-        and the rest of the chunk goes to the replacement worker."""
+        """Resolve every task of a chunk. The worker streams one reply per row, so each call gets
+        its own deadline; the one that hangs or kills the worker gets the failure reward and the
+        rest of the chunk goes to the replacement worker."""
         while tasks:
             done, failure = self._exchange(self._workers[slot], tasks)
             if failure is None:
                 return
-            culprit = tasks[done]
-            culprit.future.set_result(self._record(make_verdict(self.config, failure, False, None)))
+            message = f"no answer within {self.timeout_s:g} s" if failure == "timeout" else ""
+            tasks[done].future.set_result(self._failed(failure, message or "the worker died"))
             self._replace(slot)
             tasks = tasks[done + 1 :]
 
-    def _exchange(self, worker: _Worker, tasks: list[_Task]) -> tuple[int, Reason | None]:
-        """Send a chunk and resolve its answers as replies stream in, each within ``timeout_s``.
+    def _exchange(self, worker: _Worker, tasks: list[_Task]) -> tuple[int, str | None]:
+        """Send a chunk and resolve its rows as replies stream in, each within ``timeout_s``.
 
         Returns how many were resolved and, if the worker failed on the next one, why.
         """
         done = 0
         try:
-            send_json(worker.conn, [(t.task_id, t.response, t.reference) for t in tasks])
+            send_json(worker.conn, [(t.task_id, t.kwargs) for t in tasks])
             for task in tasks:
                 if not worker.conn.poll(self.timeout_s):
                     return done, "timeout"
                 reply = recv_json(worker.conn)
                 if reply[0] != task.task_id:
-                    raise VerifierError("a verifier worker answered out of order; this is a bug")
-                task.future.set_result(self._record(Verdict(*reply[1:])))
+                    raise RewardPoolError("a reward worker answered out of order; this is a bug")
+                task.future.set_result(self._result(reply[1:]))
                 done += 1
         except (EOFError, BrokenPipeError, ConnectionResetError):
             return done, "worker_crash"
         return done, None
+
+    def _result(self, reply: list[Any]) -> RewardResult:
+        if reply[0] == "ok":
+            _, reward, verdict, metrics = reply
+            with self._lock:
+                self._stats.scored += 1
+            return RewardResult(float(reward), verdict, dict(metrics))
+        _, reason, message = reply
+        return self._failed(reason, message)
+
+    def _failed(self, reason: str, message: str) -> RewardResult:
+        with self._lock:
+            self._stats.scored += 1
+            self._stats.failures[reason] = self._stats.failures.get(reason, 0) + 1
+        return RewardResult(self.failure_reward, reason, {}, reason, message)
 
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
@@ -289,14 +344,7 @@ class VerifierPool:
         with self._lock:
             self._stats.restarts += 1
 
-    def _record(self, verdict: Verdict) -> Verdict:
-        with self._lock:
-            self._stats.scored += 1
-            reasons = self._stats.by_reason
-            reasons[verdict.reason] = reasons.get(verdict.reason, 0) + 1
-        return verdict
-
-    def _fail_pending(self, error: VerifierError) -> None:
+    def _fail_pending(self, error: RewardPoolError) -> None:
         """A slot whose worker cannot be replaced fails every queued answer instead of hanging."""
         while True:
             try:
