@@ -75,7 +75,7 @@ def test_replicas_stop_when_their_driver_goes_silent(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.05)
         workers = worker_pids(run_dir)
-        assert len(workers) == 2 * 2  # a reaper and a worker per replica
+        assert len(workers) == 2 * 3  # a stand-by, a reaper and a worker per replica
         driver.send_signal(signal.SIGSTOP)  # silent, and alive: no parent-death signal
         silenced = time.monotonic()
         # 3 s of silence, then a stop with 3 s of grace before a forced exit.
