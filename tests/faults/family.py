@@ -1,11 +1,12 @@
 """A family of processes for fault tests: ``python family.py ROLE``, started by a replica.
 
 Roles:
-- ``stubborn``: ignores SIGTERM and starts a ``grandchild`` that ignores it too;
+- ``stubborn``: starts a ``grandchild``;
 - ``own-session``: started by its parent in a session of its own (out of the replica's group);
 - ``forker``: forks and exits; the fork leaves the session (setsid), an orphan at once, and
   becomes a ``daemon`` (a double-forked daemon; the role shows once it has left).
-Every member sleeps ``LIFE_S`` and exits: a safety net should a test fail to end them.
+Every member ignores SIGTERM, sleeps ``LIFE_S`` and exits: a safety net should a test fail to
+end them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 
-LIFE_S = 300
+LIFE_S = 120
 
 
 def main(role: str) -> None:

@@ -33,7 +33,7 @@ _family: list[subprocess.Popen[bytes]] = []
 
 def spawn_family(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Passes batches on; before the first one, the replica starts the processes of
-    ``family.py`` (once per process): one that ignores SIGTERM with a grandchild, one in a
+    ``family.py`` (once per process), all ignoring SIGTERM: one with a grandchild, one in a
     session of its own, and a double-forked daemon."""
     if not _family:
         for role, own_session in (("stubborn", False), ("own-session", True), ("forker", False)):
