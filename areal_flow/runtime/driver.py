@@ -6,9 +6,11 @@ Rules:
   sources' admission requests.
 - It watches every replica: exit codes (polled), error reports, and heartbeats. A replica that
   dies or raises is restarted when its kind is stateless (at most ``max_restarts`` times per
-  replica); otherwise the run stops and ``RunResult.failure`` names the node with its error or
-  exit code and its last log lines. A replica silent for ``stuck_after_s`` is reported stuck
-  and counts as failed. The driver pings every replica, so none outlives a dead driver.
+  replica), once every process it started is gone (its handle waits for that); otherwise the
+  run stops and ``RunResult.failure`` names the node with its error or exit code and its last
+  log lines. A replica silent for ``stuck_after_s`` is reported stuck and counts as failed.
+  Replica processes die with the driver (``reaper.py``); the driver also pings every replica,
+  so none outlives a driver that is alive but silent (hung, or on another host).
   Frames on the control socket that are not a control message are counted (``ignored``) and
   dropped; messages from identities that are not the run's replicas are dropped.
 - With a staleness gate it also keeps the group ledger (``ledger.py``): the prompt groups that
@@ -88,6 +90,7 @@ class Replica:
     error: str | None = None
     trace: str = ""  # the traceback the replica reported with its error
     loaded: int | None = None  # policy version a weights consumer has loaded (None: unknown)
+    pid: int | None = None  # the worker's process id, from its hello (on the replica's host)
 
     @property
     def serves_weights(self) -> bool:
@@ -300,6 +303,7 @@ class Driver:
         kind = message["type"]
         if kind == "hello":
             replica.status = "starting"
+            replica.pid = message.get("pid")
         elif kind == "ready":
             replica.status = "ready"
         elif kind == "heartbeat":

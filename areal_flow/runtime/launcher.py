@@ -1,14 +1,19 @@
 """Launchers start replicas and tell the driver when one has ended.
 
 Rules:
-- ``LocalLauncher``: one OS process per replica (``python -m areal_flow.runtime.worker``), in
-  its own session (Ctrl-C reaches only the driver), stdout and stderr appended to
-  ``logs/<node>.<replica>.log`` in the run folder. The worker pins its own cores.
+- ``LocalLauncher``: one worker process per replica (``python -m areal_flow.runtime.worker``),
+  started under the replica's reaper (``reaper.py``) in a session of its own (Ctrl-C reaches
+  only the driver), stdout and stderr appended to ``logs/<node>.<replica>.log`` in the run
+  folder. The worker pins its own cores. Its reaper dies with the driver's thread that started
+  it, and takes everything the replica started with it.
 - ``InProcessLauncher``: each replica is an asyncio task in the driver's loop — the fast path
   for tests of light nodes; same driver, same sockets, same worker code.
 - The Ray launcher (``ray_launcher.py``) runs the same worker process inside a Ray actor.
 - A handle answers ``poll()`` (None while running, else an exit code) and ``kill()``; killing
-  is for replicas that ignored 'stop', and only ever targets the handle's own process.
+  is for replicas that ignored 'stop'. ``poll`` reports an exit only once every process of the
+  replica is gone (the driver restarts a replica only then), and ``kill`` returns only then (or
+  reports what the kernel would not end). Both only ever target the replica's own processes:
+  the reaper's tree, and what is left of the replica's session.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Protocol
 
+from areal_flow.runtime import reaper
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 
 log = logging.getLogger(__name__)
+
+KILL_WAIT_S = 2 * reaper.CLEAR_S + 2.0  # the reaper's clearing, the stand-by's, their exits
 
 
 class Handle(Protocol):
@@ -60,28 +69,54 @@ def last_lines(path: Path, count: int = 20) -> list[str]:
 
 
 class ProcessHandle:
+    """A replica run by ``LocalLauncher``: ``pid`` is its stand-by's (``reaper.py``: the
+    session leader, parent of the reaper, grandparent of the worker process)."""
+
     def __init__(self, key: str, process: subprocess.Popen[bytes]) -> None:
         self.key = key
         self.process = process
         self.pid: int | None = process.pid
+        self.code: int | None = None
 
     def poll(self) -> int | None:
-        return self.process.poll()
+        if self.code is None and reaper.exited(self.process.pid):
+            self._reap()
+        return self.code
 
     def kill(self) -> None:
-        """SIGKILL the replica's whole process group (its own children too, e.g. vLLM's engine
-        processes: no orphans). Never raises: a process the kernel has not reaped within 10 s
-        (seen under memory pressure) is reported and left to the OS."""
-        if self.process.poll() is not None:
+        """SIGTERM the stand-by: the reaper SIGKILLs the worker and everything it started, and
+        both exit once they are gone; if they do not, the process group is SIGKILLed.
+        Never raises: a process the kernel has not ended within ``KILL_WAIT_S`` (seen under
+        memory pressure) is reported and left to the OS."""
+        if self.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log.warning("replica %s (pid %d) did not exit 10 s after SIGKILL", self.key, self.pid)
+            os.kill(self.process.pid, signal.SIGTERM)  # unreaped: the PID is still ours
+        if not _exits_within(self.process.pid, KILL_WAIT_S):
+            log.warning("replica %s (pid %d) outlived SIGTERM: killing", self.key, self.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            if not _exits_within(self.process.pid, KILL_WAIT_S):
+                log.warning("replica %s (pid %d) did not exit after SIGKILL", self.key, self.pid)
+                return
+        self._reap()
+
+    def _reap(self) -> None:
+        """Clear what is left of the session (a stand-by and reaper both SIGKILLed leave the
+        worker's processes behind), then reap the stand-by: its PID held the session's id."""
+        left = reaper.clear_session(self.process.pid)
+        if left:
+            log.warning("processes of replica %s survived SIGKILL: %s", self.key, left)
+        self.code = self.process.wait()
+
+
+def _exits_within(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not reaper.exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(reaper.ROUND_S)
+    return True
 
 
 class LocalLauncher:
@@ -94,16 +129,17 @@ class LocalLauncher:
         log = log_path(Path(plan.run_dir), replica.node, replica.replica)
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        worker = [
+            sys.executable,
+            "-m",
+            "areal_flow.runtime.worker",
+            str(plan_path),
+            replica.node,
+            str(replica.replica),
+        ]
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "areal_flow.runtime.worker",
-                    str(plan_path),
-                    replica.node,
-                    str(replica.replica),
-                ],
+                reaper.command(os.getpid(), worker),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -2,10 +2,13 @@
 
 Rules:
 - ``ReplicaHost`` is a threaded actor: ``run`` blocks while the replica runs, and ``where``,
-  ``reserve`` and ``read_log`` answer meanwhile. It knows nothing of the driver's loop.
-- The replica is a child process running ``areal_flow.runtime.worker`` exactly as the local
-  launcher runs it, started through this module's ``main``, which first asks Linux to SIGKILL
-  it when the actor's process ends: no replica outlives its actor.
+  ``reserve``, ``read_log`` and ``stop`` answer meanwhile. It knows nothing of the driver's loop.
+- The replica is a worker process (``areal_flow.runtime.worker``) under its reaper
+  (``reaper.py``), started exactly as the local launcher starts it: it dies with the actor's
+  thread that started it (which waits for it) and takes the worker and all it spawned with it
+  — also when Ray SIGKILLs the children of an exiting actor — so nothing of a replica outlives
+  its actor. ``run`` returns the exit code only once every process of the replica is gone;
+  ``stop`` (the driver's kill) ends them all and waits for that.
 - The child's output is kept in memory (at most ``LOG_BUFFER_BYTES`` unread; older bytes are
   dropped and the driver is told how many) until the driver reads it; nothing is written on
   the node except the plan, at the driver's path, when that folder is not shared, and, for a
@@ -18,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import os
@@ -29,12 +31,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from areal_flow.runtime import reaper
 from areal_flow.runtime.ray_placement import reserve_ports
 from areal_flow.transport.curve import RunKeys, write_run_keys
 
 LOG_BUFFER_BYTES = 16 * 1024**2
 OUTPUT_GRACE_S = 2.0  # after the replica exits, its output has this long to be read
-PR_SET_PDEATHSIG = 1
+KILLED = -9  # what a replica stopped before it started reports
 
 
 class ReplicaHost:
@@ -46,6 +49,10 @@ class ReplicaHost:
         self.lock = threading.Lock()
         self.buffer = bytearray()
         self.base = 0  # log offset of buffer[0]
+        self.process_lock = threading.Lock()
+        self.process: subprocess.Popen[bytes] | None = None  # the stand-by, until reaped
+        self.stopped = threading.Event()
+        self.ended = threading.Event()
 
     def where(self) -> dict[str, Any]:
         import ray
@@ -73,33 +80,55 @@ class ReplicaHost:
         material (``curve.key_material``) when the plan has curve on."""
         _write_plan(Path(plan_path), plan_json)
         install_keys(plan_json, keys)
-        # The child is forked by this thread, which waits for it: Linux's parent-death signal
-        # follows the forking thread, so it must outlive the child (it does: it waits).
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "areal_flow.runtime.ray_actor",
-                plan_path,
-                node,
-                str(replica),
-                str(os.getpid()),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-            cwd=cwd if Path(cwd).is_dir() else None,
-            start_new_session=True,
-        )
+        worker = [sys.executable, "-m", "areal_flow.runtime.worker", plan_path, node, str(replica)]
+        with self.process_lock:
+            if self.stopped.is_set():
+                return KILLED  # stopped before it started
+            # This thread forks the stand-by and waits for it: Linux's parent-death signal
+            # follows the forking thread, so it must outlive the stand-by (it does).
+            process = subprocess.Popen(
+                reaper.command(os.getpid(), worker),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                cwd=cwd if Path(cwd).is_dir() else None,
+                start_new_session=True,
+            )
+            self.process = process
         assert process.stdout is not None
         reader = threading.Thread(target=self._collect, args=(process.stdout,), daemon=True)
         reader.start()
-        code = process.wait()
-        # Processes the replica started may hold the pipe open after it exits: do not wait
-        # for them, only for what the replica itself wrote.
+        try:
+            reaper.wait_exited(process.pid)
+            # A stand-by and reaper both SIGKILLed leave the worker's processes behind: clear
+            # the session while the stand-by's unreaped PID keeps its id ours.
+            left = reaper.clear_session(process.pid)
+            if left:
+                self._say(f"processes of {self.key} survived SIGKILL: {left}")
+            with self.process_lock:
+                code = process.wait()
+                self.process = None
+        finally:
+            self.ended.set()
+        # Only the replica's own output is waited for: nothing of it is left to hold the pipe.
         reader.join(timeout=OUTPUT_GRACE_S)
         return code
+
+    def stop(self, timeout: float) -> bool:
+        """End the replica (its reaper kills the worker and everything it started) and wait
+        until ``run`` has seen them gone; whether that happened within ``timeout``."""
+        with self.process_lock:
+            self.stopped.set()
+            if self.process is None:
+                return True  # ended already, or will not start
+            # Not Popen.send_signal, which would reap it: unreaped, the PID is still ours.
+            os.kill(self.process.pid, signal.SIGTERM)
+        return self.ended.wait(timeout)
+
+    def _say(self, text: str) -> None:
+        with self.lock:
+            self.buffer += f"[areal-flow] {text}\n".encode()
 
     def _collect(self, pipe: io.BufferedReader) -> None:
         for chunk in iter(lambda: pipe.read1(65536), b""):
@@ -134,25 +163,3 @@ def install_keys(plan_json: str, keys: list[str] | None) -> None:
     if keys is None:
         return
     write_run_keys(json.loads(plan_json)["run_dir"], RunKeys.from_material(keys))
-
-
-def _die_with(parent: int) -> None:
-    """SIGKILL this process when its actor's process ends (Linux), so no replica outlives it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # the actor was gone before the signal was armed
-        os._exit(1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A replica process under an actor: ``PLAN NODE REPLICA ACTOR_PID``."""
-    plan_path, node, replica, parent = argv or sys.argv[1:]
-    _die_with(int(parent))
-    from areal_flow.runtime.worker import main as worker_main
-
-    return worker_main([plan_path, node, replica])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

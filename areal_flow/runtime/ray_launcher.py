@@ -16,12 +16,17 @@ Rules:
   each actor the key material with its ``run`` call (four Z85 strings, as Ray task arguments:
   authenticated by Ray's token, encrypted only where Ray's TLS is on); the actor writes them
   into its own copy of the run folder, 0600, before the replica loads them (``ray_actor``).
-- An actor runs its replica as a child process — the same worker as the local launcher's —
-  that dies with it (``ray_actor``). The driver's handle pulls the child's output every
-  ``LOG_PULL_S`` into ``logs/<node>.<replica>.log`` of the run folder, and once more when the
-  replica exits, so the failure report's last log lines are complete even across nodes.
-- A handle's ``poll``/``kill`` mean what they mean for a local process: an actor that died
-  (killed, its node lost) reads as an exit by SIGKILL (-9), with the reason appended to the log.
+- An actor runs its replica as a child process — the same worker under the same reaper as
+  the local launcher's — that dies with it (``ray_actor``). The driver's handle pulls the
+  child's output every ``LOG_PULL_S`` into ``logs/<node>.<replica>.log`` of the run folder,
+  and once more when the replica exits, so the failure report's last log lines are complete
+  even across nodes.
+- A handle's ``poll``/``kill`` mean what they mean for a local process: the exit code comes
+  once every process of the replica is gone, and ``kill`` has the actor end them and wait for
+  that (``STOP_WAIT_S``) before the actor itself is killed. An actor that died (killed, its node
+  lost) reads as an exit by SIGKILL (-9), with the reason appended to the log; its replica's
+  reaper then clears the replica's processes on its own, which the driver does not wait for
+  (it has no one left on that node to ask).
 - ``import ray`` happens only here, inside functions; without it, ``launcher: ray`` is a graph
   problem that says how to install it.
 """
@@ -54,6 +59,7 @@ LOG_PULL_S = 0.5  # the driver fetches new log output this often per replica
 FINAL_PULL_S = 10.0  # the last log fetch of a replica that ended may take this long
 KILL_PULL_S = 2.0  # ... and of one being killed (the driver stops everything within 10 s)
 KILLED = -9  # an actor that died took its replica with it (SIGKILL), as kill -9 would
+STOP_WAIT_S = 25.0  # an actor told to stop its replica waits this long for its processes to go
 # Environment the driver passes on to every replica (node's own variables are kept).
 PASSED_ENV = (
     "AREAL_FLOW_",
@@ -120,9 +126,22 @@ class RayHandle:
 
     def kill(self) -> None:
         if self._code is None:
+            self._stop()
             self._pull_log(final=KILL_PULL_S)
             self._note(f"{self.key} killed: its Ray actor was stopped")
             self._end(KILLED)
+
+    def _stop(self) -> None:
+        """Have the actor end the replica's processes and wait until they are gone."""
+        exceptions = self._ray.exceptions
+        try:
+            gone = self._ray.get(self.actor.stop.remote(STOP_WAIT_S), timeout=STOP_WAIT_S + 5)
+        except exceptions.RayActorError:
+            return  # the actor is gone, and its replica's reaper had its parent-death signal
+        except exceptions.GetTimeoutError:
+            gone = False
+        if not gone:
+            self._note(f"the processes of {self.key} were not gone {STOP_WAIT_S:g} s after stop")
 
     def _end(self, code: int) -> None:
         self._code = code

@@ -18,7 +18,9 @@ Rules:
   loaded from ``run_dir/keys`` of this host (the driver's folder, or the copy the Ray actor
   wrote); a missing or loosely-permissioned key file stops the replica with the fix.
 - Run as a process: ``python -m areal_flow.runtime.worker PLAN NODE REPLICA``. The process
-  first pins itself to its cores and sets thread counts, before torch is imported.
+  first pins itself to its cores and sets thread counts, before torch is imported. Launchers
+  start it under the replica's reaper (``reaper.py``): it dies with the reaper, and whatever it
+  spawns (vLLM's engine processes, verifier pools) is killed when it ends, however it ends.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -22,3 +24,19 @@ def block_event_loop(batch: pa.RecordBatch) -> Coroutine[Any, Any, pa.RecordBatc
         return batch
 
     return hog()
+
+
+FAMILY = Path(__file__).with_name("family.py")
+FAMILY_ROLES = ("stubborn", "grandchild", "own-session", "daemon")
+_family: list[subprocess.Popen[bytes]] = []
+
+
+def spawn_family(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Passes batches on; before the first one, the replica starts the processes of
+    ``family.py`` (once per process), all ignoring SIGTERM: one with a grandchild, one in a
+    session of its own, and a double-forked daemon."""
+    if not _family:
+        for role, own_session in (("stubborn", False), ("own-session", True), ("forker", False)):
+            command = [sys.executable, str(FAMILY), role]
+            _family.append(subprocess.Popen(command, start_new_session=own_session))
+    return batch

@@ -7,6 +7,7 @@ the model is the tiny random Llama and the epoch is a few dozen prompts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,11 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from areal_flow.loader import load_graph
 from areal_flow.runtime import Driver, RunResult, run_graph
 from areal_flow.runtime.driver import Replica
 from areal_flow.runtime.ledger import read_ledger
 from areal_flow.spec import Graph
+from tests.faults.fns import FAMILY, FAMILY_ROLES
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP_SIZE = 4
@@ -107,11 +111,12 @@ class WatchedRun:
         return replica.status == "running" and replica.metrics.get("batches_in", 0) >= batches_in
 
     def kill(self, node: str) -> int:
-        """kill -9 the node's replica process, as a crash would."""
-        pid = self.replica(node).handle.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        return pid
+        """kill -9 the node's worker process, as a crash or the OOM killer would; the replica's
+        session id (its reaper's PID), which the processes it started share unless they left."""
+        replica = self.replica(node)
+        assert replica.pid is not None and replica.handle.pid is not None
+        os.kill(replica.pid, signal.SIGKILL)
+        return replica.handle.pid
 
     def finish(self, timeout: float = 240) -> RunResult:
         self.thread.join(timeout)
@@ -183,3 +188,54 @@ def session_members(sessions: list[int]) -> list[int]:
         if int(fields[3]) in sessions and fields[0] != "Z":
             members.append(int(entry.name))
     return members
+
+
+def tree(root: int) -> list[psutil.Process]:
+    """``root`` and every process below it, as psutil sees them (the test's own count)."""
+    top = psutil.Process(root)
+    return [top, *top.children(recursive=True)]
+
+
+def family(processes: list[psutil.Process]) -> list[tuple[str, psutil.Process]]:
+    """The members of ``fns.spawn_family``'s families among ``processes``, with their roles."""
+    members = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            command = process.cmdline()
+            if len(command) == 3 and command[1] == str(FAMILY):
+                members.append((command[2], process))
+    return members
+
+
+def living(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running (a zombie has ended; a reused PID is not them)."""
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+    return alive
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def families(processes: list[psutil.Process]) -> Counter[str]:
+    return Counter(role for role, _ in family(processes))
+
+
+def whole_family(root: int, count: int = 1) -> list[psutil.Process]:
+    """``root``'s process tree once ``count`` complete families are in it."""
+    found: list[psutil.Process] = []
+
+    def complete() -> bool:
+        nonlocal found
+        found = living(tree(root))  # not the daemon's first fork, a zombie till its parent goes
+        return families(found) == Counter({role: count for role in FAMILY_ROLES})
+
+    wait_for(f"{count} process families under {root}", complete, timeout=90)
+    return found

@@ -210,7 +210,7 @@ def test_ctrl_c_drains_and_stops_everything_within_10_s(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.05)
     pids = _worker_pids(run_dir)
-    assert len(pids) == 2
+    assert len(pids) == 2 * 3  # a stand-by, a reaper and a worker per replica
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=15)
