@@ -106,9 +106,11 @@ class Generator(Streaming):
         metrics = self.ctx.metrics
         metrics.count("weight_updates")
         metrics.gauge("update_s", time.monotonic() - began)
-        metrics.gauge(
-            "publish_to_active_s", time.time() - float(ref.get("created_at", time.time()))
-        )
+        # From the file being ready (the notice's created_at) to generating with it.
+        active_s = time.time() - float(ref.get("created_at", time.time()))
+        metrics.gauge("publish_to_active_s", active_s)
+        slowest = max(active_s, metrics.gauges.get("publish_to_active_max_s", 0.0))
+        metrics.gauge("publish_to_active_max_s", slowest)
         metrics.gauge("policy_version", version)
 
     async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:
