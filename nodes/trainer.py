@@ -5,8 +5,8 @@ update; version += 1 after every optimizer step, each followed by a one-row ``we
 yielded once the version's file is ready — in version order, while the next step already runs
 (the step itself waits only for the weights snapshot, ``publish_block_s``); checkpoints (every
 ``checkpoint_every`` steps, at the end, and on a clean stop) make a resumed run lose and repeat
-nothing. The compute lives in ``areal_flow.train`` (imported in ``setup``,
-so validating a graph never imports torch); this module holds the config and the async loop.
+nothing. The compute lives in ``areal_flow.train`` (imported in ``setup``, so validating a
+graph never imports torch); this module holds the config and the async loop.
 Truncated responses: the filter's ``truncated`` option drops them; ``truncated='mask'`` here
 keeps them in the group baseline without loss tokens (the filter must then 'keep' them).
 """
@@ -123,13 +123,13 @@ class Trainer(Streaming):
     batches and heartbeating; input keeps being read into the pending queue while a step runs.
     The training loop is a task of its own (``_work``); ``run`` yields each version's notice
     when its background write completes, so the trainer never waits for a file, and a failed
-    write fails the trainer. At most ``NOTICES_AHEAD`` notices wait for a consumer that does not
-    take them (backpressure still stops training). A resumed trainer first re-publishes its
-    current version, so generators that started from the initial model switch to the resumed
-    policy.
+    write fails the trainer. Backpressure still stops training: a consumer that takes no more
+    notices holds one at ``yield``, ``NOTICES_AHEAD`` more wait in the queue, and the step after
+    them waits to hand over its own. A resumed trainer first re-publishes its current version,
+    so generators that started from the initial model switch to the resumed policy.
     """
 
-    NOTICES_AHEAD = 1
+    NOTICES_AHEAD = 1  # queued notices beyond the one being yielded
 
     def setup(self, ctx: NodeContext) -> None:
         import torch
