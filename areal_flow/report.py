@@ -77,6 +77,7 @@ class Summary:
     redone_steps: int = 0  # steps done again after a resume rolled them back
     redone_trajectories: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    weight_path_s: dict[str, float] = field(default_factory=dict)  # see weight_path()
 
     def save(self, run_dir: Path) -> Path:
         path = run_dir / "summary.json"
@@ -185,11 +186,29 @@ def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
         checkpoint=str(checkpoint) if checkpoint else None,
         redone_steps=len(redone),
         redone_trajectories=_trajectories(redone),
+        weight_path_s=weight_path(steps, result.metrics),
     )
 
 
 def _trajectories(steps: list[dict[str, Any]]) -> int:
     return int(sum(float(s.get("sequences", 0.0)) for s in steps))
+
+
+def weight_path(
+    steps: list[dict[str, Any]], metrics: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """How long publishing blocked the trainer per step (mean, max) and, per generator node,
+    the slowest file ready → active of any replica over the run."""
+    out: dict[str, float] = {}
+    blocked = [float(s["publish_block_s"]) for s in steps if "publish_block_s" in s]
+    if blocked:
+        out["publish_block_s/mean"] = sum(blocked) / len(blocked)
+        out["publish_block_s/max"] = max(blocked)
+    for key, values in metrics.items():
+        if "publish_to_active_max_s" in values:
+            name = f"{key.rsplit('/', 1)[0]}/publish_to_active_s/max"
+            out[name] = max(out.get(name, 0.0), float(values["publish_to_active_max_s"]))
+    return out
 
 
 def summary_table(summary: Summary) -> Table:
@@ -231,6 +250,8 @@ def summary_table(summary: Summary) -> Table:
     totals.add_row("policy version", str(summary.version))
     for node, rate in summary.tokens_per_s.items():
         totals.add_row(f"{node} tokens/s", f"{rate:,.0f}")
+    for name, seconds in summary.weight_path_s.items():
+        totals.add_row(name.replace("/", " "), f"{seconds * 1000:,.0f} ms")
     totals.add_row("checkpoint", summary.checkpoint or "-")
     outer = Table.grid(padding=(1, 0))
     if final:

@@ -91,6 +91,11 @@ class GeneratorSpec(NodeSpec):
         generator; None when it uses neither (evaluation then takes its own default)."""
         return None
 
+    def weights_dtype(self) -> str | None:
+        """The dtype its engine holds weights in ('bfloat16', 'float32'); None when unknown.
+        When every generator a trainer feeds says 'bfloat16' the trainer publishes bf16."""
+        return None
+
 
 class RewardSpec(NodeSpec):
     """Scores rollouts (rollout records in, scored records out)."""

@@ -60,7 +60,9 @@ SCORED_FIELDS: Final[list[pa.Field]] = [
 WEIGHTS_FIELDS: Final[list[pa.Field]] = [
     pa.field("version", pa.int64(), nullable=False),
     pa.field("path", pa.string(), nullable=False),  # safetensors folder or shared-memory file
-    pa.field("checksum", pa.string(), nullable=False),  # sha256 of the weight bytes
+    pa.field(
+        "checksum", pa.string(), nullable=False
+    ),  # "<algorithm>:<hex>" of the weights file (blake3)
     pa.field("created_at", pa.float64(), nullable=False),  # unix seconds, for publish latency
 ]
 

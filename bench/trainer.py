@@ -33,8 +33,9 @@ wall time are taken; with ``--threads 1`` CPU time is the time on one core, immu
 processes taking the core away, and is the primary figure. Ratios are medians over rounds of
 the per-round ratios.
 
-Publish: ``publish_weights`` of the model to /dev/shm (serialise, sha256, write, rename: trainer
-state → file ready) and the publisher's ``verify_weights``; checkpoint: ``save_checkpoint``.
+Publish: ``publish_weights`` of the model to /dev/shm, synchronously (write, blake3, rename:
+trainer state → file ready; the trainer itself publishes in the background, see
+bench/weights.py) and the publisher's ``verify_weights``; checkpoint: ``save_checkpoint``.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def print_tables(rows: list[dict[str, Any]], pub: dict[str, float] | None) -> No
     if pub is not None:
         print(
             f"\nweights ({pub['mb']:.0f} MiB fp32): publish to /dev/shm "
-            f"{pub['publish'] * 1000:.0f} ms (state → file ready, incl. sha256), verify "
+            f"{pub['publish'] * 1000:.0f} ms (state → file ready, incl. blake3), verify "
             f"{pub['verify'] * 1000:.0f} ms, checkpoint (HF + optimizer) {pub['ckpt']:.2f} s"
         )
 

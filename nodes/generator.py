@@ -60,6 +60,9 @@ class GeneratorConfig(GeneratorSpec):
     def eval_engine(self) -> str | None:
         return self.engine
 
+    def weights_dtype(self) -> str | None:
+        return self.dtype
+
 
 class Generator(Streaming):
     """Keeps up to ``max_running`` sequences decoding; emits each prompt group when all its
@@ -92,9 +95,11 @@ class Generator(Streaming):
         metrics = self.ctx.metrics
         metrics.count("weight_updates")
         metrics.gauge("update_s", time.monotonic() - began)
-        metrics.gauge(
-            "publish_to_active_s", time.time() - float(ref.get("created_at", time.time()))
-        )
+        # From the file being ready (the notice's created_at) to generating with it.
+        active_s = time.time() - float(ref.get("created_at", time.time()))
+        metrics.gauge("publish_to_active_s", active_s)
+        slowest = max(active_s, metrics.gauges.get("publish_to_active_max_s", 0.0))
+        metrics.gauge("publish_to_active_max_s", slowest)
         metrics.gauge("policy_version", version)
 
     async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:

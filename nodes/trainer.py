@@ -1,10 +1,12 @@
 """Trainer: decoupled PPO on batches of scored groups; publishes weights after each step.
 
 Rules: a batch holds whole groups; π_prox is recomputed with the current weights before the
-update; version += 1 after every optimizer step, each followed by a one-row ``weights`` notice;
-checkpoints (every ``checkpoint_every`` steps, at the end, and on a clean stop) make a resumed
-run lose and repeat nothing. The compute lives in ``areal_flow.train`` (imported in ``setup``,
-so validating a graph never imports torch); this module holds the config and the async loop.
+update; version += 1 after every optimizer step, each followed by a one-row ``weights`` notice,
+yielded once the version's file is ready — in version order, while the next step already runs
+(the step itself waits only for the weights snapshot, ``publish_block_s``); checkpoints (every
+``checkpoint_every`` steps, at the end, and on a clean stop) make a resumed run lose and repeat
+nothing. The compute lives in ``areal_flow.train`` (imported in ``setup``, so validating a
+graph never imports torch); this module holds the config and the async loop.
 Truncated responses: the filter's ``truncated`` option drops them; ``truncated='mask'`` here
 keeps them in the group baseline without loss tokens (the filter must then 'keep' them).
 """
@@ -15,7 +17,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,12 +25,13 @@ import pyarrow as pa
 
 from areal_flow.checks import trainer_temperature
 from areal_flow.node import NodeContext, Output, Streaming
-from areal_flow.roles import PublisherSpec
+from areal_flow.roles import GeneratorSpec, PublisherSpec
 from areal_flow.spec import Graph
 from areal_flow.train.config import TrainingConfig
 from areal_flow.train.steplog import StepLog
 
 if TYPE_CHECKING:
+    from areal_flow.train.weight_writer import Published
     from areal_flow.train.weights import Store
 
 
@@ -44,9 +47,15 @@ class Trainer(Streaming):
 
     Heavy work runs on one dedicated compute thread (``_compute``) so the event loop keeps receiving
     batches and heartbeating; input keeps being read into the pending queue while a step runs.
-    A resumed trainer first re-publishes its current version, so generators that started from
-    the initial model switch to the resumed policy.
+    The training loop is a task of its own (``_work``); ``run`` yields each version's notice
+    when its background write completes, so the trainer never waits for a file, and a failed
+    write fails the trainer. Backpressure still stops training: a consumer that takes no more
+    notices holds one at ``yield``, ``NOTICES_AHEAD`` more wait in the queue, and the step after
+    them waits to hand over its own. A resumed trainer first re-publishes its current version,
+    so generators that started from the initial model switch to the resumed policy.
     """
+
+    NOTICES_AHEAD = 1  # queued notices beyond the one being yielded
 
     def setup(self, ctx: NodeContext) -> None:
         import torch
@@ -66,6 +75,7 @@ class Trainer(Streaming):
             device=ctx.device,
             seed=ctx.seed,
             store=_weights_store(cfg.name, ctx.graph),
+            weights_dtype=_weights_dtype(cfg.name, ctx.graph),
             resume_from=Path(resume) if resume else None,
         )
         self.steplog = StepLog(ctx.run_dir, samples_every=cfg.samples_every)
@@ -75,24 +85,39 @@ class Trainer(Streaming):
             ctx.log.info("resumed at step %d, version %d", self.session.step, self.session.version)
 
     async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:
+        published: asyncio.Queue[Future[Published] | None] = asyncio.Queue(self.NOTICES_AHEAD)
+        work = asyncio.create_task(self._work(inputs, published), name="trainer-work")
         try:
-            session = self.session
-            if session.step:
-                yield (await self._compute(session.publish)).batch()
-            arrived = asyncio.Event()
-            self.feeder = asyncio.create_task(self._feed(inputs, arrived), name="trainer-feed")
-            async for out in self._train(arrived):
-                yield out
-            if session.dirty:
-                await self._compute(session.checkpoint, session.snapshot())
+            while (future := await published.get()) is not None:
+                done = await asyncio.wrap_future(future)  # a failed write raises here
+                self.ctx.metrics.gauge("publish_ready_s", done.ready_s)  # type: ignore[union-attr]
+                yield done.ref.batch()
+            await work  # a training error raises here
         except Exception:
             self.failed = True  # no checkpoint of a state an error may have left half-updated
             raise
         finally:
+            work.cancel()
             if self.feeder is not None:
                 self.feeder.cancel()
 
-    async def _train(self, arrived: asyncio.Event) -> AsyncIterator[Output]:
+    async def _work(
+        self, inputs: AsyncIterator[pa.RecordBatch], published: asyncio.Queue[Any]
+    ) -> None:
+        """Train to the end, handing each publish future to ``run`` in version order."""
+        try:
+            session = self.session
+            if session.step:
+                await published.put(await self._compute(session.publish))
+            arrived = asyncio.Event()
+            self.feeder = asyncio.create_task(self._feed(inputs, arrived), name="trainer-feed")
+            await self._train(arrived, published)
+            if session.dirty:
+                await self._compute(session.checkpoint, session.snapshot())
+        finally:
+            await published.put(None)  # also after an error, so ``run`` stops waiting
+
+    async def _train(self, arrived: asyncio.Event, published: asyncio.Queue[Any]) -> None:
         assert self.ctx is not None and self.feeder is not None
         cfg: TrainerConfig = self.config  # type: ignore[assignment]
         session, metrics = self.session, self.ctx.metrics
@@ -111,12 +136,12 @@ class Trainer(Streaming):
                 batch_metrics["wait_s"] = wait_s
                 self._gauges(batch_metrics)
                 self.steplog.maybe_write_samples(session.step + 1, pa.Table.from_batches(groups))
-            ref, step_metrics = await self._compute(session.train_next)
+            future, step_metrics = await self._compute(session.train_next)
             self._gauges(step_metrics)
             self.steplog.write(session.step, {**batch_metrics, **step_metrics})
             metrics.count("steps")
             metrics.count("trajectories_trained", step_metrics["sequences"])
-            yield ref.batch()
+            await published.put(future)
             if session.step % cfg.checkpoint_every == 0:
                 await self._compute(session.checkpoint, session.snapshot())
 
@@ -161,13 +186,31 @@ class Trainer(Streaming):
         return session.state() if session is not None else None
 
     async def teardown(self) -> None:
-        """Checkpoint on a clean stop (not after an error): waits for a step still running."""
+        """Checkpoint on a clean stop (not after an error): waits for a step still running and
+        for the weights write in flight, then stops the writer."""
         session = getattr(self, "session", None)
         if self.feeder is not None:
             self.feeder.cancel()
-        if session is None or self.failed or not session.dirty:
+        if session is None:
             return
-        await self._compute(session.checkpoint, session.snapshot())
+        try:
+            if not self.failed and session.dirty:
+                await self._compute(session.checkpoint, session.snapshot())
+        finally:
+            await self._compute(session.close)
+
+
+def _weights_dtype(name: str, graph: Graph | None) -> str | None:
+    """'bfloat16' when every generator fed by this trainer's publishers loads the model in
+    bfloat16 (their load would round to it anyway, so publishing bf16 is exact and half the
+    bytes); None (the trainer's own fp32) otherwise."""
+    if graph is None:
+        return None
+    publishers = {e.split("dst")[0] for e in graph.edges if e.split("src")[0] == name}
+    fed = {e.split("dst")[0] for e in graph.edges if e.split("src")[0] in publishers}
+    generators = [n for n in graph.nodes if n.name in fed and isinstance(n, GeneratorSpec)]
+    dtypes = {n.weights_dtype() for n in generators}
+    return "bfloat16" if dtypes == {"bfloat16"} else None
 
 
 def _weights_store(name: str, graph: Graph | None) -> Store:

@@ -1,9 +1,10 @@
 """Weight publisher: delivers each new policy version to every generator replica.
 
-Rules: safetensors only (never pickle); every version carries a checksum; superseded versions
-are deleted once no generator uses them. Stateless: a restarted replica adopts the versions it
-finds beside the next notice, so pruning goes on; the runtime hands restarted generators the
-newest notice itself.
+Rules: safetensors only (never pickle); every version carries a checksum that names its
+algorithm (blake3), verified here once for all generators, which then load without hashing
+again; superseded versions are deleted once no generator uses them. Stateless: a restarted
+replica adopts the versions it finds beside the next notice, so pruning goes on; the runtime
+hands restarted generators the newest notice itself.
 """
 
 from __future__ import annotations

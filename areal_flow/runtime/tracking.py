@@ -11,10 +11,11 @@ Rules:
   is recorded by path (tag ``checkpoint``), not copied.
 - Metrics, per trainer step (MLflow ``step`` = optimizer step): everything in the trainer's
   step log (reward, the reward's named metrics ``reward/<name>``, loss, clip fraction,
-  importance weights, entropy,
-  version lag, training tokens/s, publish time) plus, sampled from heartbeats when that step
-  is seen, generation tokens/s, queue depths per edge, the staleness gate's counters and lag
-  histogram, and publish latency.
+  importance weights, entropy, version lag, training tokens/s, the time publishing blocked the
+  step) plus, sampled from heartbeats when that step is seen, generation tokens/s, queue
+  depths per edge, the staleness gate's counters and lag histogram, and the weight path's
+  latencies (trainer: snapshot → file ready; publisher: file ready → forwarded; generators:
+  file ready → active, the slowest replica).
 - MLflow never slows the driver: calls run in one background thread fed by a queue; a failing
   tracking store is logged once and tracking turns off, the run goes on.
 """
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value
+#: Heartbeat gauges of the weight path, logged per step (seconds).
+LATENCIES = ("publish_ready_s", "publish_to_forward_s", "publish_to_active_s")
 
 
 def tracking_uri(graph: Graph, run_dir: Path) -> str:
@@ -256,9 +259,13 @@ def system_metrics(driver: Driver) -> dict[str, float]:
     out: dict[str, float] = {}
     for replica in driver.replicas.values():
         node = replica.plan.node
-        for key in ("gen_tokens_per_s", "publish_to_forward_s"):
-            if key in replica.metrics:
-                out[f"{node}/{key}"] = out.get(f"{node}/{key}", 0.0) + replica.metrics[key]
+        if "gen_tokens_per_s" in replica.metrics:  # a node's rate: the sum of its replicas'
+            key = f"{node}/gen_tokens_per_s"
+            out[key] = out.get(key, 0.0) + replica.metrics["gen_tokens_per_s"]
+        for name in LATENCIES:  # a node's latency: its slowest replica's
+            if name in replica.metrics:
+                key = f"{node}/{name}"
+                out[key] = max(out.get(key, 0.0), replica.metrics[name])
         for key, value in replica.metrics.items():
             if key.startswith("edge.") and key.endswith(".depth"):
                 out[key] = out.get(key, 0.0) + value

@@ -3,9 +3,12 @@ and checkpoints. The trainer node drives it from its event loop (``nodes/trainer
 
 Rules:
 - Threads: ``add``/``take_groups``/``snapshot`` run on the node's event loop only; the
-  heavy methods (``prepare``, ``train_next``, ``publish``, ``checkpoint``) run in a worker
-  thread and hold ``lock``, so a checkpoint taken at teardown waits for a step still running
-  after its caller was cancelled, and always sees a whole step.
+  heavy methods (``prepare``, ``train_next``, ``publish``, ``checkpoint``, ``close``) run in a
+  worker thread and hold ``lock``, so a checkpoint taken at teardown waits for a step still
+  running after its caller was cancelled, and always sees a whole step. Publishing takes a
+  snapshot under the lock and leaves the write to the ``WeightWriter``'s own thread; the
+  returned future completes when the file is ready. A checkpoint and ``close`` first wait for
+  that write, so neither leaves a version half written, and a failed write raises there too.
 - Data position: every accepted trajectory id is *known*; an id arriving twice (a source that
   replays after a resume) is dropped and counted. Ids become *trained* when the optimizer step
   that used them completes. Checkpoints store trained ids, pending groups and the interrupted
@@ -15,7 +18,8 @@ Rules:
   the step budget ends inside the batch, so every trained batch is trained whole).
 - Truncated responses (``finish_reason == 'length'``) with ``truncated='mask'`` stay in their
   group's baseline but get no loss tokens (``trainable`` False).
-- version = initial version + optimizer steps; after each step the weights are published.
+- version = initial version + optimizer steps; after each step the weights are published
+  (``publish_block_s``: how long that step was blocked by it).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +43,8 @@ from areal_flow.train.batch import (
     to_sequences,
     trajectory_ids,
 )
-from areal_flow.train.weights import Store, WeightsRef, publish_weights, weights_root
+from areal_flow.train.weight_writer import Published, WeightWriter
+from areal_flow.train.weights import Store, weights_root
 
 if TYPE_CHECKING:
     from areal_flow.train.config import TrainingConfig
@@ -56,6 +62,7 @@ class TrainingSession:
         device: str = "cpu",
         seed: int = 0,
         store: Store = "shm",
+        weights_dtype: str | None = None,
         resume_from: Path | None = None,
     ) -> None:
         import torch
@@ -82,7 +89,12 @@ class TrainingSession:
             share_prompts=cfg.share_prompts,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.weights_root = weights_root(store, run_dir)
+        self.writer = WeightWriter(
+            weights_root(store, run_dir),
+            dtype=getattr(torch, weights_dtype) if weights_dtype else None,
+            keep_fp32=tuple(getattr(self.policy.model, "_keep_in_fp32_modules", None) or ()),
+        )
+        self.writer.prepare(self.policy.state_dict())
         self.checkpoint_root = checkpoints_dir(run_dir)
         self.version = 0
         self.step = 0
@@ -94,7 +106,6 @@ class TrainingSession:
         self.duplicates = 0
         self.last_checkpoint: Path | None = None
         self.dirty = False  # state changed since the last checkpoint
-        self.publish_s = 0.0  # trainer state → weights file ready, last publish
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -200,9 +211,9 @@ class TrainingSession:
                 entropy[row] = en
         return prox, entropy
 
-    def train_next(self) -> tuple[WeightsRef, dict[str, float]]:
-        """One optimizer step on the next minibatch; version += 1; publish. Returns the notice
-        and the step's metrics."""
+    def train_next(self) -> tuple[Future[Published], dict[str, float]]:
+        """One optimizer step on the next minibatch; version += 1; publish. Returns the future
+        of the new version's notice (done when its file is ready) and the step's metrics."""
         from areal_flow.rl import version_lag_stats
 
         with self.lock:
@@ -222,30 +233,26 @@ class TrainingSession:
             if self.next_minibatch > max(self.batch.column("minibatch").to_pylist()):
                 self.batch = None
             self.dirty = True
-            ref = self._publish()
-        metrics.update(
-            version=float(self.version),
-            step=float(self.step),
-            publish_s=self.publish_s,
-        )
-        return ref, metrics
+            began = time.perf_counter()
+            published = self._publish()
+            block_s = time.perf_counter() - began
+        metrics.update(version=float(self.version), step=float(self.step), publish_block_s=block_s)
+        return published, metrics
 
-    def publish(self) -> WeightsRef:
+    def publish(self) -> Future[Published]:
         """Publish the current weights (e.g. the resumed version, for the generators)."""
         with self.lock:
             return self._publish()
 
-    def _publish(self) -> WeightsRef:
-        began = time.perf_counter()
-        ref = publish_weights(self.policy.state_dict(), self.weights_root, self.version)
-        self.publish_s = time.perf_counter() - began
-        return ref
+    def _publish(self) -> Future[Published]:
+        return self.writer.publish(self.policy.state_dict(), self.version)
 
     def checkpoint(self, pending: pa.Table) -> Path:
         """Write a checkpoint of the current step; ``pending`` from ``snapshot()``."""
         from areal_flow.train.checkpoint import save_checkpoint
 
         with self.lock:
+            self.writer.wait()
             tables = {"pending": pending}
             if self.batch is not None:
                 tables["batch"] = self.batch
@@ -265,6 +272,11 @@ class TrainingSession:
                 keep=self.cfg.keep_checkpoints,
             )
             return self.last_checkpoint
+
+    def close(self) -> None:
+        """Wait for the weights write in flight and stop the writer's thread."""
+        with self.lock:
+            self.writer.close()
 
     def state(self) -> dict[str, Any]:
         return {

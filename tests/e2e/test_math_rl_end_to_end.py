@@ -76,7 +76,8 @@ def test_metrics_and_artifacts_land_in_mlflow(finished_run: Path) -> None:
     assert run.data.params["nodes.trainer.steps"] == "3"
     graph = json.loads((finished_run / "graph.json").read_text())  # the spec as it ran
     assert run.data.params["staleness.max_lag"] == str(graph["staleness"]["max_lag"])
-    for name in ("reward_mean", "accuracy", "format_rate", "loss", "clip_frac", "iw_mean"):
+    for name in ("reward_mean", "accuracy", "format_rate", "loss", "clip_frac", "iw_mean",
+                 "publish_block_s"):  # fmt: skip
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2, 3], name
     assert "eval/final/pass_1/all" in run.data.metrics
@@ -94,6 +95,8 @@ def test_final_checkpoint_loads_in_plain_transformers(finished_run: Path) -> Non
 
     summary = json.loads((finished_run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["trajectories"] == 3 * 4 * 8
+    blocked = summary["weight_path_s"]
+    assert 0 < blocked["publish_block_s/mean"] <= blocked["publish_block_s/max"]
     checkpoint = Path(summary["checkpoint"])
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,8 +76,11 @@ async def feed(batches: list[pa.RecordBatch]) -> AsyncIterator[pa.RecordBatch]:
         yield batch
 
 
-def drive(node: Trainer, batches: list[pa.RecordBatch], stop_at: int | None = None) -> list[dict]:
-    """Run the node's ``run()`` on ``batches``; stop early (a clean stop) at version ``stop_at``."""
+def drive(
+    node: Trainer, batches: list[pa.RecordBatch], stop_at: int | None = None, held: int = 0
+) -> list[dict]:
+    """Run the node's ``run()`` on ``batches``; stop early (a clean stop) at version ``stop_at``,
+    after holding that notice until the trainer reached step ``held``."""
 
     async def main() -> list[dict]:
         notices: list[dict] = []
@@ -85,6 +89,10 @@ def drive(node: Trainer, batches: list[pa.RecordBatch], stop_at: int | None = No
             assert isinstance(out, pa.RecordBatch) and out.schema.equals(SCHEMAS["weights"])
             notices.extend(out.to_pylist())
             if stop_at is not None and notices[-1]["version"] == stop_at:
+                deadline = time.monotonic() + 60
+                while node.session.step < held:
+                    assert time.monotonic() < deadline, f"step {held} never ran"
+                    await asyncio.sleep(0.005)
                 await agen.aclose()  # type: ignore[attr-defined]
                 break
         await node.teardown()
@@ -142,7 +150,10 @@ def test_resume_trains_every_id_exactly_once_and_matches_an_uninterrupted_run(
     assert [n["version"] for n in drive(reference, scored_groups)] == [1, 2, 3, 4, 5, 6]
 
     first = trainer(tiny_model_dir, tmp_path / "a")
-    drive(first, scored_groups, stop_at=3)  # stops inside a batch: 1 of its 2 minibatches done
+    # The trainer runs ahead of its notices, by at most two steps: while the consumer holds
+    # notice 1, notice 2 waits in the queue and step 3 cannot hand over its own (backpressure).
+    # The clean stop then checkpoints after step 3, inside a batch: 1 of its 2 minibatches done.
+    drive(first, scored_groups, stop_at=1, held=3)
     assert first.session.step == 3 and first.session.has_batch
     assert resolve_checkpoint(tmp_path / "a").name == "step_3"
 

@@ -1,13 +1,13 @@
-"""Published weights: safetensors with sha256, atomic folders, the weight publisher node."""
+"""Published weights: safetensors, named checksums, atomic folders, the weight publisher node."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import torch
+from blake3 import blake3
 
 from areal_flow.node import NodeContext
 from areal_flow.nodes.weight_publisher import WeightPublisher, WeightPublisherConfig
@@ -29,8 +29,8 @@ def test_weights_round_trip_with_checksum(tiny_model_dir: Path, tmp_path: Path) 
     folder = Path(ref.path)
     assert folder == tmp_path / "weights" / "v3"
     file = folder / "model.safetensors"
-    assert ref.checksum == hashlib.sha256(file.read_bytes()).hexdigest()
-    assert (folder / "model.safetensors.sha256").read_text().strip() == ref.checksum
+    assert ref.checksum == "blake3:" + blake3(file.read_bytes()).hexdigest()
+    assert (folder / "model.safetensors.checksum").read_text().strip() == ref.checksum
     assert [p.name for p in (tmp_path / "weights").iterdir()] == ["v3"]  # no temp left
 
     loaded = load_weights(folder, ref.checksum)
