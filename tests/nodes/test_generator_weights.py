@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from areal_flow.node import NodeContext
-from areal_flow.report import weight_path
-from areal_flow.train.weight_writer import WeightWriter
 from areal_flow.nodes.generator import Generator, GeneratorConfig
 from areal_flow.nodes.weight_publisher import WeightPublisher, WeightPublisherConfig
+from areal_flow.report import weight_path
+from areal_flow.train.weight_writer import WeightWriter
 from tests.train.scored import load_model
 
 

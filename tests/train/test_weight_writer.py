@@ -19,16 +19,16 @@ import torch
 from safetensors.torch import load_file
 
 from areal_flow.node import NodeContext
+from areal_flow.nodes.generator import GeneratorConfig
+from areal_flow.nodes.trainer import Trainer, TrainerConfig, _weights_dtype
+from areal_flow.nodes.weight_publisher import WeightPublisherConfig
 from areal_flow.spec import Graph
 from areal_flow.train import weight_writer
+from areal_flow.train.algo import DecoupledPPO, Optimizer
 from areal_flow.train.session import TrainingSession
 from areal_flow.train.steplog import read_steps
 from areal_flow.train.weight_writer import WeightWriter
 from areal_flow.train.weights import ChecksumError, verify_weights
-from areal_flow.nodes.generator import GeneratorConfig
-from areal_flow.nodes.trainer import Trainer, TrainerConfig, _weights_dtype
-from areal_flow.train.algo import DecoupledPPO, Optimizer
-from areal_flow.nodes.weight_publisher import WeightPublisherConfig
 from tests.train.scored import load_model, scored_group
 
 REWARDS = [(1.0, 0.0, 0.5, 0.0), (0.0, 1.0, 1.0, 0.0), (0.2, 0.9, 0.0, 0.4)]
@@ -101,7 +101,9 @@ def test_next_step_runs_while_a_write_is_in_flight_and_leaves_its_snapshot_alone
     tiny_model_dir: Path, tmp_path: Path, groups: list[pa.RecordBatch], gate: Callable[..., Gate]
 ) -> None:
     g = gate(hold={1})
-    session = TrainingSession(config(tiny_model_dir), temperature=1.0, run_dir=tmp_path, store="run_dir")
+    session = TrainingSession(
+        config(tiny_model_dir), temperature=1.0, run_dir=tmp_path, store="run_dir"
+    )
     session.prepare(groups[:1])
     first, metrics = session.train_next()
     after_step_1 = params(session)
@@ -136,7 +138,9 @@ def test_checkpoint_and_close_wait_for_the_write_in_flight(
     tiny_model_dir: Path, tmp_path: Path, groups: list[pa.RecordBatch], gate: Callable[..., Gate]
 ) -> None:
     g = gate(hold={1})
-    session = TrainingSession(config(tiny_model_dir), temperature=1.0, run_dir=tmp_path, store="run_dir")
+    session = TrainingSession(
+        config(tiny_model_dir), temperature=1.0, run_dir=tmp_path, store="run_dir"
+    )
     session.prepare(groups[:1])
     future, _ = session.train_next()
     done = threading.Event()
