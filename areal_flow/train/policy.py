@@ -79,8 +79,8 @@ class Policy:
         share_prompts: bool = True,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
 
+        from areal_flow.models import load_causal_lm
         from areal_flow.train.attention import register
 
         self.device = torch.device(device)
@@ -92,9 +92,7 @@ class Policy:
         self.max_bad_steps = optimizer.max_bad_steps
         self.bad_in_a_row = 0  # consecutive steps skipped for a non-finite gradient
         self.skipped_steps = 0
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, attn_implementation=register()
-        )
+        self.model = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation=register())
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers mistypes .to
         self.model.train()
         self.head = self.model.get_output_embeddings()

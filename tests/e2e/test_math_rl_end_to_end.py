@@ -76,8 +76,8 @@ def test_metrics_and_artifacts_land_in_mlflow(finished_run: Path) -> None:
     assert run.data.params["nodes.trainer.steps"] == "3"
     graph = json.loads((finished_run / "graph.json").read_text())  # the spec as it ran
     assert run.data.params["staleness.max_lag"] == str(graph["staleness"]["max_lag"])
-    for name in ("reward_mean", "accuracy", "format_rate", "loss", "clip_frac", "iw_mean",
-                 "publish_block_s"):  # fmt: skip
+    names = ("reward_mean", "reward/correct", "reward/format_ok", "loss", "clip_frac")
+    for name in (*names, "iw_mean", "publish_block_s"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2, 3], name
     assert "eval/final/pass_1/all" in run.data.metrics
