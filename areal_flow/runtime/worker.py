@@ -46,6 +46,19 @@ from areal_flow.roles import TrainerSpec
 from areal_flow.runtime.control import DRIVER_SILENT_S, HEARTBEAT_S, STOP_GRACE_S, identity
 from areal_flow.runtime.issuer import IDLE_SOURCE_S, Issuer, group_rows
 from areal_flow.runtime.link import ControlLink
+from areal_flow.runtime.messages import (
+    Accepted,
+    ErrorReport,
+    Finished,
+    Heartbeat,
+    Hello,
+    Loaded,
+    Ready,
+    Rejected,
+    Sent,
+    Took,
+    VersionReport,
+)
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 from areal_flow.runtime.ports import Inbox, Outbox, Received
 from areal_flow.spec import Graph
@@ -97,23 +110,19 @@ class Worker:
 
     async def serve(self) -> int:
         self.link.start_reading()
-        await self.link.send({"type": "hello", "pid": os.getpid()})
+        await self.link.send(Hello(pid=os.getpid()))
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         try:
             await _maybe_await_in_thread(self.node.setup, self.ctx)
-            await self.link.send({"type": "ready"})
+            await self.link.send(Ready())
             await _first(self.link.started.wait(), self.link.stopping.wait())
             if not self.link.stopping.is_set():
                 await _first(self._main(), self.link.stopping.wait())
-            await self.link.send({"type": "finished", "metrics": self._metrics()})
+            await self.link.send(Finished(metrics=self._metrics()))
             return 0
         except Exception as err:
             await self.link.send(
-                {
-                    "type": "error",
-                    "error": f"{type(err).__name__}: {err}",
-                    "traceback": traceback.format_exc(),
-                }
+                ErrorReport(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
             )
             raise
         finally:
@@ -127,10 +136,11 @@ class Worker:
         """What a (re)started replica learns at start: ledger on, producers that already
         finished, and the newest weights notice."""
         start = self.link.start
-        self.ledger = bool(start.get("ledger"))
-        for edge, count in start.get("ended", {}).items():
-            self.inbox.assume_ended(int(edge), int(count))
-        notice = start.get("weights")
+        assert start is not None, "a replica runs only once the driver's start message came"
+        self.ledger = start.ledger
+        for edge, count in start.ended.items():
+            self.inbox.assume_ended(edge, count)
+        notice = start.weights
         if notice is not None and self.inbox.weight_wires and self.inbox.data_wires:
             await _maybe_await_in_thread(self.node.on_weights, int(notice["version"]), notice)
 
@@ -212,7 +222,7 @@ class Worker:
             for row in item.batch.to_pylist():
                 await _maybe_await_in_thread(self.node.on_weights, int(row["version"]), row)
                 # The driver's staleness gate admits for versions the generators really serve.
-                await self.link.send({"type": "loaded", "version": int(row["version"])})
+                await self.link.send(Loaded(version=int(row["version"])))
 
     # -- accounting -------------------------------------------------------------------------
 
@@ -223,11 +233,9 @@ class Worker:
         if isinstance(self.spec, TrainerSpec) and item.wire.record in TRAJECTORY_RECORDS:
             versions = _oldest_versions(batch)
             rows = batch.column("group_id").to_pylist()
-            await self.link.send(
-                {"type": "accepted", "n": batch.num_rows, "versions": versions, "rows": rows}
-            )
+            await self.link.send(Accepted(n=batch.num_rows, versions=versions, rows=rows))
         elif self.ledger and item.wire.record in GROUP_RECORDS:
-            await self.link.send({"type": "took", "groups": group_rows(batch)})
+            await self.link.send(Took(groups=group_rows(batch)))
 
     async def _account_drops(self, item: Received, out: Output) -> None:
         if item.wire.record not in TRAJECTORY_RECORDS:
@@ -244,9 +252,7 @@ class Worker:
             for group, rows in _trajectory_groups(out, self.replica.outputs).items():
                 dropped[group] = dropped.get(group, 0) - rows
             groups = {g: n for g, n in dropped.items() if n > 0}
-            await self.link.send(
-                {"type": "rejected", "n": item.batch.num_rows - kept, "groups": groups}
-            )
+            await self.link.send(Rejected(n=item.batch.num_rows - kept, groups=groups))
 
     async def _emit(self, out: Output) -> None:
         # The driver learns a new policy version before any generator can load it, so no
@@ -255,14 +261,14 @@ class Worker:
         if notice is not None:
             version = int(notice["version"])
             self._set_version(version)
-            await self.link.send({"type": "version", "version": version, "notice": notice})
+            await self.link.send(VersionReport(version=version, notice=notice))
         records = {w.port: w.record for w in self.replica.outputs}
         for port, batch in await self.outbox.emit(out, self.ctx.version):
             self.stats["batches_out"] += 1
             self.stats["rows_out"] += batch.num_rows
             relay = not isinstance(self.node, Source)
             if self.ledger and records.get(port) in GROUP_RECORDS and relay:
-                await self.link.send({"type": "sent", "groups": group_rows(batch)})
+                await self.link.send(Sent(groups=group_rows(batch)))
 
     async def _timed(self, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
@@ -283,7 +289,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         while self.link.heard_s < DRIVER_SILENT_S:
-            await self.link.send({"type": "heartbeat", "metrics": self._metrics()})
+            await self.link.send(Heartbeat(metrics=self._metrics()))
             await asyncio.sleep(HEARTBEAT_S)
         self.ctx.log.error(
             "the driver has been silent for %.0f s (it died?): stopping", self.link.heard_s
