@@ -37,7 +37,7 @@ class MathVerifierConfig(RewardSpec):
     )
 
 
-class MathVerifier(Transform):
+class MathVerifier(Transform[MathVerifierConfig]):
     """Appends reward, correct, format_ok and verdict to each rollout batch."""
 
     concurrency = 4  # batches scored at once; the pool's workers do the parallel work
@@ -46,7 +46,7 @@ class MathVerifier(Transform):
         from areal_flow.reward import RewardConfig, VerifierPool
 
         super().setup(ctx)
-        cfg: MathVerifierConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         reward = RewardConfig(
             correct_reward=cfg.reward_correct,
             wrong_reward=cfg.reward_wrong,

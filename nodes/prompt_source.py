@@ -73,7 +73,7 @@ class PromptSourceConfig(SourceSpec):
         return "arithmetic:" + ",".join(self.levels) if self.levels else "arithmetic"
 
 
-class PromptSource(Source):
+class PromptSource(Source[PromptSourceConfig]):
     """One prompt group per batch, in the sampler's resumable order.
 
     Replica r of R takes the items whose position in the walk is r modulo R.
@@ -86,7 +86,7 @@ class PromptSource(Source):
         from areal_flow.models import prepare_model
 
         super().setup(ctx)
-        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         self.dataset = load_dataset(cfg, ctx.seed)
         report = getattr(self.dataset, "report", None)
         if report is not None:
@@ -109,7 +109,7 @@ class PromptSource(Source):
         return bool(self.sampler.exhausted)
 
     def next_batch(self) -> Output:
-        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         assert self.ctx is not None
         while not self.sampler.exhausted:
             draw = next(self.sampler)
@@ -127,7 +127,7 @@ class PromptSource(Source):
     def _row(self, epoch: int, problem: Any) -> dict[str, Any]:
         from areal_flow.data.problem import prompt_text
 
-        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         text = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt_text(problem.question)}],
             tokenize=False,

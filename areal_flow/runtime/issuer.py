@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from areal_flow.node import Output, Source
 from areal_flow.runtime.link import ControlLink
 from areal_flow.runtime.messages import Cancel, Issued
+from areal_flow.spec import NodeSpec
 
 IDLE_SOURCE_S = 0.01  # a source with nothing ready is asked again after this
 LIVENESS_S = 1.0
@@ -38,7 +39,7 @@ class Issuer:
 
     def __init__(
         self,
-        node: Source,
+        node: Source[NodeSpec],
         port: str,
         link: ControlLink,
         emit: Callable[[Output], Awaitable[None]],

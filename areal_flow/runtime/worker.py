@@ -61,7 +61,7 @@ from areal_flow.runtime.messages import (
 )
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 from areal_flow.runtime.ports import Inbox, Outbox, Received
-from areal_flow.spec import Graph
+from areal_flow.spec import Graph, NodeSpec
 from areal_flow.transport.curve import RunKeys, load_run_keys, stop_authenticator
 
 TRAJECTORY_RECORDS = ("rollout", "scored")
@@ -76,7 +76,7 @@ class Worker:
         plan: RunPlan,
         replica: ReplicaPlan,
         zctx: zmq.asyncio.Context,
-        node: Node,
+        node: Node[NodeSpec],
         hard_exit: bool = False,
         keys: RunKeys | None = None,
     ) -> None:
@@ -169,7 +169,7 @@ class Worker:
 
     # -- node kinds -------------------------------------------------------------------------
 
-    async def _source_loop(self, node: Source) -> None:
+    async def _source_loop(self, node: Source[NodeSpec]) -> None:
         gated = [w.port for w in self.replica.outputs if w.record == "prompt"]
         if gated:
             issuer = Issuer(
@@ -190,7 +190,7 @@ class Worker:
                 continue
             await self._emit(out)
 
-    async def _transform_loop(self, node: Transform) -> None:
+    async def _transform_loop(self, node: Transform[NodeSpec]) -> None:
         limit = max(1, type(node).concurrency)
         pending: set[asyncio.Task[None]] = set()
         async for item in self.inbox.stream(self.data_wires):
@@ -203,12 +203,12 @@ class Worker:
         for task in pending:
             await task
 
-    async def _transform_one(self, node: Transform, item: Received) -> None:
+    async def _transform_one(self, node: Transform[NodeSpec], item: Received) -> None:
         out = await self._timed(node.process, item.batch)
         await self._account_drops(item, out)
         await self._emit(out)
 
-    async def _streaming_loop(self, node: Streaming) -> None:
+    async def _streaming_loop(self, node: Streaming[NodeSpec]) -> None:
         async def inputs() -> AsyncIterator[pa.RecordBatch]:
             async for item in self.inbox.stream(self.data_wires):
                 await self._received(item)
@@ -381,7 +381,7 @@ async def _first(*coros: Any) -> None:
         task.result()
 
 
-def build_node(plan: RunPlan, node_name: str) -> Node:
+def build_node(plan: RunPlan, node_name: str) -> Node[NodeSpec]:
     """The node object for ``node_name``, its class found through the registry."""
     graph = Graph.model_validate(plan.graph)
     config = graph.node(node_name)
