@@ -14,6 +14,9 @@ Rules:
 - A node with a ``weights`` input port gets every weight notice through ``on_weights``.
 - Nodes with one output port return/yield batches; several output ports return/yield
   ``{port: batch}``.
+- A node is generic in its config: ``class Trainer(Streaming[TrainerConfig])`` makes
+  ``self.config`` a ``TrainerConfig`` to the type checker, with no cast. The parameter is
+  covariant (a node only reads its config), so every node is a ``Node[NodeSpec]`` to the runtime.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
 
 import pyarrow as pa
 
 from areal_flow.spec import Graph, NodeSpec
 
 Output: TypeAlias = pa.RecordBatch | dict[str, pa.RecordBatch] | None
+ConfigT = TypeVar("ConfigT", bound=NodeSpec, covariant=True)
 
 
 class Metrics:
@@ -74,14 +78,15 @@ class NodeContext:
         return logging.getLogger(f"areal_flow.node.{self.name}.{self.replica}")
 
 
-class Node(ABC):  # noqa: B024 - abstract by intent; the kinds below add the methods
-    """Base of every node. Subclass one of Source, Transform or Streaming."""
+class Node(ABC, Generic[ConfigT]):
+    """Base of every node (abstract: the kinds below add the methods). Subclass one of Source,
+    Transform or Streaming, with the node's config class as the parameter."""
 
     #: Most ``process`` calls in flight at once (async transforms only).
     concurrency: ClassVar[int] = 1
 
-    def __init__(self, config: NodeSpec) -> None:
-        self.config = config
+    def __init__(self, config: ConfigT) -> None:
+        self.config: ConfigT = config
         self.ctx: NodeContext | None = None
 
     def setup(self, ctx: NodeContext) -> Awaitable[None] | None:
@@ -100,7 +105,7 @@ class Node(ABC):  # noqa: B024 - abstract by intent; the kinds below add the met
         return None
 
 
-class Source(Node):
+class Source(Node[ConfigT]):
     """Produces batches when asked; never blocks."""
 
     @abstractmethod
@@ -117,7 +122,7 @@ class Source(Node):
         return 1
 
 
-class Transform(Node):
+class Transform(Node[ConfigT]):
     """One batch in, at most one batch out."""
 
     @abstractmethod
@@ -125,7 +130,7 @@ class Transform(Node):
         """The output for one input batch; None drops it."""
 
 
-class Streaming(Node):
+class Streaming(Node[ConfigT]):
     """Consumes an async stream of input batches, yields outputs whenever ready."""
 
     @abstractmethod

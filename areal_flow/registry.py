@@ -135,7 +135,7 @@ def validate_node(item: dict[str, Any]) -> NodeSpec:
     return cls.model_validate(item)
 
 
-def node_class(config: NodeSpec) -> type[Node]:
+def node_class(config: NodeSpec) -> type[Node[NodeSpec]]:
     """The implementation class that runs ``config`` (imported now, not at validation)."""
     cls_name = type(config).__name__
     if not cls_name.endswith("Config"):

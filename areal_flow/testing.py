@@ -39,12 +39,12 @@ class ListSourceConfig(SourceSpec):
     payload_bytes: int = Field(0, ge=0, description="Size of each numbered row's payload.")
 
 
-class ListSource(Source):
+class ListSource(Source[ListSourceConfig]):
     """Splits its rows into batches; replica r of R takes every R-th batch."""
 
     def setup(self, ctx: Any) -> None:
         super().setup(ctx)
-        cfg: ListSourceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         self._endless = cfg.rows is None and cfg.count is None
         self._next = 0
         if self._endless:
@@ -63,7 +63,7 @@ class ListSource(Source):
     def next_batch(self) -> Output:
         if self._endless:
             assert self.ctx is not None
-            rows = self.config.batch_rows  # type: ignore[attr-defined]
+            rows = self.config.batch_rows
             first = (self._next * self.ctx.replicas + self.ctx.replica) * rows
             self._next += 1
             ids = pa.array(range(first, first + rows), pa.int64())
@@ -107,10 +107,10 @@ def import_function(path: str) -> Callable[..., Any]:
     return fn
 
 
-class Function(Transform):
+class Function(Transform[FunctionConfig]):
     def setup(self, ctx: Any) -> None:
         super().setup(ctx)
-        self.fn = import_function(self.config.fn)  # type: ignore[attr-defined]
+        self.fn = import_function(self.config.fn)
 
     def process(self, batch: pa.RecordBatch) -> Output:
         result: Output = self.fn(batch)
@@ -127,7 +127,7 @@ class CollectSinkConfig(SinkSpec):
     keep: bool = Field(True, description="Write batches to the run folder; false only counts.")
 
 
-class CollectSink(Transform):
+class CollectSink(Transform[CollectSinkConfig]):
     def setup(self, ctx: Any) -> None:
         super().setup(ctx)
         folder = ctx.run_dir / "sinks"
@@ -138,13 +138,13 @@ class CollectSink(Transform):
 
     async def process(self, batch: pa.RecordBatch) -> Output:
         # With keep off the worker's counters (batches_in, rows_in) are the only record.
-        if self.config.keep:  # type: ignore[attr-defined]
+        if self.config.keep:
             if self._writer is None:
                 self._writer = pa.ipc.new_stream(self._file, batch.schema)
             self._writer.write_batch(batch)
             self._file.flush()
-        if self.config.delay_s:  # type: ignore[attr-defined]
-            await asyncio.sleep(self.config.delay_s)  # type: ignore[attr-defined]
+        if self.config.delay_s:
+            await asyncio.sleep(self.config.delay_s)
         return None
 
     def teardown(self) -> None:

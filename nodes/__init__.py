@@ -1,4 +1,5 @@
-"""Built-in nodes, one module each: ``XConfig`` (the spec) beside ``class X(Node)`` (the code).
+"""Built-in nodes, one module each: ``XConfig`` (the spec) beside ``class X(Node[XConfig])`` (the
+code).
 
 ``BUILTIN_NODES`` is the one explicit registry of built-in kinds; third-party kinds use the
 ``areal_flow.nodes`` entry-point group, and node classes defined in a graph file or any module

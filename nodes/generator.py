@@ -64,16 +64,16 @@ class GeneratorConfig(GeneratorSpec):
         return self.dtype
 
 
-class Generator(Streaming):
+class Generator(Streaming[GeneratorConfig]):
     """Keeps up to ``max_running`` sequences decoding; emits each prompt group when all its
     samples have finished. Weight notices interrupt decoding (or, with
     ``staleness.interrupt`` off, wait until nothing is in flight)."""
 
     async def setup(self, ctx: NodeContext) -> None:
         super().setup(ctx)
-        self.engine = await start_engine(self.config, ctx)  # type: ignore[arg-type]
+        self.engine = await start_engine(self.config, ctx)
         self.interrupt = ctx.graph.staleness.interrupt if ctx.graph is not None else True
-        self.slots = asyncio.Semaphore(self.config.max_running)  # type: ignore[attr-defined]
+        self.slots = asyncio.Semaphore(self.config.max_running)
         self.quiet = asyncio.Condition()  # notified whenever a group finishes
         self.submissions = asyncio.Lock()  # held while a non-interrupting update waits
         self.groups: dict[str, _Group] = {}  # by engine request id
@@ -120,7 +120,7 @@ class Generator(Streaming):
     async def _feed(self, inputs: AsyncIterator[pa.RecordBatch], done: asyncio.Queue[Any]) -> None:
         from areal_flow.engine.base import GenerationRequest
 
-        cfg: GeneratorConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         sampling = sampling_config(cfg.sampling)
         async for batch in inputs:
             for index, prompt in enumerate(batch.to_pylist()):
@@ -141,7 +141,7 @@ class Generator(Streaming):
 
     async def _collect(self, done: asyncio.Queue[Any]) -> None:
         assert self.ctx is not None
-        cfg: GeneratorConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         async for sample in self.engine.samples():
             group = self.groups[sample.request_id]
             group.samples.append(sample)

@@ -37,7 +37,7 @@ class GroupFilterConfig(FilterSpec):
     )
 
 
-class GroupFilter(Transform):
+class GroupFilter(Transform[GroupFilterConfig]):
     """Applies, in order: length limit, truncation policy, uniform-reward drop (per group).
 
     Each input batch is one whole prompt group (the generator emits groups whole), so the
@@ -46,7 +46,7 @@ class GroupFilter(Transform):
 
     def process(self, batch: pa.RecordBatch) -> Output:
         assert self.ctx is not None
-        cfg: GroupFilterConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         metrics = self.ctx.metrics
         keep = pa.array([True] * batch.num_rows)
         if cfg.max_response_tokens is not None:

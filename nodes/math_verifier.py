@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from areal_flow.nodes.reward_fn import RewardCall, RewardFn
+from areal_flow.nodes.reward_fn import RewardCall, RewardNode
 from areal_flow.roles import RewardSpec
 
 
@@ -38,14 +38,14 @@ class MathVerifierConfig(RewardSpec):
     )
 
 
-class MathVerifier(RewardFn):
+class MathVerifier(RewardNode[MathVerifierConfig]):
     """Appends reward, verdict and the ``correct``/``format_ok`` metrics to each rollout."""
 
     def reward_call(self) -> RewardCall:
         from areal_flow.reward.math_reward import SCORE, WARM_UP
         from areal_flow.reward.scoring import RewardConfig
 
-        cfg: MathVerifierConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         reward = RewardConfig(
             correct_reward=cfg.reward_correct,
             wrong_reward=cfg.reward_wrong,

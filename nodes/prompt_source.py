@@ -100,7 +100,7 @@ class PromptSourceConfig(SourceSpec):
         return "arithmetic:" + ",".join(self.levels) if self.levels else "arithmetic"
 
 
-class PromptSource(Source):
+class PromptSource(Source[PromptSourceConfig]):
     """One prompt group per batch, in the sampler's resumable order.
 
     Replica r of R takes the items whose position in the walk is r modulo R.
@@ -113,7 +113,7 @@ class PromptSource(Source):
         from areal_flow.models import prepare_model
 
         super().setup(ctx)
-        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         self.dataset = load_dataset(cfg, ctx.seed)
         report = getattr(self.dataset, "report", None)
         if report is not None:
@@ -137,7 +137,7 @@ class PromptSource(Source):
         return bool(self.sampler.exhausted)
 
     def next_batch(self) -> Output:
-        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         assert self.ctx is not None
         while not self.sampler.exhausted:
             draw = next(self.sampler)
@@ -153,7 +153,7 @@ class PromptSource(Source):
         return None
 
     def _row(self, epoch: int, problem: Any) -> dict[str, Any]:
-        cfg: PromptSourceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         text, ids = render_prompt(self.tokenizer, problem.question, cfg.format)
         return {
             **problem.extra,

@@ -9,8 +9,9 @@ Stateless: a restarted replica starts a fresh pool.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 from pydantic import Field, JsonValue
@@ -60,22 +61,18 @@ class RewardCall:
     warmup: str | None = None
 
 
-class RewardFn(Transform):
-    """Scores every row of each rollout batch through a ``RewardPool``."""
+RewardConfigT = TypeVar("RewardConfigT", bound=RewardSpec, covariant=True)
+
+
+class RewardNode(Transform[RewardConfigT]):
+    """Scores every row of each rollout batch through a ``RewardPool``; a subclass says which
+    function with which settings (``reward_call``)."""
 
     concurrency = 4  # batches scored at once; the pool's workers do the parallel work
 
+    @abstractmethod
     def reward_call(self) -> RewardCall:
-        """The function and its settings; reward nodes with typed settings override this."""
-        cfg: RewardFnConfig = self.config  # type: ignore[assignment]
-        return RewardCall(
-            cfg.fn,
-            dict(cfg.params),
-            cfg.workers,
-            cfg.timeout_s,
-            cfg.failure_reward,
-            cfg.max_response_chars,
-        )
+        """The function and its settings, from this node's config."""
 
     def setup(self, ctx: NodeContext) -> None:
         from areal_flow.reward.pool import RewardPool
@@ -116,3 +113,18 @@ class RewardFn(Transform):
     def teardown(self) -> None:
         if hasattr(self, "pool"):
             self.pool.close()
+
+
+class RewardFn(RewardNode[RewardFnConfig]):
+    """The ``reward`` kind: the function and settings its config names."""
+
+    def reward_call(self) -> RewardCall:
+        cfg = self.config
+        return RewardCall(
+            cfg.fn,
+            dict(cfg.params),
+            cfg.workers,
+            cfg.timeout_s,
+            cfg.failure_reward,
+            cfg.max_response_chars,
+        )

@@ -41,7 +41,7 @@ class TrainerConfig(TrainingConfig):
     kind: Literal["trainer"] = "trainer"
 
 
-class Trainer(Streaming):
+class Trainer(Streaming[TrainerConfig]):
     """Collects ``batch_groups`` whole groups, prepares the batch (advantages, π_prox), runs its
     minibatch updates and yields one ``weights`` notice per optimizer step.
 
@@ -63,7 +63,7 @@ class Trainer(Streaming):
         from areal_flow.train.session import TrainingSession
 
         super().setup(ctx)
-        cfg: TrainerConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         # Pinned cores, else the launcher's thread budget (Ray does not pin), else all cores.
         budget = len(ctx.cpus) or int(os.environ.get("OMP_NUM_THREADS", "0"))
         torch.set_num_threads(max(1, budget or len(os.sched_getaffinity(0))))
@@ -119,7 +119,7 @@ class Trainer(Streaming):
 
     async def _train(self, arrived: asyncio.Event, published: asyncio.Queue[Any]) -> None:
         assert self.ctx is not None and self.feeder is not None
-        cfg: TrainerConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         session, metrics = self.session, self.ctx.metrics
         batch_metrics: dict[str, float] = {}
         while not session.done:
@@ -148,7 +148,7 @@ class Trainer(Streaming):
     async def _next_groups(self, arrived: asyncio.Event) -> list[pa.RecordBatch]:
         """``batch_groups`` groups, waiting for them; fewer (maybe none) once input ended."""
         assert self.feeder is not None
-        need = self.config.batch_groups  # type: ignore[attr-defined]
+        need = self.config.batch_groups
         while self.session.groups_ready < need and not self.feeder.done():
             await arrived.wait()
             arrived.clear()

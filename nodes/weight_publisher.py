@@ -31,7 +31,7 @@ class WeightPublisherConfig(PublisherSpec):
     keep_versions: int = Field(2, ge=1, le=100, description="Versions kept before deletion.")
 
 
-class WeightPublisher(Transform):
+class WeightPublisher(Transform[WeightPublisherConfig]):
     """Verifies each weight notice's checksum, forwards it (the runtime delivers it to every
     generator replica) and deletes version folders older than the newest ``keep_versions``.
 
@@ -72,7 +72,7 @@ class WeightPublisher(Transform):
         from areal_flow.train.weights import remove_version
 
         assert self.ctx is not None
-        keep: int = self.config.keep_versions  # type: ignore[attr-defined]
+        keep = self.config.keep_versions
         newest = sorted(self.kept)
         for version in newest[: max(0, len(newest) - keep)]:
             remove_version(self.kept.pop(version))
@@ -83,6 +83,6 @@ class WeightPublisher(Transform):
         (a resumed trainer re-publishes its version). ``run_dir`` versions are kept."""
         from areal_flow.train.weights import remove_version
 
-        if self.config.store == "shm":  # type: ignore[attr-defined]
+        if self.config.store == "shm":
             for path in getattr(self, "kept", {}).values():
                 remove_version(path)

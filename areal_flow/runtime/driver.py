@@ -11,8 +11,9 @@ Rules:
   log lines. A replica silent for ``stuck_after_s`` is reported stuck and counts as failed.
   Replica processes die with the driver (``reaper.py``); the driver also pings every replica,
   so none outlives a driver that is alive but silent (hung, or on another host).
-  Frames on the control socket that are not a control message are counted (``ignored``) and
-  dropped; messages from identities that are not the run's replicas are dropped.
+  Frames on the control socket that are not a replica's message (``messages.py``: not JSON,
+  an unknown type, missing or ill-typed fields) are counted (``ignored``) and dropped;
+  messages from identities that are not the run's replicas are dropped.
 - With a staleness gate it also keeps the group ledger (``ledger.py``): the prompt groups that
   die with a restarted replica give their capacity back and are issued again by their source.
   A restarted replica starts with the newest weights notice and the producers already ended.
@@ -50,11 +51,38 @@ from areal_flow.runtime.control import (
     START_TIMEOUT_S,
     STOP_GRACE_S,
     STUCK_AFTER_S,
-    decode,
-    encode,
 )
 from areal_flow.runtime.launcher import Handle, Launcher, last_lines, log_path
-from areal_flow.runtime.ledger import LEDGER_FILE, MESSAGES, Ledger
+from areal_flow.runtime.ledger import LEDGER_FILE, Ledger
+from areal_flow.runtime.messages import (
+    Accepted,
+    Admit,
+    AdmitReply,
+    Cancel,
+    Capacity,
+    Drain,
+    DriverMessage,
+    ErrorReport,
+    Finished,
+    Heartbeat,
+    Hello,
+    Issued,
+    Loaded,
+    NewVersion,
+    Ping,
+    Ready,
+    Reissue,
+    Rejected,
+    Sent,
+    Settled,
+    Start,
+    Stop,
+    Took,
+    VersionReport,
+    WorkerMessage,
+    encode,
+    from_worker,
+)
 from areal_flow.runtime.plan import ReplicaPlan, free_tcp_address, make_plan
 from areal_flow.runtime.resume import ResumePoint, resumed_gate, resumed_plan
 from areal_flow.runtime.staleness import StalenessController
@@ -134,13 +162,13 @@ class RunResult:
         return self.status == "completed"
 
 
-def _control_message(frames: list[bytes]) -> dict[str, Any] | None:
+def _control_message(frames: list[bytes]) -> WorkerMessage | None:
     """The message of a ROUTER receipt [identity, JSON], or None for anything else."""
     if len(frames) != 2:
         return None
     try:
-        return decode(frames[1])
-    except ValueError:  # not JSON, or not an object with a type
+        return from_worker(frames[1])
+    except ValueError:  # not JSON, or not a replica's message (unknown type, bad fields)
         return None
 
 
@@ -295,45 +323,44 @@ class Driver:
             return True
         return bool(self._drain_deadline is not None and time.monotonic() > self._drain_deadline)
 
-    async def _on_message(self, ident: bytes, message: dict[str, Any]) -> None:
+    async def _on_message(self, ident: bytes, message: WorkerMessage) -> None:
         replica = self.replicas.get(ident)
         if replica is None:
             return  # not one of ours (a stale restart or a stranger): ignore
         replica.last_seen = time.monotonic()
-        kind = message["type"]
-        if kind == "hello":
-            replica.status = "starting"
-            replica.pid = message.get("pid")
-        elif kind == "ready":
-            replica.status = "ready"
-        elif kind == "heartbeat":
-            replica.metrics = message["metrics"]
-        elif kind == "admit":
-            granted = self._admit(replica, int(message["groups"]))
-            await self._send(
-                ident, {"type": "admit_reply", "id": message["id"], "granted": granted}
-            )
-        elif kind in MESSAGES and self.ledger is not None:
-            settled = self.ledger.handle(replica.key, replica.plan.node, message)
-            for source, groups in settled.items():
-                await self._send(source.encode(), {"type": "settled", "groups": groups})
-            if kind in ("rejected", "cancel"):
-                await self._broadcast_capacity()
-        elif kind == "loaded":
-            replica.loaded = int(message["version"])
-            await self._update_serving()
-        elif kind == "version":
-            if message.get("notice") is not None:
-                self.weights_notice = message["notice"]
-            await self._set_version(int(message["version"]))
-        elif kind == "finished":
-            replica.status = "finished"
-            replica.metrics = message.get("metrics", replica.metrics)
-            if replica.spec.ends_run:
-                self.completed = True
-        elif kind == "error":
-            replica.error = f"raised {message['error']}"
-            replica.trace = str(message.get("traceback", ""))
+        match message:
+            case Hello():
+                replica.status = "starting"
+                replica.pid = message.pid
+            case Ready():
+                replica.status = "ready"
+            case Heartbeat():
+                replica.metrics = message.metrics
+            case Admit():
+                granted = self._admit(replica, message.groups)
+                await self._send(ident, AdmitReply(id=message.id, granted=granted))
+            case Issued() | Took() | Sent() | Cancel() | Accepted() | Rejected():
+                if self.ledger is not None:
+                    settled = self.ledger.handle(replica.key, replica.plan.node, message)
+                    for source, groups in settled.items():
+                        await self._send(source.encode(), Settled(groups=groups))
+                    if isinstance(message, Rejected | Cancel):
+                        await self._broadcast_capacity()
+            case Loaded():
+                replica.loaded = message.version
+                await self._update_serving()
+            case VersionReport():
+                if message.notice is not None:
+                    self.weights_notice = message.notice
+                await self._set_version(message.version)
+            case Finished():
+                replica.status = "finished"
+                replica.metrics = message.metrics
+                if replica.spec.ends_run:
+                    self.completed = True
+            case ErrorReport():
+                replica.error = f"raised {message.error}"
+                replica.trace = message.traceback
 
     def _admit(self, replica: Replica, n: int) -> bool:
         if self.gate is None:
@@ -355,7 +382,7 @@ class Driver:
             self.gate.set_version(version)
         for ident, replica in self.replicas.items():
             if replica.status in ("ready", "running"):
-                await self._send(ident, {"type": "version", "version": version})
+                await self._send(ident, NewVersion(version=version))
 
     async def _update_serving(self) -> None:
         """The gate admits for the version every running generator has loaded."""
@@ -373,7 +400,7 @@ class Driver:
     async def _broadcast_capacity(self) -> None:
         for ident, replica in self.replicas.items():
             if isinstance(replica.spec, SourceSpec) and replica.status == "running":
-                await self._send(ident, {"type": "capacity"})
+                await self._send(ident, Capacity())
 
     async def _maybe_start(self) -> None:
         """Start everyone once all are set up; later, start restarted replicas at once."""
@@ -391,18 +418,17 @@ class Driver:
                 replica.loaded = 0 if fresh and replica.serves_weights else None
                 await self._send(ident, self._start_message(replica))
 
-    def _start_message(self, replica: Replica) -> dict[str, Any]:
+    def _start_message(self, replica: Replica) -> Start:
         """Start, with what a (re)started replica must catch up on."""
         done = [r.plan.node for r in self.replicas.values() if r.status == "finished"]
         sources = {e.index: e.src for e in resolved_edges(self.g)}
         ended = {w.edge: done.count(sources[w.edge]) for w in replica.plan.inputs}
-        return {
-            "type": "start",
-            "version": self.version,
-            "ledger": self.ledger is not None,
-            "ended": ended,
-            "weights": self.weights_notice,
-        }
+        return Start(
+            version=self.version,
+            ledger=self.ledger is not None,
+            ended=ended,
+            weights=self.weights_notice,
+        )
 
     async def _ping(self) -> None:
         """Tell every replica the driver is alive (they stop when it falls silent)."""
@@ -411,14 +437,14 @@ class Driver:
         self._pinged = time.monotonic()
         for ident, replica in self.replicas.items():
             if replica.status in ("starting", "ready", "running"):
-                await self._send(ident, {"type": "ping"})
+                await self._send(ident, Ping())
 
     async def _maybe_drain(self) -> None:
         if self._interrupted and self._drain_deadline is None:
             self._drain_deadline = time.monotonic() + DRAIN_S
             for ident, replica in self.replicas.items():
                 if isinstance(replica.spec, SourceSpec) or not replica.plan.inputs:
-                    await self._send(ident, {"type": "drain"})
+                    await self._send(ident, Drain())
 
     # -- health -------------------------------------------------------------------------------
 
@@ -453,7 +479,7 @@ class Driver:
             if self.ledger is not None:
                 lost = self.ledger.lose(replica.key, replica.plan.node, reason)
                 for source, groups in lost.items():
-                    await self._send(source.encode(), {"type": "reissue", "groups": groups})
+                    await self._send(source.encode(), Reissue(groups=groups))
             replica.handle = self.launcher.start(self.plan, self.plan_path, replica.plan)
             replica.status = "starting"
             replica.error = None
@@ -475,7 +501,7 @@ class Driver:
         self.stopping = True
         for ident, replica in self.replicas.items():
             if replica.handle.poll() is None:
-                await self._send(ident, {"type": "stop"})
+                await self._send(ident, Stop())
         deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline:
             if all(r.handle.poll() is not None for r in self.replicas.values()):
@@ -487,7 +513,7 @@ class Driver:
             if replica.status not in ("finished", "failed"):
                 replica.status = "stopped"
 
-    async def _send(self, ident: bytes, message: dict[str, Any]) -> None:
+    async def _send(self, ident: bytes, message: DriverMessage) -> None:
         await self.router.send_multipart([ident, encode(message)])
 
     def _result(self) -> RunResult:

@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 
 from areal_flow.node import Output, Source
 from areal_flow.runtime.link import ControlLink
+from areal_flow.runtime.messages import Cancel, Issued
+from areal_flow.spec import NodeSpec
 
 IDLE_SOURCE_S = 0.01  # a source with nothing ready is asked again after this
 LIVENESS_S = 1.0
@@ -37,7 +39,7 @@ class Issuer:
 
     def __init__(
         self,
-        node: Source,
+        node: Source[NodeSpec],
         port: str,
         link: ControlLink,
         emit: Callable[[Output], Awaitable[None]],
@@ -88,7 +90,7 @@ class Issuer:
         out = await self.call(self.node.next_batch)
         batch = out if isinstance(out, pa.RecordBatch) or out is None else out.get(self.port)
         if batch is None:
-            await self.link.send({"type": "cancel", "groups": cost})
+            await self.link.send(Cancel(groups=cost))
             await asyncio.sleep(IDLE_SOURCE_S)
             return True
         if len(group_sizes(batch)) != cost:
@@ -98,7 +100,7 @@ class Issuer:
             )
         wanted = self._unskipped(batch)
         if wanted.num_rows < batch.num_rows:
-            await self.link.send({"type": "cancel", "groups": cost - len(group_sizes(wanted))})
+            await self.link.send(Cancel(groups=cost - len(group_sizes(wanted))))
             if not wanted.num_rows:
                 return True
             out = wanted if isinstance(out, pa.RecordBatch) else {**out, self.port: wanted}
@@ -112,13 +114,15 @@ class Issuer:
         return batch.filter(pc.invert(pc.is_in(batch.column("group_id"), value_set=skip)))
 
     async def _issue(
-        self, batch: pa.RecordBatch, out: Output, before: Any = None, after: Any = None
+        self,
+        batch: pa.RecordBatch,
+        out: Output,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
     ) -> None:
         if self.ledger:
             groups = group_sizes(batch)
-            await self.link.send(
-                {"type": "issued", "groups": groups, "before": before, "after": after}
-            )
+            await self.link.send(Issued(groups=groups, before=before, after=after))
             for group in groups:
                 self.kept[group] = batch.filter(pc.equal(batch.column("group_id"), group))
         await self.emit(out)

@@ -37,10 +37,10 @@ from typing import IO, Any
 import networkx as nx
 
 from areal_flow.graph import resolved_edges
+from areal_flow.runtime.messages import Accepted, Cancel, Issued, LedgerReport, Rejected, Sent, Took
 from areal_flow.runtime.staleness import StalenessController
 
 LEDGER_FILE = "ledger.jsonl"
-MESSAGES = ("issued", "took", "sent", "cancel", "accepted", "rejected")
 
 
 @dataclass
@@ -91,23 +91,23 @@ class Ledger:
 
     # -- events from replicas ------------------------------------------------------------
 
-    def handle(self, replica: str, node: str, message: Mapping[str, Any]) -> dict[str, list[str]]:
-        """Apply one report of ``replica`` (a control message of a ``MESSAGES`` type).
-        Returns the groups it settled, per source replica (they are told)."""
-        kind = message["type"]
+    def handle(self, replica: str, node: str, message: LedgerReport) -> dict[str, list[str]]:
+        """Apply one report of ``replica``. Returns the groups it settled, per source replica
+        (they are told)."""
         settled: list[GroupRecord] = []
-        if kind == "issued":
-            self.issued(replica, node, message["groups"], message["before"], message["after"])
-        elif kind == "took":
-            self.took(replica, node, message["groups"])
-        elif kind == "sent":
-            self.sent(replica, node, message["groups"])
-        elif kind == "cancel":
-            self.gate.cancel(int(message["groups"]))
-        elif kind == "accepted":
-            settled = self.accepted(message["rows"], message.get("versions"))
-        elif kind == "rejected":
-            settled = self.rejected(message["groups"])
+        match message:
+            case Issued():
+                self.issued(replica, node, message.groups, message.before, message.after)
+            case Took():
+                self.took(replica, node, message.groups)
+            case Sent():
+                self.sent(replica, node, message.groups)
+            case Cancel():
+                self.gate.cancel(message.groups)
+            case Accepted():
+                settled = self.accepted(message.rows, message.versions)
+            case Rejected():
+                settled = self.rejected(message.groups)
         out: dict[str, list[str]] = {}
         for record in settled:
             out.setdefault(record.source, []).append(record.group)

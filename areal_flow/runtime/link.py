@@ -22,12 +22,26 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from areal_flow.runtime.control import decode, encode
+from areal_flow.runtime.messages import (
+    Admit,
+    AdmitReply,
+    Cancel,
+    Capacity,
+    Drain,
+    NewVersion,
+    Ping,
+    Reissue,
+    Settled,
+    Start,
+    Stop,
+    WorkerMessage,
+    encode,
+    from_driver,
+)
 from areal_flow.transport.curve import RunKeys, apply_client, check_address
 
 RETRY_ADMIT_S = 0.5
@@ -57,7 +71,7 @@ class ControlLink:
         self.draining = asyncio.Event()
         self.capacity_changed = asyncio.Event()
         self.ledger_changed = asyncio.Event()  # a reissue or settled message came
-        self.start: dict[str, Any] = {}  # the driver's start message
+        self.start: Start | None = None  # the driver's start message, once it came
         self.reissue: deque[str] = deque()
         self.settled: set[str] = set()
         self.heard = time.monotonic()
@@ -70,43 +84,47 @@ class ControlLink:
     def start_reading(self) -> None:
         self._reader = asyncio.create_task(self._read(), name="control-reader")
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: WorkerMessage) -> None:
         await self.socket.send(encode(message))
 
     async def _read(self) -> None:
         while True:
-            message = decode(await self.socket.recv())
+            message = from_driver(await self.socket.recv())
             self.heard = time.monotonic()
-            kind = message["type"]
-            if kind == "start":
-                self.start = message
-                self._on_version(int(message.get("version", 0)))
-                self.started.set()
-            elif kind == "stop":
-                self.stopping.set()
-                self.draining.set()
-            elif kind == "drain":
-                self.draining.set()
-            elif kind == "version":
-                self._on_version(int(message["version"]))
-                self.capacity_changed.set()
-            elif kind == "capacity":
-                self.capacity_changed.set()
-            elif kind == "reissue":
-                self.reissue.extend(message["groups"])
-                self.ledger_changed.set()
-            elif kind == "settled":
-                self.settled.update(message["groups"])
-                self.ledger_changed.set()
-            elif kind == "admit_reply":
-                request, granted = int(message["id"]), bool(message["granted"])
-                future = self._replies.pop(request, None)
-                if future is not None and not future.done():
-                    future.set_result(granted)
-                elif request in self._abandoned:
-                    n = self._abandoned.pop(request)
-                    if granted:
-                        await self.send({"type": "cancel", "groups": n})
+            match message:
+                case Start():
+                    self.start = message
+                    self._on_version(message.version)
+                    self.started.set()
+                case Stop():
+                    self.stopping.set()
+                    self.draining.set()
+                case Drain():
+                    self.draining.set()
+                case NewVersion():
+                    self._on_version(message.version)
+                    self.capacity_changed.set()
+                case Capacity():
+                    self.capacity_changed.set()
+                case Reissue():
+                    self.reissue.extend(message.groups)
+                    self.ledger_changed.set()
+                case Settled():
+                    self.settled.update(message.groups)
+                    self.ledger_changed.set()
+                case AdmitReply():
+                    await self._answered(message)
+                case Ping():
+                    pass  # only ``heard``
+
+    async def _answered(self, reply: AdmitReply) -> None:
+        future = self._replies.pop(reply.id, None)
+        if future is not None and not future.done():
+            future.set_result(reply.granted)
+        elif reply.id in self._abandoned:
+            n = self._abandoned.pop(reply.id)
+            if reply.granted:
+                await self.send(Cancel(groups=n))
 
     async def admit(self, n: int) -> bool:
         """Wait until the gate admits ``n`` prompt groups (True) or the run drains (False)."""
@@ -115,7 +133,7 @@ class ControlLink:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._replies[request] = future
             self.capacity_changed.clear()
-            await self.send({"type": "admit", "id": request, "groups": n})
+            await self.send(Admit(id=request, groups=n))
             try:
                 if await asyncio.wait_for(future, ADMIT_REPLY_S):
                     return True

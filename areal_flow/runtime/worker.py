@@ -48,9 +48,22 @@ from areal_flow.roles import TrainerSpec
 from areal_flow.runtime.control import DRIVER_SILENT_S, HEARTBEAT_S, STOP_GRACE_S, identity
 from areal_flow.runtime.issuer import IDLE_SOURCE_S, Issuer, group_rows
 from areal_flow.runtime.link import ControlLink
+from areal_flow.runtime.messages import (
+    Accepted,
+    ErrorReport,
+    Finished,
+    Heartbeat,
+    Hello,
+    Loaded,
+    Ready,
+    Rejected,
+    Sent,
+    Took,
+    VersionReport,
+)
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 from areal_flow.runtime.ports import Inbox, Outbox, Received
-from areal_flow.spec import Graph
+from areal_flow.spec import Graph, NodeSpec
 from areal_flow.transport.curve import RunKeys, load_run_keys, stop_authenticator
 
 TRAJECTORY_RECORDS = ("rollout", "scored")
@@ -65,7 +78,7 @@ class Worker:
         plan: RunPlan,
         replica: ReplicaPlan,
         zctx: zmq.asyncio.Context,
-        node: Node,
+        node: Node[NodeSpec],
         hard_exit: bool = False,
         keys: RunKeys | None = None,
     ) -> None:
@@ -99,23 +112,19 @@ class Worker:
 
     async def serve(self) -> int:
         self.link.start_reading()
-        await self.link.send({"type": "hello", "pid": os.getpid()})
+        await self.link.send(Hello(pid=os.getpid()))
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         try:
             await _maybe_await_in_thread(self.node.setup, self.ctx)
-            await self.link.send({"type": "ready"})
+            await self.link.send(Ready())
             await _first(self.link.started.wait(), self.link.stopping.wait())
             if not self.link.stopping.is_set():
                 await _first(self._main(), self.link.stopping.wait())
-            await self.link.send({"type": "finished", "metrics": self._metrics()})
+            await self.link.send(Finished(metrics=self._metrics()))
             return 0
         except Exception as err:
             await self.link.send(
-                {
-                    "type": "error",
-                    "error": f"{type(err).__name__}: {err}",
-                    "traceback": traceback.format_exc(),
-                }
+                ErrorReport(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
             )
             raise
         finally:
@@ -129,10 +138,11 @@ class Worker:
         """What a (re)started replica learns at start: ledger on, producers that already
         finished, and the newest weights notice."""
         start = self.link.start
-        self.ledger = bool(start.get("ledger"))
-        for edge, count in start.get("ended", {}).items():
-            self.inbox.assume_ended(int(edge), int(count))
-        notice = start.get("weights")
+        assert start is not None, "a replica runs only once the driver's start message came"
+        self.ledger = start.ledger
+        for edge, count in start.ended.items():
+            self.inbox.assume_ended(edge, count)
+        notice = start.weights
         if notice is not None and self.inbox.weight_wires and self.inbox.data_wires:
             await _maybe_await_in_thread(self.node.on_weights, int(notice["version"]), notice)
 
@@ -161,7 +171,7 @@ class Worker:
 
     # -- node kinds -------------------------------------------------------------------------
 
-    async def _source_loop(self, node: Source) -> None:
+    async def _source_loop(self, node: Source[NodeSpec]) -> None:
         gated = [w.port for w in self.replica.outputs if w.record == "prompt"]
         if gated:
             issuer = Issuer(
@@ -182,7 +192,7 @@ class Worker:
                 continue
             await self._emit(out)
 
-    async def _transform_loop(self, node: Transform) -> None:
+    async def _transform_loop(self, node: Transform[NodeSpec]) -> None:
         limit = max(1, type(node).concurrency)
         pending: set[asyncio.Task[None]] = set()
         async for item in self.inbox.stream(self.data_wires):
@@ -195,12 +205,12 @@ class Worker:
         for task in pending:
             await task
 
-    async def _transform_one(self, node: Transform, item: Received) -> None:
+    async def _transform_one(self, node: Transform[NodeSpec], item: Received) -> None:
         out = await self._timed(node.process, item.batch)
         await self._account_drops(item, out)
         await self._emit(out)
 
-    async def _streaming_loop(self, node: Streaming) -> None:
+    async def _streaming_loop(self, node: Streaming[NodeSpec]) -> None:
         async def inputs() -> AsyncIterator[pa.RecordBatch]:
             async for item in self.inbox.stream(self.data_wires):
                 await self._received(item)
@@ -214,7 +224,7 @@ class Worker:
             for row in item.batch.to_pylist():
                 await _maybe_await_in_thread(self.node.on_weights, int(row["version"]), row)
                 # The driver's staleness gate admits for versions the generators really serve.
-                await self.link.send({"type": "loaded", "version": int(row["version"])})
+                await self.link.send(Loaded(version=int(row["version"])))
 
     # -- accounting -------------------------------------------------------------------------
 
@@ -225,11 +235,9 @@ class Worker:
         if isinstance(self.spec, TrainerSpec) and item.wire.record in TRAJECTORY_RECORDS:
             versions = _oldest_versions(batch)
             rows = batch.column("group_id").to_pylist()
-            await self.link.send(
-                {"type": "accepted", "n": batch.num_rows, "versions": versions, "rows": rows}
-            )
+            await self.link.send(Accepted(n=batch.num_rows, versions=versions, rows=rows))
         elif self.ledger and item.wire.record in GROUP_RECORDS:
-            await self.link.send({"type": "took", "groups": group_rows(batch)})
+            await self.link.send(Took(groups=group_rows(batch)))
 
     async def _account_drops(self, item: Received, out: Output) -> None:
         if item.wire.record not in TRAJECTORY_RECORDS:
@@ -246,9 +254,7 @@ class Worker:
             for group, rows in _trajectory_groups(out, self.replica.outputs).items():
                 dropped[group] = dropped.get(group, 0) - rows
             groups = {g: n for g, n in dropped.items() if n > 0}
-            await self.link.send(
-                {"type": "rejected", "n": item.batch.num_rows - kept, "groups": groups}
-            )
+            await self.link.send(Rejected(n=item.batch.num_rows - kept, groups=groups))
 
     async def _emit(self, out: Output) -> None:
         # The driver learns a new policy version before any generator can load it, so no
@@ -257,14 +263,14 @@ class Worker:
         if notice is not None:
             version = int(notice["version"])
             self._set_version(version)
-            await self.link.send({"type": "version", "version": version, "notice": notice})
+            await self.link.send(VersionReport(version=version, notice=notice))
         records = {w.port: w.record for w in self.replica.outputs}
         for port, batch in await self.outbox.emit(out, self.ctx.version):
             self.stats["batches_out"] += 1
             self.stats["rows_out"] += batch.num_rows
             relay = not isinstance(self.node, Source)
             if self.ledger and records.get(port) in GROUP_RECORDS and relay:
-                await self.link.send({"type": "sent", "groups": group_rows(batch)})
+                await self.link.send(Sent(groups=group_rows(batch)))
 
     async def _timed(self, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
@@ -285,7 +291,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         while self.link.heard_s < DRIVER_SILENT_S:
-            await self.link.send({"type": "heartbeat", "metrics": self._metrics()})
+            await self.link.send(Heartbeat(metrics=self._metrics()))
             await asyncio.sleep(HEARTBEAT_S)
         self.ctx.log.error(
             "the driver has been silent for %.0f s (it died?): stopping", self.link.heard_s
@@ -377,7 +383,7 @@ async def _first(*coros: Any) -> None:
         task.result()
 
 
-def build_node(plan: RunPlan, node_name: str) -> Node:
+def build_node(plan: RunPlan, node_name: str) -> Node[NodeSpec]:
     """The node object for ``node_name``, its class found through the registry."""
     graph = Graph.model_validate(plan.graph)
     config = graph.node(node_name)

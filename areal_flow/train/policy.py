@@ -93,7 +93,7 @@ class Policy:
         self.bad_in_a_row = 0  # consecutive steps skipped for a non-finite gradient
         self.skipped_steps = 0
         self.model = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation=register())
-        self.model.to(self.device)  # type: ignore[arg-type]  # transformers mistypes .to
+        self.model.to(self.device)
         self.model.train()
         self.head = self.model.get_output_embeddings()
         if self.head is None:

@@ -28,7 +28,7 @@ class ShoutConfig(NodeSpec):
     column: str = Field("text", description="Column to upper-case.")
 
 
-class Shout(Transform):
+class Shout(Transform[ShoutConfig]):
     def process(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         return batch
 '''
