@@ -4,6 +4,7 @@ The public API for graph files: the spec models below. Runtime pieces live in su
 are imported where used, so ``import areal_flow`` stays light (no torch, zmq or mlflow).
 """
 
+from areal_flow import registry as _registry  # noqa: F401  (installs the specs' kind validator)
 from areal_flow.spec import Edge, Evaluation, Graph, NodeSpec, Port, Resources, Staleness, Tracking
 
 __all__ = ["Edge", "Evaluation", "Graph", "NodeSpec", "Port", "Resources", "Staleness", "Tracking"]

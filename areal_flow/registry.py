@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from areal_flow.spec import Graph, NodeSpec
+from areal_flow.spec import Graph, NodeSpec, set_kind_validator
 from areal_flow.usercode import reference, resolve
 
 if TYPE_CHECKING:
@@ -157,3 +157,6 @@ def _error(field: str, code: str, message: str, value: Any) -> ValidationError:
         "input": value,
     }
     return ValidationError.from_exception_data("Node", [detail])
+
+
+set_kind_validator(validate_node)

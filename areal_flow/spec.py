@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -58,13 +59,23 @@ class Importable:
     resolves (``areal_flow.checks``) and workers load (``areal_flow.usercode``)."""
 
 
+def _reference(obj: Any) -> str:
+    """``module:qualname`` of a module-level function (``areal_flow.usercode.reference`` has the
+    full rules; this copy keeps spec.py free of imports from the package)."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        raise ValueError(
+            f"{obj!r} cannot be loaded by other processes: define it at the top level of the "
+            "graph file or an importable module (not a lambda, not inside a function)"
+        )
+    return f"{module}:{qualname}"
+
+
 def _function_reference(value: Any) -> Any:
     # A function object (in a Python graph file) becomes its reference: specs stay plain data,
     # and every process loads the function from where it is defined.
     if callable(value) and not isinstance(value, str):
-        from areal_flow.usercode import reference
-
-        return reference(value)
+        return _reference(value)
     if isinstance(value, str):
         module, sep, name = value.partition(":")
         if not sep or not module or not all(p.isidentifier() for p in name.split(".")):
@@ -252,13 +263,24 @@ class NodeSpec(Spec):
     resources: Resources = Field(default_factory=Resources, description="Per replica.")
 
 
+#: Validates a node given as a dict by the class its ``kind`` selects. The registry installs
+#: it when imported (``areal_flow/__init__`` imports the registry), so this module imports
+#: nothing that imports it back.
+_kind_validator: Callable[[dict[str, Any]], NodeSpec] | None = None
+
+
+def set_kind_validator(validate: Callable[[dict[str, Any]], NodeSpec]) -> None:
+    global _kind_validator
+    _kind_validator = validate
+
+
 def _validate_by_kind(value: Any, handler: Any) -> Any:
     # Dict nodes (YAML/JSON files, --set round trips) are validated by their kind's class;
     # errors raised there keep their path under nodes.<index>.
-    from areal_flow.registry import validate_node
-
     if isinstance(value, dict):
-        return validate_node(value)
+        if _kind_validator is None:
+            raise RuntimeError("no node registry installed: import areal_flow.registry")
+        return _kind_validator(value)
     return handler(value)
 
 
