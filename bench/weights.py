@@ -42,6 +42,9 @@ import torch
 
 from areal_flow.models import prepare_model
 from areal_flow.node import NodeContext
+from areal_flow.nodes.generator import Generator, GeneratorConfig
+from areal_flow.nodes.weight_publisher import WeightPublisher, WeightPublisherConfig
+from areal_flow.train.algo import Optimizer
 from areal_flow.train.policy import Policy
 from areal_flow.train.weight_writer import WeightWriter
 from areal_flow.train.weights import (
@@ -53,9 +56,6 @@ from areal_flow.train.weights import (
     unique_tensors,
     version_dir,
 )
-from nodes.generator import Generator, GeneratorConfig
-from nodes.trainer import Optimizer
-from nodes.weight_publisher import WeightPublisher, WeightPublisherConfig
 
 
 def old_publish(state: dict[str, torch.Tensor], root: Path, version: int) -> WeightsRef:

@@ -67,6 +67,7 @@ class WatchedRun:
     def __init__(self, graph: Graph, run_dir: Path, **kwargs: Any) -> None:
         self.driver: Driver | None = None
         self.result: RunResult | None = None
+        self.error: BaseException | None = None  # run_graph raised instead of returning
         self.pids: list[int] = []  # every replica process the test saw
 
         def watch(driver: Driver) -> None:
@@ -77,7 +78,11 @@ class WatchedRun:
                     self.pids.append(pid)
 
         def target() -> None:
-            self.result = run_graph(graph, run_dir, on_update=watch, **kwargs)
+            try:
+                self.result = run_graph(graph, run_dir, on_update=watch, **kwargs)
+            except BaseException as err:  # the test's waits fail with it at once
+                self.error = err
+                raise
 
         self.thread = threading.Thread(target=target, daemon=True)
         self.thread.start()
@@ -99,6 +104,8 @@ class WatchedRun:
     def wait(self, what: str, condition: Callable[[Driver], bool], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.error is not None:
+                raise AssertionError(f"the run raised before {what}") from self.error
             if self.result is not None:
                 raise AssertionError(f"the run ended ({self.result.status}) before {what}")
             if self.driver is not None and condition(self.driver):

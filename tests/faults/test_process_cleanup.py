@@ -16,10 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from areal_flow.nodes.generator import GeneratorConfig
+from areal_flow.nodes.prompt_source import PromptSourceConfig
+from areal_flow.roles import Sampling
 from areal_flow.spec import Graph
 from areal_flow.testing import CollectSinkConfig, FunctionConfig, ListSourceConfig
-from nodes.generator import GeneratorConfig, Sampling
-from nodes.prompt_source import PromptSourceConfig
 from tests.faults.fns import FAMILY_ROLES
 from tests.faults.harness import ROOT, WatchedRun, family, living, tree, wait_for, whole_family
 

@@ -64,3 +64,15 @@ def test_no_top_level_nodes_package_is_installed() -> None:
     include = config["tool"]["setuptools"]["packages"]["find"]["include"]
     assert include == ["areal_flow*"]
     assert (PACKAGE / "nodes").is_symlink() and (PACKAGE / "nodes").resolve() == ROOT / "nodes"
+
+
+def test_nothing_imports_the_bare_nodes_folder() -> None:
+    """From the repository root ``import nodes`` would load the built-ins a second time, as
+    other classes (kinds would then clash): code imports them as ``areal_flow.nodes``."""
+    offenders = {}
+    for folder in ("areal_flow", "tests", "graphs", "bench", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            bare = {i for i in imports(path) if i == "nodes" or i.startswith("nodes.")}
+            if bare:
+                offenders[str(path.relative_to(ROOT))] = sorted(bare)
+    assert offenders == {}
