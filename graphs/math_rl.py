@@ -3,7 +3,7 @@
 The built-in arithmetic task feeds prompt groups to a vLLM generator; a math verifier scores
 each answer, a filter drops groups with no learning signal, and the trainer updates the policy
 and publishes new weights, which interrupt generation mid-sequence. Staleness is bounded by
-η = max_lag policy versions (2, chosen with bench/staleness_sweep.py; see README).
+η = max_lag policy versions (2, chosen with bench/staleness_sweep.py; see docs/benchmarks.md).
 
 Run:       areal-flow run graphs/math_rl.py
 Sync baseline (same graph): areal-flow run graphs/math_rl.py --set staleness.max_lag=0 \

