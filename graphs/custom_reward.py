@@ -58,9 +58,9 @@ class CountWordsConfig(TransformSpec):
     column: str = Field("words", description="Name of the column to add.")
 
 
-class CountWords(Transform):
+class CountWords(Transform[CountWordsConfig]):
     def process(self, batch: pa.RecordBatch) -> Output:
-        column = self.config.column  # type: ignore[attr-defined]
+        column = self.config.column
         words = pc.list_value_length(pc.utf8_split_whitespace(batch.column("response")))
         return batch.append_column(column, pc.cast(words, pa.int64()))
 

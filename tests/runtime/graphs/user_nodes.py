@@ -26,10 +26,10 @@ class ShoutConfig(TransformSpec):
     suffix: str = Field("!", description="Appended to every value.")
 
 
-class Shout(Transform):
+class Shout(Transform[ShoutConfig]):
     def process(self, batch: pa.RecordBatch) -> Output:
         assert self.ctx is not None
-        cfg: ShoutConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         index = batch.schema.get_field_index(cfg.column)
         loud = pc.binary_join_element_wise(pc.utf8_upper(batch.column(index)), cfg.suffix, "")
         self.ctx.metrics.count("shouted", batch.num_rows)
