@@ -78,6 +78,8 @@ class Summary:
     redone_trajectories: int = 0
     extra: dict[str, float] = field(default_factory=dict)
     weight_path_s: dict[str, float] = field(default_factory=dict)  # see weight_path()
+    #: the reward and its named metrics (``reward/<name>``), mean of the last steps
+    training: dict[str, float] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> Path:
         path = run_dir / "summary.json"
@@ -187,7 +189,20 @@ def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
         redone_steps=len(redone),
         redone_trajectories=_trajectories(redone),
         weight_path_s=weight_path(steps, result.metrics),
+        training=final_rewards(steps),
     )
+
+
+def final_rewards(steps: list[dict[str, Any]], last: int = 5) -> dict[str, float]:
+    """The reward and every named reward metric, averaged over the last ``last`` steps: what
+    the policy earned by the end, whatever the reward function reports."""
+    tail = steps[-last:]
+    names = sorted({k for s in tail for k in s if k == "reward_mean" or k.startswith("reward/")})
+    out = {}
+    for name in names:
+        values = [float(s[name]) for s in tail if name in s]
+        out[name] = sum(values) / len(values)
+    return out
 
 
 def _trajectories(steps: list[dict[str, Any]]) -> int:
@@ -252,6 +267,9 @@ def summary_table(summary: Summary) -> Table:
         totals.add_row(f"{node} tokens/s", f"{rate:,.0f}")
     for name, seconds in summary.weight_path_s.items():
         totals.add_row(name.replace("/", " "), f"{seconds * 1000:,.0f} ms")
+    for name, value in summary.training.items():
+        label = "reward" if name == "reward_mean" else name.removeprefix("reward/")
+        totals.add_row(f"{label} (last steps)", f"{value:.3f}")
     totals.add_row("checkpoint", summary.checkpoint or "-")
     outer = Table.grid(padding=(1, 0))
     if final:

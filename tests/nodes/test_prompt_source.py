@@ -119,8 +119,9 @@ def test_system_prompt_instruction_and_plain_text_rendering(
     fmt = {"system": "You are terse.", "instruction": "Answer with a number."}
     templated = drain(start(tmp_path, model=str(tiny_model_dir), size=5, format=fmt), 1)[0]
     assert templated["prompt"].startswith("<|im_start|>system\nYou are terse.")
-    assert "Answer with a number." in templated["prompt"] and "The answer is" not in (
-        templated["prompt"]
+    assert (
+        "Answer with a number." in templated["prompt"]
+        and "The answer is" not in (templated["prompt"])
     )
     plain = {**fmt, "chat_template": False}
     row = drain(start(tmp_path, model=str(tiny_model_dir), size=5, format=plain), 1)[0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from areal_flow.report import build_summary
 from areal_flow.runtime.driver import RunResult
 from areal_flow.runtime.tracking import summary_totals
@@ -45,3 +47,17 @@ def test_two_resumes_from_older_checkpoints_supersede_everything_after_them() ->
     kept, redone = lineage(records)
     assert [r["step"] for r in kept] == [1, 2, 3, 4, 5, 6]
     assert sorted(r["step"] for r in redone) == [2, 3, 3, 4, 4, 5]
+
+
+def test_the_summary_reports_every_reward_metric_by_name(tmp_path: Path) -> None:
+    path = steps_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    with path.open("w") as out:
+        for step in range(1, 8):
+            record = {"step": step, "sequences": 4, "reward_mean": step / 10,
+                      "reward/brevity": 0.1, "reward/correct": step / 7}  # fmt: skip
+            out.write(json.dumps(record) + "\n")
+    summary = build_summary(RunResult("completed", tmp_path, 1.0, 7, None, {}, {}, {}), None)
+    assert summary.training["reward/brevity"] == pytest.approx(0.1)
+    assert summary.training["reward/correct"] == pytest.approx(sum(range(3, 8)) / 7 / 5)
+    assert summary.training["reward_mean"] == pytest.approx(0.5)
