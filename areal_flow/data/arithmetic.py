@@ -20,6 +20,17 @@ chain2     three or four two-digit terms with + and -, never below 0   What is 5
 word2      two-step word problem (a + b - c or a × b + c)              Leo has 12 stamps. ...
 =========  ==========================================================  =====================
 
+Multi-step levels over 2-3-digit numbers (two computations a 135M model cannot do in its head;
+the tool-use graph's task):
+
+============  ======================================  ==========================================
+level         problems                                example
+============  ======================================  ==========================================
+boxes_shared  (a × b) ÷ c, divisible                  A school buys 24 boxes of 36 pens ... 9
+boxes_sold    a × b − c                               A store has 24 crates with 36 cups ...
+two_orders    a × b + c × d                           A factory ships 12 packs of 30 cards ...
+============  ======================================  ==========================================
+
 `DEFAULT_MIX` weights the easy one-digit levels (where a 135M model already earns some reward,
 so group-relative advantages are not all zero) and keeps some harder ones for headroom.
 
@@ -140,6 +151,43 @@ def _word_two_step(rng: random.Random) -> _Draft:
     return _Draft(f"chain:{min(a, b)}*{max(a, b)}+{c}", question, a * b + c)
 
 
+_GOODS: Final = [("pens", "boxes"), ("cups", "crates"), ("eggs", "trays"), ("bolts", "bags"),
+                 ("cards", "packs")]  # fmt: skip
+
+
+def _boxes_shared(rng: random.Random) -> _Draft:
+    """(a × b) ÷ c: a boxes of b things shared equally by c groups (divisible)."""
+    things, boxes = rng.choice(_GOODS)
+    while True:
+        a, b, c = rng.randint(12, 48), rng.randint(12, 60), rng.choice((3, 4, 6, 8, 9, 12))
+        if (a * b) % c == 0 and (a * b) // c >= 10:
+            break
+    question = (f"A school buys {a} {boxes} of {things} with {b} {things} in each. The "
+                f"{things} are shared equally among {c} classes. How many {things} does each "
+                "class get?")  # fmt: skip
+    return _Draft(f"share:{min(a, b)}*{max(a, b)}/{c}", question, a * b // c)
+
+
+def _boxes_sold(rng: random.Random) -> _Draft:
+    """a × b − c: a store's stock after a sale."""
+    things, boxes = rng.choice(_GOODS)
+    a, b = rng.randint(12, 60), rng.randint(12, 48)
+    c = rng.randint(100, a * b - 10)
+    question = (f"A store has {a} {boxes} with {b} {things} in each. It sells {c} {things}. "
+                f"How many {things} are left?")  # fmt: skip
+    return _Draft(f"sold:{min(a, b)}*{max(a, b)}-{c}", question, a * b - c)
+
+
+def _two_orders(rng: random.Random) -> _Draft:
+    """a × b + c × d: two orders of boxes of different sizes."""
+    things, boxes = rng.choice(_GOODS)
+    a, b, c, d = rng.randint(11, 40), rng.randint(12, 60), rng.randint(11, 40), rng.randint(12, 60)
+    question = (f"A factory ships {a} {boxes} of {b} {things} and {c} {boxes} of {d} {things}. "
+                f"How many {things} does it ship in total?")  # fmt: skip
+    first, second = sorted([(a, b), (c, d)])
+    return _Draft(f"orders:{first}+{second}", question, a * b + c * d)
+
+
 LEVELS: Final[Mapping[str, Callable[[random.Random], _Draft]]] = {
     "add1": lambda rng: _binary(rng, "add", 0, 9, 0, 9),
     "sub1": lambda rng: _binary(rng, "sub", 0, 9, 0, 9),
@@ -151,6 +199,9 @@ LEVELS: Final[Mapping[str, Callable[[random.Random], _Draft]]] = {
     "mul2": lambda rng: _binary(rng, "mul", 10, 99, 2, 9),
     "chain2": lambda rng: _chain(rng, rng.choice((3, 4)), 10, 99),
     "word2": _word_two_step,
+    "boxes_shared": _boxes_shared,
+    "boxes_sold": _boxes_sold,
+    "two_orders": _two_orders,
 }
 
 

@@ -112,3 +112,21 @@ def test_bad_configuration_is_rejected() -> None:
         ArithmeticTask(heldout_fraction=0.0)
     with pytest.raises(ValueError, match="split"):
         ArithmeticTask().item("validation", 0)  # type: ignore[arg-type]
+
+
+def test_multi_step_problems_need_two_computations_over_big_numbers() -> None:
+    """The tool-use levels: the stated numbers give the answer only through two operations."""
+    task = ArithmeticTask(seed=5, mix={"boxes_shared": 1, "boxes_sold": 1, "two_orders": 1})
+    for i in range(300):
+        problem = task.item("train", i)
+        numbers = [int(n) for n in re.findall(r"\d+", problem.question)]
+        value = int(problem.answer)
+        if problem.level == "boxes_shared":
+            a, b, c = numbers
+            assert a * b == value * c and a >= 10 and b >= 10, problem
+        elif problem.level == "boxes_sold":
+            a, b, c = numbers
+            assert a * b - c == value > 0 and c >= 100, problem
+        else:
+            a, b, c, d = numbers
+            assert a * b + c * d == value >= 242, problem

@@ -149,3 +149,17 @@ def test_gsm8k_with_mapped_ids_and_extra_fields(tmp_path: Path, tiny_model_dir: 
     assert (row["prompt_id"], row["source"], row["difficulty"]) == ("g0", "gsm8k-train", 0)
     with pytest.raises(ValueError, match="clash with prompt record fields"):
         start(tmp_path, model=str(tiny_model_dir), dataset=str(data), fields={"extra": ["answer"]})
+
+
+def test_example_exchanges_come_before_the_question(tmp_path: Path, tiny_model_dir: Path) -> None:
+    fmt = {
+        "examples": [{"user": "What is 12 × 3?", "assistant": "<calc>12*3</calc>"}],
+        "instruction": "",
+    }
+    row = drain(start(tmp_path, model=str(tiny_model_dir), size=5, format=fmt), 1)[0]
+    text = row["prompt"]
+    assert text.index("What is 12 × 3?") < text.index("<calc>12*3</calc>")
+    assert text.count("<|im_start|>user") == 2 and text.count("<|im_start|>assistant") == 2
+    plain = drain(start(tmp_path, model=str(tiny_model_dir), size=5,
+                        format={**fmt, "chat_template": False}), 1)[0]  # fmt: skip
+    assert plain["prompt"].startswith("What is 12 × 3?\n<calc>12*3</calc>\n\n")
