@@ -70,6 +70,24 @@ def path_problems(graph: Graph) -> list[tuple[str, str]]:
     return problems
 
 
+def function_refs(graph: Graph) -> list[str]:
+    """Every ``FunctionRef`` value of the graph's nodes (the functions its workers load)."""
+    refs: list[str] = []
+    todo: list[Spec] = list(graph.nodes)
+    while todo:
+        spec = todo.pop()
+        for name, info in type(spec).model_fields.items():
+            value = getattr(spec, name)
+            if isinstance(value, Spec):
+                todo.append(value)
+            elif value is not None and any(
+                isinstance(m, Importable)
+                for m in [*info.metadata, *_nested_metadata(info.annotation)]
+            ):
+                refs.append(str(value))
+    return refs
+
+
 def _upstream(graph: Graph, edges: list[tuple[str, str]], name: str) -> list[NodeSpec]:
     """Nodes whose data reaches ``name`` (weight edges excluded by the caller or harmless:
     weights flow from the trainer, so they never make a node upstream of it)."""

@@ -13,8 +13,8 @@ Rules:
 - ``reference(obj)`` is ``"module:qualname"`` of a module-level class or function; a lambda, a
   nested function or an object of an unloadable module is refused with the fix.
 - ``resolve(ref)`` imports (or finds) the module and walks the qualname; a worker first calls
-  ``load_graph_modules`` with the driver's ``graph_modules()`` so that graph-file references
-  resolve there too.
+  ``load_graph_modules`` with the graph files its references live in (``graph_modules(refs)``:
+  a process that loaded several graph files hands each run only the ones it uses).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -62,9 +62,13 @@ def load_graph_module(path: Path) -> ModuleType:
     return module
 
 
-def graph_modules() -> dict[str, str]:
-    """Graph files loaded in this process: module name → path (for the run plan)."""
-    return dict(_GRAPH_MODULES)
+def graph_modules(refs: Iterable[str] | None = None) -> dict[str, str]:
+    """Graph files loaded in this process: module name → path; with ``refs``, only those
+    that one of these ``module:qualname`` references lives in (what a worker needs)."""
+    if refs is None:
+        return dict(_GRAPH_MODULES)
+    wanted = {ref.partition(":")[0] for ref in refs}
+    return {name: path for name, path in _GRAPH_MODULES.items() if name in wanted}
 
 
 def load_graph_modules(modules: Mapping[str, str]) -> None:

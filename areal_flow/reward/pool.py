@@ -127,7 +127,7 @@ class RewardPool:
         self.failure_reward = float(failure_reward)
         self.max_response_chars = max_response_chars
         self.warmup = warmup
-        self.modules = graph_modules()
+        self.modules = graph_modules([fn, *([warmup] if warmup else [])])
         self.workers = workers
         self.timeout_s = timeout_s
         self.memory_limit_mb = memory_limit_mb

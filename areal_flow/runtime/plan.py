@@ -29,6 +29,7 @@ from typing import Any
 import networkx as nx
 from pydantic import BaseModel, ConfigDict
 
+from areal_flow.checks import function_refs
 from areal_flow.graph import ResolvedEdge, resolved_edges
 from areal_flow.registry import user_kinds
 from areal_flow.spec import Graph
@@ -138,6 +139,7 @@ def make_plan(
     }
     cores = assign_cores(graph)
     gpus = assign_gpus(graph)
+    kinds = user_kinds(graph)
     plans = []
     for node in graph.nodes:
         for r in range(node.replicas):
@@ -173,8 +175,8 @@ def make_plan(
         control=control,
         replicas=plans,
         resume=resume,
-        graph_modules=graph_modules(),
-        user_kinds=user_kinds(graph),
+        graph_modules=graph_modules([*kinds.values(), *function_refs(graph)]),
+        user_kinds=kinds,
     )
 
 

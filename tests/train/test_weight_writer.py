@@ -73,7 +73,7 @@ def config(model_dir: Path, **overrides: Any) -> TrainerConfig:
     values: dict[str, Any] = {
         "name": "trainer",
         "model": str(model_dir),
-        "batch_groups": 1,
+        "batch_groups": 2,  # K = 2 minibatches need at least 2 groups (validation)
         "steps": 3,
         "bf16": False,
         "micro_batch_tokens": 64,
