@@ -16,28 +16,13 @@ import pytest
 from areal_flow.loader import load_graph
 from areal_flow.runtime import run_graph
 from areal_flow.train.steplog import read_steps
+from tests.e2e.tiny import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPH = ROOT / "graphs" / "custom_reward.py"
 NAMED = ("reward/correct", "reward/brevity", "reward/words")
 
 pytestmark = pytest.mark.slow
-
-
-def overrides(model: Path) -> list[str]:
-    settings = {
-        "nodes.prompts.model": model,
-        "nodes.prompts.group_size": 4,
-        "nodes.gen.model": model,
-        "nodes.gen.engine": "hf",
-        "nodes.gen.sampling.max_tokens": 16,
-        "nodes.trainer.model": model,
-        "nodes.trainer.batch_groups": 2,
-        "nodes.trainer.steps": 2,
-        # A random model is never right: keep its uniform groups so the trainer steps.
-        "nodes.filter.drop_uniform_reward": "false",
-    }
-    return [f"{k}={v}" for k, v in settings.items()]
 
 
 def mlflow_metrics(run_dir: Path) -> dict[str, float]:
@@ -52,7 +37,7 @@ def mlflow_metrics(run_dir: Path) -> dict[str, float]:
 
 def test_in_process_with_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    graph = load_graph(GRAPH, overrides(tiny_model_dir))
+    graph = load_graph(GRAPH, tiny_overrides(tiny_model_dir))
     result = run_graph(graph, tmp_path, launcher="inprocess")
     assert result.ok, result.failure
     steps = read_steps(tmp_path)
@@ -67,7 +52,7 @@ def test_cli_run_logs_the_metrics_by_name(tmp_path: Path, tiny_model_dir: Path) 
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "areal_flow.cli", "run", str(GRAPH), "-q"]
     command += ["--run-dir", str(run_dir)]
-    command += [a for item in overrides(tiny_model_dir) for a in ("--set", item)]
+    command += [a for item in tiny_overrides(tiny_model_dir) for a in ("--set", item)]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

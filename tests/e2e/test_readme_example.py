@@ -19,6 +19,7 @@ import pytest
 from areal_flow.loader import load_graph
 from areal_flow.runtime import run_graph
 from areal_flow.train.steplog import read_steps
+from tests.e2e.tiny import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- readme-example:"
@@ -37,22 +38,6 @@ def readme_example() -> str:
     block = re.match(r"[^\n]*-->\s*\n```python\n(.*?)\n```", after, re.DOTALL)
     assert block is not None, "no ```python block right after the marker"
     return block.group(1) + "\n"
-
-
-def tiny_overrides(model: Path) -> list[str]:
-    settings = {
-        "nodes.prompts.model": model,
-        "nodes.prompts.group_size": 4,
-        "nodes.gen.model": model,
-        "nodes.gen.engine": "hf",
-        "nodes.gen.sampling.max_tokens": 16,
-        "nodes.trainer.model": model,
-        "nodes.trainer.batch_groups": 2,
-        "nodes.trainer.steps": 2,
-        # A random model earns the same reward everywhere: keep uniform groups so it trains.
-        "nodes.filter.drop_uniform_reward": "false",
-    }
-    return [f"{k}={v}" for k, v in settings.items()]
 
 
 def test_the_readme_reward_example_validates_and_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
