@@ -5,12 +5,14 @@ Rules:
 - ``tool_episode``: turns that end at a tool call's closing string; each call is run and its
   result inserted (``loss_mask`` 0) before the next turn, until a turn makes no call (the
   answer), a turn is cut at its length, or the turn limit stops it (``length``: the model
-  wanted another call). Its metrics: ``turns``, ``tool_calls``, ``tool_errors``, and
-  ``used_tools`` (1 when it made at least one call).
+  wanted another call). What a turn's last token generated past a call's closing string is
+  not inserted again (``ToolSet.tail``). Its metrics: ``turns``, ``tool_calls``,
+  ``tool_errors``, and ``used_tools`` (1 when it made at least one call).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,17 +34,21 @@ async def tool_episode(llm: EpisodeLLM, row: Mapping[str, Any], tools: ToolSet) 
     calls = errors = 0
     while True:
         turn = await llm.generate(episode, stop=tools.stop_strings())
+        # The text of the very tokens sampled: an engine may cut its text at the stop string
+        # while the last token runs past it.
+        turn = dataclasses.replace(turn, text=llm.decode(turn.token_ids))
         episode.add_sampled(turn)
         results = await tools.run_all(turn.text) if turn.finish_reason == "stop" else []
         if not results:
             break
         calls += len(results)
         errors += sum(not r.ok for r in results)
-        insertion = llm.encode(tools.insertion(results, llm.tokenizer))
+        text = tools.insertion(results, llm.tokenizer, generated_tail=tools.tail(turn.text))
+        insertion = llm.encode(text)
         if llm.turns_left == 0 or llm.tokens_left(episode) <= len(insertion):
             episode.finish_reason = "length"  # it wanted to go on: a truncated episode
             break
-        episode.add_inserted(insertion)
+        episode.add_inserted(insertion, text)
     episode.metrics.update(
         turns=float(llm.turns),
         tool_calls=float(calls),

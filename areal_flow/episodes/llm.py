@@ -127,6 +127,10 @@ class EpisodeLLM:
         self.episodes.append(built)
         return built
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids``, special tokens (end of turn) left out."""
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special tokens added (for insertions)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -67,6 +67,11 @@ class ToolSet:
         """The ``tools=`` argument of ``apply_chat_template``."""
         return [t.schema() for t in self.tools.values()]
 
+    def tail(self, text: str) -> str:
+        """What a turn generated after its last call closed (``generated_tail``)."""
+        ends = [text.rfind(stop) + len(stop) for stop in self.stop_strings() if stop in text]
+        return text[max(ends) :] if ends else ""
+
     def stop_strings(self) -> list[str]:
         """Strings that end a call: stop generating there, run the call, insert its result."""
         if self.style == "template":
@@ -99,10 +104,14 @@ class ToolSet:
     ) -> str:
         """The text to append after the model's turn so it can continue with the results.
 
-        Plain style: result blocks. Template style (``tokenizer`` needed): see the module rules.
+        Plain style: result blocks, minus what the model already generated of them: a token
+        can run past the call's closing tag (SmolLM2 has one token for ``><``, so a turn stopped
+        at ``</calc>`` may end in ``</calc><``). Template style (``tokenizer`` needed): see the
+        module rules.
         """
         if self.style == "plain":
-            return "".join(f"<{self.result_tag}>{r.content}</{self.result_tag}>" for r in results)
+            blocks = "".join(f"<{self.result_tag}>{r.content}</{self.result_tag}>" for r in results)
+            return blocks.removeprefix(generated_tail)
         if tokenizer is None:
             raise ValueError("template style: insertion needs the model's tokenizer")
         return template_insertion(tokenizer, results, self.schemas(), generated_tail)

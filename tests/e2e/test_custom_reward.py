@@ -25,11 +25,11 @@ NAMED = ("reward/correct", "reward/brevity", "reward/words")
 pytestmark = pytest.mark.slow
 
 
-def mlflow_metrics(run_dir: Path) -> dict[str, float]:
+def mlflow_metrics(run_dir: Path, experiment_name: str = "custom_reward") -> dict[str, float]:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("custom_reward")
+    experiment = client.get_experiment_by_name(experiment_name)
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
     return dict(run.data.metrics)

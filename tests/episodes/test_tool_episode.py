@@ -169,3 +169,12 @@ def test_an_answer_without_calls_is_one_turn(tiny_model_dir: Path) -> None:
     outcome, _, _ = run_script(tiny_model_dir, ["The answer is \\boxed{84}."])
     assert outcome.episode.metrics["used_tools"] == 0.0
     assert set(outcome.episode.loss_mask) == {1}
+
+
+def test_a_token_past_the_closing_tag_is_not_inserted_twice(tiny_model_dir: Path) -> None:
+    # SmolLM2 (and the tiny model's tokenizer) has one token for "><": a turn stopped at
+    # "</calc>" ends in "</calc><", so the result block must go on from "result>".
+    outcome, _, tokenizer = run_script(tiny_model_dir, ["<calc>6*7</calc><result>", "\\boxed{42}"])
+    episode = outcome.episode
+    assert "</calc><result>42</result>" in episode.text
+    assert "<<result>" not in tokenizer.decode(episode.response_token_ids)
