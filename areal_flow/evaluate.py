@@ -99,20 +99,12 @@ async def _evaluate(
 ) -> list[EvalResult]:
     from transformers import AutoTokenizer
 
-    from areal_flow.data.problem import prompt_text
     from areal_flow.models import prepare_model
 
     folders = [prepare_model(model) for model in models]
     tokenizer = AutoTokenizer.from_pretrained(folders[0])
     items = load_eval_problems(data, problems, seed)
-    prompts = []
-    for problem in items:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt_text(problem.question)}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    prompts = eval_prompts(tokenizer, items)
     results = []
     engine = await _start_engine(engine_kind, str(folders[0]), seed)
     try:
@@ -124,6 +116,28 @@ async def _evaluate(
     finally:
         await engine.close()
     return results
+
+
+def eval_prompts(tokenizer: Any, items: list[Any]) -> list[list[int]]:
+    """Token ids of each problem's prompt, rendered as the prompt source renders it."""
+    from areal_flow.data.problem import prompt_text
+
+    prompts = []
+    for problem in items:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt_text(problem.question)}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return prompts
+
+
+async def generate_answers(
+    engine: Any, prompts: list[list[int]], samples: int, temperature: float, max_tokens: int
+) -> dict[int, list[str]]:
+    """``samples`` answers per prompt from a started engine, by prompt index."""
+    return await _generate(engine, prompts, samples, temperature, max_tokens)
 
 
 async def _generate(
@@ -150,12 +164,25 @@ async def _score(
     from areal_flow.reward import math_pool
 
     with math_pool(workers=2) as pool:
-        rows = [
-            {"prompt": items[i].question, "response": a, "answer": items[i].answer}
-            for i in sorted(answers)
-            for a in answers[i]
-        ]
-        results = await pool.score(rows)
+        return await score_answers(pool, model, data, items, answers, samples, k)
+
+
+async def score_answers(
+    pool: Any,
+    model: str,
+    data: str,
+    items: list[Any],
+    answers: dict[int, list[str]],
+    samples: int,
+    k: int,
+) -> EvalResult:
+    """Score answers with an open reward pool (the training verifier, strict)."""
+    rows = [
+        {"prompt": items[i].question, "response": a, "answer": items[i].answer}
+        for i in sorted(answers)
+        for a in answers[i]
+    ]
+    results = await pool.score(rows)
     return _tally(model, data, items, answers, results, samples, k)
 
 

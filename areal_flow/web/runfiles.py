@@ -111,7 +111,7 @@ class RunFiles:
             "step": int(files[-1].stem.removeprefix("step_")),
             "rows": [
                 {
-                    "prompt": str(r.get("prompt", ""))[-300:],
+                    "prompt": str(r.get("prompt", ""))[-160:],
                     "response": str(r.get("response", ""))[:400],
                     "answer": str(r.get("answer", "")),
                     "reward": r.get("reward"),

@@ -63,7 +63,7 @@ class Browser:
             time.sleep(0.1)
         port = port_file.read_text().splitlines()[0]
         target = self._page_target(int(port))
-        self.socket = connect(target, max_size=64 * 2**20, open_timeout=10)
+        self.socket = connect(target, max_size=64 * 2**20, open_timeout=10).__enter__()
         self._ids = itertools.count(1)
         self.call("Page.enable")
         self.call(
@@ -105,12 +105,17 @@ class Browser:
     def wait_for(self, expression: str, timeout: float, what: str) -> Any:
         """Poll ``expression`` until it is truthy; return it."""
         deadline = time.monotonic() + timeout
+        error: Exception | None = None
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as err:  # the page is not there yet (still loading)
+                error, value = err, None
             if value:
                 return value
             time.sleep(0.1)
-        raise AssertionError(f"the page did not show {what} within {timeout} s")
+        last = f" (last error: {error})" if error is not None else ""
+        raise AssertionError(f"the page did not show {what} within {timeout} s{last}")
 
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)

@@ -4,7 +4,7 @@
 const token = new URLSearchParams(location.search).get("token") || "";
 const q = (path) => path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
 const SVGNS = "http://www.w3.org/2000/svg";
-const S = 80, BOX_W = 2.3, BOX_H = 1.15;  // px per layout unit; node box in layout units
+const S = 80, BOX_W = 1.9, BOX_H = 1.1;  // px per layout unit; node box in layout units (viz: 1.9)
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"];
 let layout = null, lastFiles = null, lastState = null;
 
@@ -22,10 +22,11 @@ const fmt = (v, digits = 1) => v === null || v === undefined ? "–" :
 function drawGraph() {
   const svg = document.getElementById("graph");
   svg.innerHTML = "";
-  const xs = layout.nodes.map(n => n.x), ys = layout.nodes.map(n => n.y);
-  const minX = Math.min(...xs) - BOX_W, maxX = Math.max(...xs) + BOX_W;
-  const minY = Math.min(...ys) - 1.1, maxY = Math.max(...ys) + 1.9;
-  svg.setAttribute("viewBox", `${minX * S} ${-maxY * S} ${(maxX - minX) * S} ${(maxY - minY) * S}`);
+  const xs = layout.nodes.map(n => n.x * S), ys = layout.nodes.map(n => -n.y * S);
+  const left = Math.min(...xs) - BOX_W * S / 2 - 10, right = Math.max(...xs) + BOX_W * S / 2 + 10;
+  const top = Math.min(...ys) - BOX_H * S / 2 - 40, bottom = Math.max(...ys) + BOX_H * S / 2 + 150;
+  svg.setAttribute("viewBox", `${left} ${top} ${right - left} ${bottom - top}`);
+  svg.style.height = Math.min(520, Math.max(220, (bottom - top) * svg.clientWidth / (right - left))) + "px";
   el("defs", {}, svg).innerHTML =
     '<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker>' +
     '<marker id="arrow-w" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#c0392b"/></marker>';
@@ -38,9 +39,9 @@ function drawGraph() {
     let d, mx, my;
     if (back) {  // the feedback arc, below the boxes, as viz draws it
       const sx = x0, sy = y0 + h / 2, ex = x1, ey = y1 + h / 2;
-      const dip = Math.abs(x1 - x0) * 0.28 + 40;
+      const dip = Math.min(95, Math.abs(x1 - x0) * 0.2 + 40);
       d = `M${sx},${sy} C${sx},${sy + dip} ${ex},${ey + dip} ${ex},${ey}`;
-      mx = (sx + ex) / 2; my = Math.max(sy, ey) + dip * 0.75;
+      mx = (sx + ex) / 2; my = Math.max(sy, ey) + dip * 0.75 + 14;
     } else {
       const sx = x0 + w / 2, ex = x1 - w / 2;
       d = `M${sx},${y0} L${ex},${y1}`;
@@ -48,9 +49,10 @@ function drawGraph() {
     }
     el("path", {d, "marker-end": e.weights ? "url(#arrow-w)" : "url(#arrow)"}, g);
     el("text", {x: mx, y: my, "text-anchor": "middle", class: "label"}, g, e.record);
-    el("text", {x: mx, y: my + 11, "text-anchor": "middle", class: "counts"}, g, "cap " + e.capacity);
-    el("rect", {x: mx - 30, y: my + 15, width: 60, height: 6, class: "bar-bg"}, g);
-    el("rect", {x: mx - 30, y: my + 15, width: 0, height: 6, class: "bar", fill: "#2e8b57"}, g);
+    el("text", {x: mx, y: my + 11, "text-anchor": "middle", class: "counts"}, g, "0/" + e.capacity);
+    el("rect", {x: mx - 25, y: my + 14, width: 50, height: 5, class: "bar-bg"}, g);
+    el("rect", {x: mx - 25, y: my + 14, width: 0, height: 5, class: "bar", fill: "#2e8b57"}, g);
+    el("text", {x: mx, y: my + 46, "text-anchor": "middle", class: "rate"}, g, "");
   }
   for (const n of layout.nodes) {
     const [x, y] = pos[n.name];
@@ -77,7 +79,7 @@ function updateGraph(state) {
     const st = g.querySelector("text.state");
     st.textContent = s.state + (s.restarts ? ` · ${s.restarts} restart${s.restarts > 1 ? "s" : ""}` : "");
     st.setAttribute("class", "state state-" + word);
-    g.querySelector("text.counts").textContent = `${fmt(s.rate, 2)} b/s · in ${fmt(s.in, 0)} · out ${fmt(s.out, 0)}`;
+    g.querySelector("text.counts").textContent = `${fmt(s.rate, 2)} b/s · ${fmt(s.in, 0)} in · ${fmt(s.out, 0)} out`;
     const tok = s.gen_tokens_per_s ?? s.tokens_per_s;
     g.querySelector("text.extra").textContent =
       (tok !== undefined ? `${fmt(tok, 0)} tok/s · ` : "") + (s.rss_mb ? `${fmt(s.rss_mb, 0)} MB` : "");
@@ -86,11 +88,11 @@ function updateGraph(state) {
     const g = document.querySelector(`g.edge[data-edge="${e.index}"]`);
     const s = state.edges[String(e.index)] || {depth: 0, received: 0, rate: 0};
     g.dataset.received = s.received; g.dataset.depth = s.depth;
-    g.querySelector("text.counts").textContent =
-      `queue ${fmt(s.depth, 0)}/${e.capacity} · ${fmt(s.rate, 2)} b/s · ${fmt(s.received, 0)} in all`;
+    g.querySelector("text.counts").textContent = `queue ${fmt(s.depth, 0)}/${e.capacity}`;
+    g.querySelector("text.rate").textContent = `${fmt(s.rate, 2)} b/s · ${fmt(s.received, 0)}`;
     const frac = Math.min(1, s.depth / Math.max(1, e.capacity));
     const bar = g.querySelector("rect.bar");
-    bar.setAttribute("width", 60 * frac);
+    bar.setAttribute("width", 50 * frac);
     bar.setAttribute("fill", frac > 0.8 ? "#c0392b" : frac > 0.5 ? "#e69b00" : "#2e8b57");
   }
 }
