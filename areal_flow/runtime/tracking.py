@@ -63,13 +63,19 @@ def tracking_uri(graph: Graph, run_dir: Path) -> str:
 
 
 def run_name(overrides: list[str], default: str) -> str:
-    """``nodes.trainer.steps=3`` and ``staleness.max_lag=0`` → ``steps=3 max_lag=0``."""
-    parts = []
+    """``nodes.trainer.steps=3`` and ``staleness.max_lag=0`` → ``steps=3 max_lag=0`` (paths by
+    their last part, repeats once)."""
+    parts: list[str] = []
     for item in overrides:
         path, _, value = item.partition("=")
-        parts.append(f"{path.rsplit('.', 1)[-1]}={value}")
-    name = " ".join(parts)
-    return name[:RUN_NAME_LIMIT] if name else default
+        if "/" in value:  # a path: its last part says enough
+            value = Path(value).name
+        part = f"{path.rsplit('.', 1)[-1]}={value}"
+        if len(" ".join([*parts, part])) > RUN_NAME_LIMIT:
+            break  # whole parts only; the tag 'overrides' has them all
+        if part not in parts:
+            parts.append(part)
+    return " ".join(parts) or default
 
 
 def flatten_spec(graph: Graph) -> dict[str, str]:
@@ -109,6 +115,8 @@ class RunTracker:
         self.run_id: str | None = None
         self.steps_logged = 0
         self._evals = JsonlTail(eval_path(run_dir))
+        if resumed and self._evals.path.exists():  # the points before the resume are logged
+            self._evals.offset = self._evals.path.stat().st_size
         self.usage = NodeUsage()
         self.samples_logged: set[str] = set()
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
