@@ -113,3 +113,33 @@ def test_logs_of_a_node(served: WebView) -> None:
     with pytest.raises(HTTPError) as missing:
         get(url.replace("/gen?", "/nope?"))
     assert missing.value.code == 404
+
+
+@pytest.mark.slow  # a CLI process: its imports take seconds on a loaded machine
+def test_areal_flow_view_serves_a_run_folder_until_ctrl_c(run_folder: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "areal_flow.cli", "view", str(run_folder)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+/\?token=\S+", line)
+        assert found, line
+        assert b'<svg id="graph"' in get(found.group(0))
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 0
+
+
+def test_view_of_a_folder_without_a_graph_says_so(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from areal_flow.cli import app
+
+    result = CliRunner().invoke(app, ["view", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "no graph.json here" in result.output
