@@ -5,7 +5,7 @@ Rules:
   or ``evaluator`` when that name is taken) fed by the weight publisher (else by the trainer's
   weights port), its settings those of the end-of-run evaluation (``report.eval_settings``:
   data, temperature, max tokens and engine follow the graph), with ``every_problems`` problems
-  and ``every_samples`` samples per point. Why a node and not the generator: see
+  and ``every_samples`` samples per point (``every_engine`` picks its engine). Why a node and not the generator: see
   ``areal_flow/nodes/evaluator.py``.
 - It is idempotent (a graph that has an evaluator is returned as is), so a run folder's
   ``graph.json`` loads again unchanged; the loader and ``run_graph`` both apply it, so
@@ -48,7 +48,7 @@ def with_evaluator(graph: Graph) -> Graph:
         "k": min(spec.k, samples),
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens,
-        "engine": settings.engine,
+        "engine": spec.every_engine or settings.engine,
     }
     data = graph.model_dump(mode="json")
     data["nodes"].append(node)

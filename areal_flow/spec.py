@@ -238,6 +238,11 @@ class Evaluation(Spec):
     every_samples: int = Field(
         2, ge=1, le=256, description="Samples per problem per evaluation during training."
     )
+    every_engine: Literal["vllm", "hf"] | None = Field(
+        None,
+        description="The evaluator's engine during training; default: 'engine' (the "
+        "generator's). 'hf' starts in seconds where vLLM compiles first.",
+    )
 
     @model_validator(mode="after")
     def _k_within_samples(self) -> Evaluation:

@@ -32,6 +32,13 @@ def test_every_adds_an_evaluator_fed_by_the_publisher(tmp_path: Path) -> None:
     assert with_evaluator(again) is again
 
 
+def test_every_engine_picks_the_evaluators_engine() -> None:
+    overrides = ["evaluation.every=5", "evaluation.every_engine=hf"]
+    graph = load_graph(ROOT / "graphs" / "math_rl.py", overrides)
+    assert graph.node("gen").engine == "vllm"  # type: ignore[attr-defined]
+    assert graph.node("eval").engine == "hf"  # type: ignore[attr-defined]
+
+
 def test_no_every_no_evaluator() -> None:
     graph = load_graph(ROOT / "graphs" / "math_rl.py", [])
     assert "evaluator" not in {n.kind for n in graph.nodes}
