@@ -5,8 +5,8 @@ Rules:
   or ``evaluator`` when that name is taken) fed by the weight publisher (else by the trainer's
   weights port), its settings those of the end-of-run evaluation (``report.eval_settings``:
   data, temperature, max tokens and engine follow the graph), with ``every_problems`` problems
-  and ``every_samples`` samples per point (``every_engine`` picks its engine). Why a node and not the generator: see
-  ``areal_flow/nodes/evaluator.py``.
+  and ``every_samples`` samples per point (``every_engine`` picks its engine). Why a node and
+  not the generator: see ``areal_flow/nodes/evaluator.py``.
 - It is idempotent (a graph that has an evaluator is returned as is), so a run folder's
   ``graph.json`` loads again unchanged; the loader and ``run_graph`` both apply it, so
   ``validate``, ``viz`` and the web view show the node the run starts.
