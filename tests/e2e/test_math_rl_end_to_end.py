@@ -55,6 +55,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "run summary" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
+    assert "live view: http://127.0.0.1:" in result.stdout and "?token=" in result.stdout
     # Resuming the finished run (nothing left to train) continues the same MLflow run.
     resumed = subprocess.run(
         [*command[:6], "--resume", str(run_dir), *command[8:]],
