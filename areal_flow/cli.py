@@ -138,36 +138,90 @@ def run(
             help="Continue the stopped or crashed run in this folder from its latest checkpoint.",
         ),
     ] = None,
+    no_web: Annotated[
+        bool, typer.Option("--no-web", help="Do not serve the live web view.")
+    ] = False,
 ) -> None:
-    """Run a graph (local processes or Ray actors) and show it live."""
+    """Run a graph (local processes or Ray actors) and show it live (terminal and web page)."""
     from areal_flow.runtime import new_run_dir, run_graph
     from areal_flow.runtime.live import LiveView, QuietView
 
-    graph, _ = _load(file, [*(set_ or []), *_launcher_overrides(launcher, address)])
+    overrides = [*(set_ or []), *_launcher_overrides(launcher, address)]
+    graph, g = _load(file, overrides)
     folder = _resume_folder(resume, run_dir) if resume else run_dir or new_run_dir(graph)
     console.print(f"{'resuming' if resume else 'run folder:'} {folder}")
-    tracker = _tracker(graph, folder, resumed=bool(resume))
+    tracker = _tracker(graph, folder, resumed=bool(resume), overrides=set_ or [])
+    feed, web = (None, None) if no_web else _web(g, folder)
     try:
         if quiet or not sys.stdout.isatty():
             view: Any = QuietView(console)
             result = run_graph(
-                graph, run_dir=folder, on_update=_both(view, tracker), resume=bool(resume)
+                graph, run_dir=folder, on_update=_both(view, tracker, feed), resume=bool(resume)
             )
         else:
             with LiveView(console) as view:
                 result = run_graph(
-                    graph, run_dir=folder, on_update=_both(view, tracker), resume=bool(resume)
+                    graph,
+                    run_dir=folder,
+                    on_update=_both(view, tracker, feed),
+                    resume=bool(resume),
                 )
     except GraphInvalid as err:  # the Ray cluster cannot hold the graph: nothing started
         if tracker is not None:
             tracker.abort(f"placement failed: {err}")
+        if web is not None:
+            web.stop()
         _print_problems(f"{file} on {graph.launcher}", err)
         raise typer.Exit(1) from None
     except BaseException as err:
         if tracker is not None:
             tracker.abort(f"{type(err).__name__}: {err}")
+        if web is not None:
+            web.stop()
         raise
-    _finish_run(graph, result, tracker)
+    if feed is not None:
+        feed.finish(result.status)
+    try:
+        _finish_run(graph, result, tracker)
+    finally:
+        if web is not None:
+            web.stop()
+
+
+def _web(g: Any, folder: Path) -> tuple[Any, Any]:
+    """The live web view's feed and server; the URL (with its token) is printed."""
+    from areal_flow.web import live_view
+
+    folder.mkdir(parents=True, exist_ok=True)
+    feed, web = live_view(g, folder)
+    console.print(f"live view: {web.url}", highlight=False, soft_wrap=True)
+    return feed, web
+
+
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (live or finished).")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).")] = 0,
+) -> None:
+    """Serve the web view of a run folder from its files, until Ctrl-C."""
+    import time
+
+    from areal_flow.web import finished_view
+
+    spec = run_dir / "graph.json"
+    if not spec.exists():
+        errors.print(f"[red]✗[/] {run_dir}: no graph.json here; give a run folder")
+        raise typer.Exit(1)
+    _, g = _load(spec, [])
+    web = finished_view(g, run_dir, port)
+    console.print(f"serving {run_dir}: {web.url}  (Ctrl-C stops)", highlight=False, soft_wrap=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        web.stop()
 
 
 def _resume_folder(resume: Path, run_dir: Path | None) -> Path:
@@ -200,14 +254,16 @@ def _launcher_overrides(launcher: str | None, address: str | None) -> list[str]:
     return overrides
 
 
-def _tracker(graph: Graph, folder: Path, resumed: bool = False) -> Any:
+def _tracker(
+    graph: Graph, folder: Path, resumed: bool = False, overrides: list[str] | None = None
+) -> Any:
     """The MLflow tracker of this run (a resumed run continues its MLflow run), or None."""
     if not graph.tracking.enabled:
         return None
     from areal_flow.runtime.tracking import RunTracker
 
     folder.mkdir(parents=True, exist_ok=True)
-    return RunTracker(graph, folder, resumed=resumed)
+    return RunTracker(graph, folder, resumed=resumed, overrides=overrides or [])
 
 
 def _both(*callbacks: Any) -> Any:

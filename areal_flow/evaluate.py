@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from areal_flow.data.prompting import PromptFormat
-from areal_flow.episodes.runner import EpisodePlan
+from areal_flow.episodes.runner import EpisodeOutcome, EpisodePlan
 
 ALL = "all"
 
@@ -119,15 +119,50 @@ class _Settings:
 async def _evaluate(models: list[str], settings: _Settings) -> list[EvalResult]:
     from transformers import AutoTokenizer
 
-    from areal_flow.data.prompting import render_prompt
     from areal_flow.models import prepare_model
+    from areal_flow.reward import math_pool
 
     folders = [prepare_model(model) for model in models]
     tokenizer = AutoTokenizer.from_pretrained(folders[0])
     items = load_eval_problems(settings.data, settings.problems, settings.seed)
+    rows = eval_rows(tokenizer, items, settings.prompt_format)
+    results = []
+    engine = await _start_engine(
+        settings.engine, str(folders[0]), settings.seed, settings.episode.max_model_len
+    )
+    try:
+        for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
+            if version:
+                await engine.update_weights(version, folder)
+            outcomes = await run_episodes(
+                engine,
+                tokenizer,
+                rows,
+                settings.samples,
+                settings.temperature,
+                settings.max_tokens,
+                settings.episode,
+            )
+            with math_pool(workers=2) as pool:
+                results.append(
+                    await score_outcomes(
+                        pool, model, settings.data, items, outcomes, settings.samples, settings.k
+                    )
+                )
+    finally:
+        await engine.close()
+    return results
+
+
+def eval_rows(
+    tokenizer: Any, items: list[Any], prompt_format: PromptFormat
+) -> list[dict[str, Any]]:
+    """One episode row per problem, its prompt rendered as the prompt source renders it."""
+    from areal_flow.data.prompting import render_prompt
+
     rows = []
     for problem in items:
-        text, ids = render_prompt(tokenizer, problem.question, settings.prompt_format)
+        text, ids = render_prompt(tokenizer, problem.question, prompt_format)
         rows.append(
             {
                 **problem.extra,
@@ -138,68 +173,64 @@ async def _evaluate(models: list[str], settings: _Settings) -> list[EvalResult]:
                 "answer": problem.answer,
             }
         )
-    results = []
-    engine = await _start_engine(
-        settings.engine, str(folders[0]), settings.seed, settings.episode.max_model_len
-    )
-    try:
-        for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
-            if version:
-                await engine.update_weights(version, folder)
-            episodes = await _generate(engine, tokenizer, rows, settings)
-            results.append(await _score(model, items, episodes, settings))
-    finally:
-        await engine.close()
-    return results
+    return rows
 
 
-async def _generate(
-    engine: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: _Settings
-) -> dict[int, list[Any]]:
-    """Every sample of every problem as an episode outcome, by problem index."""
+async def run_episodes(
+    engine: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    samples: int,
+    temperature: float,
+    max_tokens: int,
+    episode: EpisodePlan,
+) -> dict[int, list[EpisodeOutcome]]:
+    """``samples`` episodes per row on a started engine, their outcomes by row index."""
     from areal_flow.engine.base import SamplingConfig
     from areal_flow.episodes import EngineClient
 
-    sampling = SamplingConfig(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens)
     client = EngineClient(engine)
-    runner = settings.episode.runner(client, sampling, tokenizer)
+    runner = episode.runner(client, sampling, tokenizer)
     concurrency = asyncio.Semaphore(256)
 
     async def read() -> None:
         async for sample in engine.samples():
             client.deliver(sample)
 
-    async def one(index: int) -> tuple[int, Any]:
+    async def one(index: int) -> tuple[int, EpisodeOutcome]:
         async with concurrency:
             return index, await runner.run(rows[index])
 
     reader = asyncio.create_task(read())
     try:
-        done = await asyncio.gather(
-            *(one(i) for i in range(len(rows)) for _ in range(settings.samples))
-        )
+        done = await asyncio.gather(*(one(i) for i in range(len(rows)) for _ in range(samples)))
     finally:
         reader.cancel()
-    outcomes: dict[int, list[Any]] = defaultdict(list)
+    outcomes: dict[int, list[EpisodeOutcome]] = defaultdict(list)
     for index, outcome in done:
         outcomes[index].append(outcome)
     return outcomes
 
 
-async def _score(
-    model: str, items: list[Any], outcomes: dict[int, list[Any]], settings: _Settings
+async def score_outcomes(
+    pool: Any,
+    model: str,
+    data: str,
+    items: list[Any],
+    outcomes: dict[int, list[EpisodeOutcome]],
+    samples: int,
+    k: int,
 ) -> EvalResult:
-    from areal_flow.reward import math_pool
-
+    """Score episodes' answers with an open reward pool (the training verifier, strict)."""
     answers = {i: [o.episode.text for o in outcomes[i]] for i in outcomes}
-    with math_pool(workers=2) as pool:
-        rows = [
-            {"prompt": items[i].question, "response": a, "answer": items[i].answer}
-            for i in sorted(answers)
-            for a in answers[i]
-        ]
-        results = await pool.score(rows)
-    result = _tally(model, settings.data, items, answers, results, settings.samples, settings.k)
+    rows = [
+        {"prompt": items[i].question, "response": a, "answer": items[i].answer}
+        for i in sorted(answers)
+        for a in answers[i]
+    ]
+    results = await pool.score(rows)
+    result = _tally(model, data, items, answers, results, samples, k)
     every = [o for i in sorted(outcomes) for o in outcomes[i]]
     result.episode_failures = sum(o.failure is not None for o in every)
     names = sorted({name for o in every for name in o.episode.metrics})

@@ -40,9 +40,11 @@ def load_graph(path: str | Path, overrides: Iterable[str] = ()) -> Graph:
         raise GraphInvalid(
             [Problem(str(path), f"unknown graph file type; use one of {', '.join(GRAPH_SUFFIXES)}")]
         )
+    from areal_flow.evaluation import with_evaluator
+
     graph = _load_python(path) if path.suffix == ".py" else _load_data(path)
     overrides = list(overrides)
-    return apply_overrides(graph, overrides) if overrides else graph
+    return with_evaluator(apply_overrides(graph, overrides) if overrides else graph)
 
 
 def validate_data(data: Any, source: str = "graph") -> Graph:

@@ -190,6 +190,11 @@ class Tracking(Spec):
     )
     experiment: str | None = Field(None, description="MLflow experiment; default the graph name.")
     enabled: bool = Field(True, description="Set false to run without MLflow.")
+    log_model: bool = Field(
+        True,
+        description="Log the final checkpoint as an MLflow model (transformers flavour, "
+        "loadable with mlflow.transformers.load_model); false records only its path.",
+    )
 
 
 class Evaluation(Spec):
@@ -219,6 +224,24 @@ class Evaluation(Spec):
     )
     base: bool = Field(
         True, description="Also score the initial model (cached per model and settings)."
+    )
+    every: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Also score the policy during training, every N steps (an 'evaluator' "
+        "node is added: its own engine, fed the published weights); None: only at the end.",
+    )
+    every_problems: int = Field(
+        32, ge=1, le=100_000, description="Held-out problems per evaluation during training."
+    )
+    every_samples: int = Field(
+        2, ge=1, le=256, description="Samples per problem per evaluation during training."
+    )
+    every_engine: Literal["vllm", "hf"] | None = Field(
+        None,
+        description="The evaluator's engine during training; default: 'engine' (the "
+        "generator's). 'hf' starts in seconds where vLLM compiles first.",
     )
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ find the nested specs they need here (``Sampling``, ``PromptFormat``, ``Exchange
 from __future__ import annotations
 
 from areal_flow.data.prompting import Exchange, PromptFormat
+from areal_flow.nodes.evaluator import EvaluatorConfig
 from areal_flow.nodes.generator import GeneratorConfig
 from areal_flow.nodes.group_filter import GroupFilterConfig
 from areal_flow.nodes.math_verifier import MathVerifierConfig
@@ -35,6 +36,7 @@ BUILTIN_NODES: dict[str, type[NodeSpec]] = {
     "group_filter": GroupFilterConfig,
     "trainer": TrainerConfig,
     "weight_publisher": WeightPublisherConfig,
+    "evaluator": EvaluatorConfig,
     # Generic nodes for tests and experiments (areal_flow.testing).
     "list_source": ListSourceConfig,
     "function": FunctionConfig,
@@ -44,6 +46,7 @@ BUILTIN_NODES: dict[str, type[NodeSpec]] = {
 __all__ = [
     "BUILTIN_NODES",
     "DecoupledPPO",
+    "EvaluatorConfig",
     "Exchange",
     "GeneratorConfig",
     "GroupFilterConfig",

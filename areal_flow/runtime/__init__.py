@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from areal_flow.evaluation import with_evaluator
 from areal_flow.graph import Machine, build
 from areal_flow.registry import use_kinds
 from areal_flow.runtime.control import STUCK_AFTER_S
@@ -53,6 +54,7 @@ def run_graph(
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir of the run to continue")
     point = resume_point(run_dir) if resume and run_dir is not None else None
+    graph = with_evaluator(graph)  # evaluation.every: the evaluator node (idempotent)
     kind = launcher or graph.launcher
     if kind != "inprocess" and kind != graph.launcher:
         graph = graph.model_copy(update={"launcher": kind})  # placement is checked per launcher

@@ -16,6 +16,13 @@ Rules:
   depths per edge, the staleness gate's counters and lag histogram, and the weight path's
   latencies (trainer: snapshot → file ready; publisher: file ready → forwarded; generators:
   file ready → active, the slowest replica).
+- Run name: the ``--set`` overrides shortened (``steps=3 max_lag=0``; the run folder's name when
+  there are none), so runs of one graph read apart in ``mlflow ui``; the full list is the tag
+  ``overrides``. Held-out points scored during training (``metrics/eval.jsonl``) are logged as
+  ``eval/...`` at their step and wall time. System metrics per node: CPU percent and resident
+  memory of its replicas' processes and their children (psutil), ``system/<node>/...``.
+- The final checkpoint is logged as an MLflow model (transformers flavour, artifact ``model``)
+  unless ``tracking.log_model`` is false: ``mlflow.transformers.load_model("runs:/<id>/model")``.
 - MLflow never slows the driver: calls run in one background thread fed by a queue; a failing
   tracking store is logged once and tracking turns off, the run goes on.
 """
@@ -33,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from areal_flow.spec import Graph
 from areal_flow.train.steplog import read_steps, samples_dir
+from areal_flow.web.runfiles import JsonlTail, eval_path
 
 if TYPE_CHECKING:
     from areal_flow.runtime.driver import Driver, RunResult
@@ -40,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value
+RUN_NAME_LIMIT = 80
 #: Heartbeat gauges of the weight path, logged per step (seconds).
 LATENCIES = ("publish_ready_s", "publish_to_forward_s", "publish_to_active_s")
 
@@ -51,6 +60,22 @@ def tracking_uri(graph: Graph, run_dir: Path) -> str:
         or os.environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
     )
+
+
+def run_name(overrides: list[str], default: str) -> str:
+    """``nodes.trainer.steps=3`` and ``staleness.max_lag=0`` → ``steps=3 max_lag=0`` (paths by
+    their last part, repeats once)."""
+    parts: list[str] = []
+    for item in overrides:
+        path, _, value = item.partition("=")
+        if "/" in value:  # a path: its last part says enough
+            value = Path(value).name
+        part = f"{path.rsplit('.', 1)[-1]}={value}"
+        if len(" ".join([*parts, part])) > RUN_NAME_LIMIT:
+            break  # whole parts only; the tag 'overrides' has them all
+        if part not in parts:
+            parts.append(part)
+    return " ".join(parts) or default
 
 
 def flatten_spec(graph: Graph) -> dict[str, str]:
@@ -73,15 +98,26 @@ def flatten_spec(graph: Graph) -> dict[str, str]:
 class RunTracker:
     """Feeds one MLflow run from the driver's updates; call ``finish`` at the end."""
 
-    def __init__(self, graph: Graph, run_dir: Path, resumed: bool = False) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        run_dir: Path,
+        resumed: bool = False,
+        overrides: list[str] | None = None,
+    ) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("DO_NOT_TRACK", "1")
         self.graph = graph
         self.run_dir = run_dir
         self.uri = tracking_uri(graph, run_dir)
         self.resumed = resumed
+        self.overrides = list(overrides or [])
         self.run_id: str | None = None
         self.steps_logged = 0
+        self._evals = JsonlTail(eval_path(run_dir))
+        if resumed and self._evals.path.exists():  # the points before the resume are logged
+            self._evals.offset = self._evals.path.stat().st_size
+        self.usage = NodeUsage()
         self.samples_logged: set[str] = set()
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="mlflow", daemon=True)
@@ -102,8 +138,11 @@ class RunTracker:
         if len(steps) <= self.steps_logged:
             return
         fresh, self.steps_logged = steps[self.steps_logged :], len(steps)
-        system = system_metrics(driver)
+        system = {**system_metrics(driver), **self.usage.sample(driver)}
+        evals = self._evals.read()
         self._submit(lambda: self._log_steps(fresh, system))
+        if evals:
+            self._submit(lambda: self._log_steps(evals, {}, prefix="eval/"))
         self._submit(self._log_new_samples)
 
     def finish(self, result: RunResult, summary: Path | None = None) -> None:
@@ -112,6 +151,9 @@ class RunTracker:
         fresh, self.steps_logged = steps[self.steps_logged :], len(steps)
         if fresh:
             self._submit(lambda: self._log_steps(fresh, {}))
+        evals = self._evals.read()
+        if evals:
+            self._submit(lambda: self._log_steps(evals, {}, prefix="eval/"))
         self._submit(self._log_new_samples)
         self._submit(lambda: self._end(result, summary))
         self._jobs.put(None)
@@ -158,9 +200,9 @@ class RunTracker:
             experiment_id = experiment.experiment_id
         if self.resumed and self._continue(experiment_id):
             return
-        run = self.client.create_run(
-            experiment_id, run_name=self.run_dir.name, tags={"run_dir": str(self.run_dir)}
-        )
+        tags = {"run_dir": str(self.run_dir), "overrides": " ".join(self.overrides)[:5000]}
+        name = run_name(self.overrides, self.run_dir.name)
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
         params = [mlflow.entities.Param(k, v) for k, v in flatten_spec(self.graph).items()]
         for start in range(0, len(params), 100):  # MLflow's batch limit
@@ -200,7 +242,9 @@ class RunTracker:
         path = draw(build(self.graph, Machine.detect()), self.run_dir / "graph.png")
         self.client.log_artifact(self.run_id, str(path))
 
-    def _log_steps(self, steps: list[dict[str, Any]], system: dict[str, float]) -> None:
+    def _log_steps(
+        self, steps: list[dict[str, Any]], system: dict[str, float], prefix: str = ""
+    ) -> None:
         import mlflow
 
         assert self.run_id is not None
@@ -214,7 +258,7 @@ class RunTracker:
             metrics.extend(
                 mlflow.entities.Metric(_metric_name(k), float(v), millis, step)
                 for k, v in values.items()
-                if isinstance(v, int | float)
+                if isinstance(v, int | float) and k.startswith(prefix)
             )
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
@@ -234,6 +278,8 @@ class RunTracker:
         checkpoint = latest_checkpoint(self.run_dir)
         if checkpoint is not None:
             self.client.set_tag(self.run_id, "checkpoint", str(checkpoint))
+            if self.graph.tracking.log_model:
+                self._log_model(checkpoint)
         self.client.set_tag(self.run_id, "status", result.status)
         self.client.log_metric(self.run_id, "wall_s", result.wall_s)
         if summary is not None and summary.exists():
@@ -243,6 +289,75 @@ class RunTracker:
                 self.client.log_metric(self.run_id, _metric_name(name), value)
         status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         self.client.set_terminated(self.run_id, status)
+
+    def _log_model(self, checkpoint: Path) -> None:
+        """The checkpoint as an MLflow transformers model under the artifact path ``model``."""
+        import tempfile
+
+        assert self.run_id is not None
+        with tempfile.TemporaryDirectory(prefix="areal-flow-model-") as tmp:
+            save_transformers_model(checkpoint, Path(tmp) / "model")
+            self.client.log_artifacts(self.run_id, str(Path(tmp) / "model"), "model")
+        self.client.set_tag(self.run_id, "model", f"runs:/{self.run_id}/model")
+
+
+def save_transformers_model(checkpoint: Path, out: Path) -> Path:
+    """An HF checkpoint folder saved as an MLflow transformers model (text generation).
+
+    The model is handed over loaded: MLflow's own path for a local checkpoint does not work
+    with the installed transformers. Requirements are given, not inferred (inference imports
+    torchvision, which this project does not install)."""
+    import mlflow.transformers
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    mlflow.transformers.save_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        path=str(out),
+        task="text-generation",
+        pip_requirements=[
+            f"transformers=={transformers.__version__}",
+            f"torch=={torch.__version__.split('+')[0]}",
+        ],
+    )
+    return out
+
+
+class NodeUsage:
+    """CPU percent and resident memory per node: its replicas' processes and their children.
+
+    Replicas on other hosts (Ray) have PIDs this host cannot see: they are skipped. CPU percent
+    is measured between two samples of the same process, so a node's first sample reads 0."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, Any] = {}
+
+    def sample(self, driver: Driver) -> dict[str, float]:
+        import psutil
+
+        out: dict[str, float] = {}
+        for replica in driver.replicas.values():
+            if replica.pid is None:
+                continue
+            try:
+                root = psutil.Process(replica.pid)
+                members = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            cpu = rss = 0.0
+            for process in members:
+                known = self._processes.setdefault(process.pid, process)
+                try:
+                    cpu += known.cpu_percent(None)
+                    rss += known.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+            node = replica.plan.node
+            out[f"system/{node}/cpu_percent"] = out.get(f"system/{node}/cpu_percent", 0.0) + cpu
+            out[f"system/{node}/rss_mb"] = out.get(f"system/{node}/rss_mb", 0.0) + rss
+        return out
 
 
 def _then(first: Callable[[], None], after: Callable[[], None]) -> None:

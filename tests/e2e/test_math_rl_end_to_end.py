@@ -36,6 +36,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
         "evaluation.problems": "6",
         "evaluation.samples": "2",
         "evaluation.k": "2",
+        "evaluation.every": "1",  # the evaluator node: held-out points during training
+        "evaluation.every_problems": "4",
+        "evaluation.every_samples": "1",
     }
     command = [sys.executable, "-m", "areal_flow.cli", "run", "graphs/math_rl.py", "-q"]
     command += ["--run-dir", str(run_dir)]
@@ -52,6 +55,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "run summary" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
+    assert "live view: http://127.0.0.1:" in result.stdout and "?token=" in result.stdout
     # Resuming the finished run (nothing left to train) continues the same MLflow run.
     resumed = subprocess.run(
         [*command[:6], "--resume", str(run_dir), *command[8:]],
@@ -87,6 +91,46 @@ def test_metrics_and_artifacts_land_in_mlflow(finished_run: Path) -> None:
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert "samples/step_000002.jsonl" in samples
     assert run.data.tags["checkpoint"].endswith("step_3")
+    # A short name from the overrides, so runs of one graph read apart in `mlflow ui`.
+    assert run.info.run_name == "model=model engine=hf max_tokens=16 steps=3 samples_every=2"
+    for node in ("gen", "trainer", "reward"):
+        assert run.data.metrics[f"system/{node}/rss_mb"] > 10, node
+        assert f"system/{node}/cpu_percent" in run.data.metrics
+
+
+def test_held_out_points_during_training_land_in_mlflow(finished_run: Path) -> None:
+    from mlflow import MlflowClient
+
+    points = [json.loads(line) for line in (finished_run / "metrics" / "eval.jsonl").open()]
+    assert len(points) >= 3 and points[0]["step"] == 0  # the initial policy, then versions 1, 2…
+    assert [p["step"] for p in points] == sorted({p["step"] for p in points})
+    assert all(0 <= p["eval/pass1"] <= 1 and p["problems"] == 4 for p in points)
+    client = MlflowClient(f"sqlite:///{finished_run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("math_rl")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "eval/pass1")
+    assert [m.step for m in history] == [p["step"] for p in points]  # once each, resume or not
+    assert [m.timestamp for m in history] == [int(p["time"] * 1000) for p in points]
+
+
+def test_logged_model_generates_text_with_mlflow_transformers(finished_run: Path) -> None:
+    import mlflow
+    import mlflow.transformers
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{finished_run / 'mlflow.db'}"
+    experiment = MlflowClient(uri).get_experiment_by_name("math_rl")
+    assert experiment is not None
+    (run,) = MlflowClient(uri).search_runs([experiment.experiment_id])
+    assert run.data.tags["model"] == f"runs:/{run.info.run_id}/model"
+    mlflow.set_tracking_uri(uri)
+    try:
+        pipeline = mlflow.transformers.load_model(run.data.tags["model"])
+    finally:
+        mlflow.set_tracking_uri("")
+    (out,) = pipeline("1 + 1 =", max_new_tokens=5, do_sample=False)
+    assert out["generated_text"].startswith("1 + 1 =") and len(out["generated_text"]) > 7
 
 
 def test_final_checkpoint_loads_in_plain_transformers(finished_run: Path) -> None:

@@ -64,7 +64,14 @@ def math_graph(model: Path, prompts: int) -> Graph:
 class WatchedRun:
     """``run_graph`` in a thread; the test waits on the driver's state and kills replicas."""
 
-    def __init__(self, graph: Graph, run_dir: Path, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        run_dir: Path,
+        also: Callable[[Driver], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``also``: another driver callback (a web view's feed), called after the watch."""
         self.driver: Driver | None = None
         self.result: RunResult | None = None
         self.error: BaseException | None = None  # run_graph raised instead of returning
@@ -76,6 +83,8 @@ class WatchedRun:
                 pid = replica.handle.pid
                 if pid is not None and pid not in self.pids:
                     self.pids.append(pid)
+            if also is not None:
+                also(driver)
 
         def target() -> None:
             try:
