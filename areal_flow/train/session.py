@@ -291,6 +291,11 @@ class TrainingSession:
             finally:
                 self.policy.close()
 
+    def rank_failure(self) -> str | None:
+        """Why a rank of a data-parallel trainer died, or None (any thread)."""
+        group = getattr(self.policy, "group", None)
+        return group.failure if group is not None else None
+
     def abort(self) -> None:
         """After a failure, from any thread: kill the other ranks now, so a collective that
         waits on them fails instead of holding the compute thread."""
