@@ -164,13 +164,16 @@ class RankGroup:
         if self.failure is not None:
             raise RankFailed(self.failure)
 
+    def broken(self, wait_s: float) -> bool:
+        """Whether a child died, waiting up to ``wait_s`` for the monitor to see it: a killed
+        process's sockets close (failing the collective) before it can be reaped."""
+        deadline = time.monotonic() + wait_s
+        while self.failure is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        return self.failure is not None
+
     def explain(self, op: str, err: BaseException) -> str:
         """Why collective ``op`` failed: a dead rank, ranks that never took it up, or ``err``."""
-        deadline = time.monotonic() + 2.0  # a dead child's exit may reach the monitor late
-        while self.failure is None and time.monotonic() < deadline:
-            if not any(p.poll() is None for p in self.children.values()):
-                break
-            time.sleep(POLL_S)
         if self.failure is not None:
             return self.failure
         missing = [r for r in range(1, self.world) if self._arrived(r) < self.seq]

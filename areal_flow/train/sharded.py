@@ -179,9 +179,8 @@ class ShardedPolicy(Policy):
         except RankFailed:
             raise
         except Exception as err:
-            died = any(p.poll() is not None for p in self.group.children.values())
             timed_out = "timed out" in str(err).lower()
-            if self.group.failure is None and not died and not timed_out:
+            if not timed_out and not self.group.broken(wait_s=2.0):
                 raise  # an error of rank 0's own (e.g. bad input), not of the group
             raise RankFailed(self.group.explain(op, err)) from err
 
