@@ -361,9 +361,11 @@ def batch_counts(seqs: list[Sequence]) -> dict[str, float]:
     }
 
 
-def load_sharded_optimizer(model: Any, optimizer: Any, path: Path) -> None:
+def load_sharded_optimizer(
+    model: Any, optimizer: Any, path: Path, process_group: Any | None = None
+) -> None:
     """Load optimizer state written by ``torch.distributed.checkpoint`` (any rank count) into
-    ``optimizer``: every rank of a group calls this together, or one process alone."""
+    ``optimizer``: every rank of ``process_group`` together, or one process alone (None)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
@@ -371,7 +373,10 @@ def load_sharded_optimizer(model: Any, optimizer: Any, path: Path) -> None:
     )
 
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.simplefilter("ignore", UserWarning)
+        no_dist = process_group is None
+        dcp.load(state, checkpoint_id=str(path), process_group=process_group, no_dist=no_dist)
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 

@@ -16,7 +16,8 @@ Rules:
   collective code. A child marks ``at/<rank>`` with the sequence number it took up, so a
   collective that times out names the ranks that never arrived. Children wait for commands
   without a timeout (the trainer may idle while generation runs); collectives time out after
-  ``timeout_s``.
+  ``timeout_s``. Start-up (imports, model loading, sharding) is not a collective: the ranks
+  meet at store rendezvous points (``STARTUP_S``), where rank 0 fails as soon as a child dies.
 - Failure: the monitor polls the children; one that exits before 'stop' makes ``failure`` the
   rank's name, exit status and last log lines, and the monitor kills the others at once. Rank 0
   reads ``failure`` (the trainer node watches it) and stops the whole trainer.
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the monitor looks at the children
 WAIT_S = 3600.0  # a child's wait for a command, renewed (rank 0's death ends it at once)
+STARTUP_S = 600.0  # ranks have this long to start, load the model and shard it
 STOP_S = 30.0  # after 'stop', children have this long to exit before they are killed
 LOG_LINES = 12  # last log lines of a dead rank in the trainer's error
 
@@ -89,7 +91,9 @@ def core_shares(cpus: list[int], world: int) -> list[list[int]]:
 class RankGroup:
     """This process's membership of the trainer group; rank 0 also owns the children."""
 
-    def __init__(self, spec: GroupSpec, rank: int, store: Any) -> None:
+    def __init__(
+        self, spec: GroupSpec, rank: int, store: Any, monitor: _Monitor | None = None
+    ) -> None:
         import torch.distributed as dist
 
         self.spec = spec
@@ -97,9 +101,10 @@ class RankGroup:
         self.world = spec.world
         self.store = store
         self.seq = 0
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
-        self._monitor: _Monitor | None = None
+        self._monitor = monitor
+        self.children = monitor.children if monitor is not None else {}
+        self.rendezvous("joined")  # start-up may take long; the collectives' timeout is short
         timeout = timedelta(seconds=spec.timeout_s)
         if spec.device == "cuda":
             import torch
@@ -132,13 +137,36 @@ class RankGroup:
         monitor = _Monitor(spec, spec_path)
         monitor.start()
         try:
-            group = cls(spec, 0, store)
+            return cls(spec, 0, store, monitor)
         except Exception as err:
+            monitor.stopping = True
             monitor.kill_all()
+            if isinstance(err, RankFailed):
+                raise
             raise RankFailed(monitor.failure or f"the trainer group did not form: {err}") from err
-        group.children = monitor.children
-        group._monitor = monitor
-        return group
+
+    def rendezvous(self, name: str) -> None:
+        """Wait until every rank got to ``name`` (start-up steps: up to ``STARTUP_S``, not the
+        collectives' timeout); rank 0 fails at once when a child dies meanwhile."""
+        import torch.distributed as dist
+
+        self.store.set(f"{name}/{self.rank}", "1")
+        keys = [f"{name}/{r}" for r in range(self.world)]
+        deadline = time.monotonic() + max(STARTUP_S, self.spec.timeout_s)
+        while True:
+            try:
+                self.store.wait(keys, timedelta(seconds=1))
+                return
+            except dist.DistNetworkError as err:  # the store went with rank 0
+                raise RankFailed(f"rank {self.rank}: lost rank 0's store: {err}") from err
+            except dist.DistStoreError:
+                self.check()
+                if time.monotonic() > deadline:
+                    missing = [r for r in range(self.world) if not self.store.check([keys[r]])]
+                    raise RankFailed(
+                        f"trainer {self.spec.name!r}: ranks {missing} did not reach {name!r} "
+                        f"within {STARTUP_S:g} s"
+                    ) from None
 
     @property
     def failure(self) -> str | None:

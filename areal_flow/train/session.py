@@ -24,6 +24,8 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -344,7 +346,7 @@ def start_ranks(
     checkpoint: Any,
 ) -> Policy:
     """Rank 0 of a data-parallel trainer: start the other ranks, join them, shard the model.
-    This process keeps an equal share of the threads it was given."""
+    This process keeps an equal share of the threads and pinned cores it was given."""
     import torch
 
     from areal_flow.train.ranks import GroupSpec, RankGroup, core_shares
@@ -352,6 +354,11 @@ def start_ranks(
 
     threads = max(1, torch.get_num_threads() // cfg.ranks)
     torch.set_num_threads(threads)
+    shares = core_shares(cpus, cfg.ranks)
+    if shares[0]:  # every thread of this process (new ones inherit it from their creator)
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task), shares[0])
     resume = checkpoint.path if checkpoint is not None else None
     spec = GroupSpec(
         name=cfg.name,
@@ -359,7 +366,7 @@ def start_ranks(
         port=0,
         device="cuda" if device.startswith("cuda") else "cpu",
         timeout_s=cfg.rank_timeout_s,
-        cpus=core_shares(cpus, cfg.ranks),
+        cpus=shares,
         threads=threads,
         run_dir=str(run_dir),
         policy={

@@ -62,13 +62,32 @@ class ShardedPolicy(Policy):
     ) -> None:
         self.group = group
         super().__init__(model_dir, **kwargs)
+        group.rendezvous("built")  # every rank loaded and sharded: collectives from here on
         if resume is not None and (resume / OPTIM_DIR).is_dir():
-            load_sharded_optimizer(self.model, self.optimizer, resume / OPTIM_DIR)
-        elif resume is not None:
-            raise ValueError(
-                f"checkpoint {resume} was written by a trainer of one rank (no {OPTIM_DIR}/); "
-                "resume it with ranks = 1, or start this run afresh"
-            )
+            load_sharded_optimizer(self.model, self.optimizer, resume / OPTIM_DIR, group.gloo)
+        elif resume is not None:  # written by one process: its whole optimizer, sharded here
+            from areal_flow.train.checkpoint import STATE_FILE
+
+            state = torch.load(resume / STATE_FILE, weights_only=True)
+            self._load_whole_optimizer(state["optimizer"])
+
+    def _load_whole_optimizer(self, state: dict[str, Any]) -> None:
+        """A one-process ``optimizer.state_dict()`` (parameters by position) into this rank's
+        shards: positions become parameter names, which ``set_optimizer_state_dict`` shards."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        names = [name for name, _ in self.model.named_parameters()]  # the optimizer's order
+        full = {
+            "state": {names[i]: moments for i, moments in state["state"].items()},
+            "param_groups": [
+                {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
+            ],
+        }
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(self.model, self.optimizer, full, options=options)
 
     def _shard(self) -> None:
         from torch.distributed.fsdp import fully_shard

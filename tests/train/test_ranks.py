@@ -4,13 +4,18 @@ with one rank, optimizer state included."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from areal_flow.train.algo import DecoupledPPO
 from areal_flow.train.policy import OPTIM_DIR
+from areal_flow.train.ranks import RankFailed, core_shares
 from areal_flow.train.session import TrainingSession
 from areal_flow.train.shards import balanced_shares
 from tests.train.scored import load_model, scored_group
@@ -24,10 +29,16 @@ def groups(model_dir: Path) -> list:
     return [scored_group(model, f"0:{g}", r, seed=g) for g, r in enumerate(REWARDS)]
 
 
-def session(model_dir: Path, run_dir: Path, ranks: int, **extra: object) -> TrainingSession:
-    # K = 2: π_prox is a separate (gathered) pass; 32-token micro-batches: several per rank.
+def session(
+    model_dir: Path, run_dir: Path, ranks: int, timeout_s: float = 60, **extra: Any
+) -> TrainingSession:
+    # K = 2: π_prox is a separate (gathered) pass; 64-token micro-batches: several per rank.
     cfg = config(
-        model_dir, ranks=ranks, algo=DecoupledPPO(updates_per_batch=2), micro_batch_tokens=64
+        model_dir,
+        ranks=ranks,
+        rank_timeout_s=timeout_s,
+        algo=DecoupledPPO(updates_per_batch=2),
+        micro_batch_tokens=64,
     )
     return TrainingSession(cfg, temperature=1.0, run_dir=run_dir, store="run_dir", **extra)
 
@@ -53,8 +64,18 @@ def test_shares_keep_prompts_together_and_balance_tokens() -> None:
     assert balanced_shares(["a"], [3], [4], ranks=3) == [[0], [], []]
 
 
+def test_ranks_get_one_gpu_each_or_none(tiny_model_dir: Path) -> None:
+    assert config(tiny_model_dir, ranks=2, resources={"cpus": 2, "gpus": 2}).ranks == 2
+    with pytest.raises(ValueError, match=r"ranks = 2 with resources.gpus = 1; give each rank"):
+        config(tiny_model_dir, ranks=2, resources={"cpus": 2, "gpus": 1})
+    assert core_shares([4, 5, 6, 7, 8], 2) == [[4, 5], [6, 7]]
+    assert core_shares([4], 2) == [[], []]  # fewer cores than ranks: they share them
+
+
 @pytest.mark.slow
-def test_two_ranks_train_like_one_and_resume_with_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_two_ranks_train_like_one_and_checkpoints_cross_rank_counts(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     batch = groups(tiny_model_dir)
     one = session(tiny_model_dir, tmp_path / "one", ranks=1)
     prox_one, one_metrics = train_batch(one, batch)
@@ -90,3 +111,38 @@ def test_two_ranks_train_like_one_and_resume_with_one(tiny_model_dir: Path, tmp_
             torch.testing.assert_close(
                 state_resumed[key][part], moments[part], atol=1e-6, rtol=1e-4
             )
+
+    # A one-process checkpoint resumes with two ranks: the next batch (AdamW's update depends
+    # on the restored moments) gives the weights one process gets.
+    path_one = one.checkpoint(one.snapshot())
+    assert not (path_one / OPTIM_DIR).exists()
+    _, after_one = train_batch(one, batch)
+    two = session(tiny_model_dir, tmp_path / "two_again", ranks=2, resume_from=path_one)
+    try:
+        _, after_two = train_batch(two, batch)
+        weights = two.policy.state_dict()
+    finally:
+        two.close()
+    assert after_two[-1]["loss"] == pytest.approx(after_one[-1]["loss"], rel=1e-4, abs=1e-6)
+    for name, value in one.policy.state_dict().items():
+        torch.testing.assert_close(weights[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_arrives_is_named_after_the_timeout(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    batch = groups(tiny_model_dir)
+    two = session(tiny_model_dir, tmp_path, ranks=2, timeout_s=3)
+    (child,) = two.policy.group.children.values()  # type: ignore[attr-defined]
+    os.kill(child.pid, signal.SIGSTOP)  # alive, but never takes up the next command
+    try:
+        began = time.monotonic()
+        with pytest.raises(RankFailed, match="rank 1 did not arrive at 'logprobs'"):
+            two.prepare(batch)
+        assert time.monotonic() - began < 3 + 10
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        two.abort()
+        two.close()
+    assert child.poll() is not None  # killed, not left behind
