@@ -80,7 +80,7 @@ class ShardedPolicy(Policy):
         )
 
         names = [name for name, _ in self.model.named_parameters()]  # the optimizer's order
-        full = {
+        full: dict[str, Any] = {
             "state": {names[i]: moments for i, moments in state["state"].items()},
             "param_groups": [
                 {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
