@@ -153,20 +153,20 @@ class RankGroup:
         self.store.set(f"{name}/{self.rank}", "1")
         keys = [f"{name}/{r}" for r in range(self.world)]
         deadline = time.monotonic() + max(STARTUP_S, self.spec.timeout_s)
-        while True:
+        while True:  # polled: a store wait that times out logs a warning each time
             try:
-                self.store.wait(keys, timedelta(seconds=1))
-                return
+                if self.store.check(keys):
+                    return
             except dist.DistNetworkError as err:  # the store went with rank 0
                 raise RankFailed(f"rank {self.rank}: lost rank 0's store: {err}") from err
-            except dist.DistStoreError:
-                self.check()
-                if time.monotonic() > deadline:
-                    missing = [r for r in range(self.world) if not self.store.check([keys[r]])]
-                    raise RankFailed(
-                        f"trainer {self.spec.name!r}: ranks {missing} did not reach {name!r} "
-                        f"within {STARTUP_S:g} s"
-                    ) from None
+            self.check()
+            if time.monotonic() > deadline:
+                missing = [r for r in range(self.world) if not self.store.check([keys[r]])]
+                raise RankFailed(
+                    f"trainer {self.spec.name!r}: ranks {missing} did not reach {name!r} "
+                    f"within {STARTUP_S:g} s"
+                )
+            time.sleep(POLL_S)
 
     @property
     def failure(self) -> str | None:

@@ -64,6 +64,7 @@ def test_killed_rank_stops_the_run_and_resume_trains_every_group_once(
         killed = time.monotonic()
         result = run.finish()
         stopped_s = time.monotonic() - killed
+        print(f"the run stopped {stopped_s:.1f} s after rank 1 was killed")  # shown with -s
     assert result.status == "failed" and result.failure is not None
     assert result.failure.node == "trainer"
     reason = result.failure.reason
