@@ -114,6 +114,8 @@ class Trainer(Streaming[TrainerConfig]):
         while the trainer idles): the whole trainer stops, naming the rank."""
         from areal_flow.train.ranks import RankFailed
 
+        if not self.session.policy.sharded:
+            await asyncio.Event().wait()  # one process: nothing to watch; cancelled at the end
         while (failure := self.session.rank_failure()) is None:
             await asyncio.sleep(self.WATCH_S)
         raise RankFailed(failure)

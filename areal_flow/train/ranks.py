@@ -214,8 +214,10 @@ class RankGroup:
         return f"trainer {self.spec.name!r}: collective '{op}' failed on rank 0: {err}"
 
     def _arrived(self, rank: int) -> int:
+        """The last command ``rank`` took up (0: none); ``get`` alone would wait for the key."""
+        key = f"at/{rank}"
         try:
-            return int(self.store.get(f"at/{rank}").decode())
+            return int(self.store.get(key).decode()) if self.store.check([key]) else 0
         except Exception:
             return 0
 
