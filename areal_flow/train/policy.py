@@ -96,7 +96,8 @@ class Policy:
         self.model = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation=register())
         self.model.to(self.device)
         self.model.train()
-        if self.model.get_output_embeddings() is None:
+        self.head = self.model.get_output_embeddings()
+        if self.head is None:
             raise ValueError(f"model in {model_dir} has no output embeddings (not a causal LM)")
         self.scorer = Scorer(self.model, bf16)
         self._shard()  # a sharded policy wraps the model here, before the optimizer sees it
