@@ -5,8 +5,13 @@ Rules:
   ``arithmetic:add1,sub1`` (chosen levels), or a dataset file (JSONL / Parquet / save_to_disk
   folder, GSM8K answers understood). Problems are the first ``problems`` of the split, so two
   evaluations with the same arguments score the same problems.
-- Prompts are rendered exactly as the prompt source renders them (chat template + the answer
-  format instruction); answers are scored by the same verifier, strict extraction.
+- Prompts are rendered exactly as the prompt source renders them (its ``PromptFormat``: system
+  message, example exchanges, instruction, chat template), and each sample is one episode of the
+  generator's episode function with its limits (``EpisodePlan``: one answer by default, a
+  tool-using conversation when the graph trains one), so a policy is scored the way it was
+  trained. Answers are scored by the same verifier, strict extraction.
+- ``episode_metrics`` holds the mean of each named episode metric (tool calls, turns) over all
+  samples, and ``episode_failures`` the samples whose episode function failed.
 - pass@k uses the unbiased estimator of Chen et al. (2021) from n ≥ k samples per problem:
   1 − C(n − c, k) / C(n, k), averaged over problems.
 """
@@ -20,6 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from areal_flow.data.prompting import PromptFormat
+from areal_flow.episodes.runner import EpisodePlan
 
 ALL = "all"
 
@@ -36,6 +44,8 @@ class EvalResult:
     pass_k: dict[str, float] = field(default_factory=dict)
     format_rate: dict[str, float] = field(default_factory=dict)
     problems: dict[str, int] = field(default_factory=dict)
+    episode_metrics: dict[str, float] = field(default_factory=dict)
+    episode_failures: int = 0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -72,83 +82,116 @@ def evaluate_models(
     max_tokens: int = 96,
     engine: Literal["vllm", "hf"] = "vllm",
     seed: int = 0,
+    *,
+    prompt_format: PromptFormat | None = None,
+    episode: EpisodePlan | None = None,
 ) -> list[EvalResult]:
     """Score several checkpoints of one model family with one engine: it starts on the first
     and loads each next one's weights in place (an engine start costs far more than a load).
-    The tokenizer is the first model's."""
+    The tokenizer is the first model's. ``prompt_format`` and ``episode`` default to one answer
+    to the default prompt."""
     if k > samples:
         raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {samples}")
     if not models:
         return []
     names = [str(m) for m in models]
-    return asyncio.run(
-        _evaluate(names, data, problems, samples, k, temperature, max_tokens, engine, seed)
-    )
+    settings = _Settings(
+        data, problems, samples, k, temperature, max_tokens, engine, seed,
+        prompt_format or PromptFormat(), episode or EpisodePlan(),
+    )  # fmt: skip
+    return asyncio.run(_evaluate(names, settings))
 
 
-async def _evaluate(
-    models: list[str],
-    data: str,
-    problems: int,
-    samples: int,
-    k: int,
-    temperature: float,
-    max_tokens: int,
-    engine_kind: str,
-    seed: int,
-) -> list[EvalResult]:
+@dataclass(frozen=True)
+class _Settings:
+    data: str
+    problems: int
+    samples: int
+    k: int
+    temperature: float
+    max_tokens: int
+    engine: str
+    seed: int
+    prompt_format: PromptFormat
+    episode: EpisodePlan
+
+
+async def _evaluate(models: list[str], settings: _Settings) -> list[EvalResult]:
     from transformers import AutoTokenizer
 
-    from areal_flow.data.problem import prompt_text
+    from areal_flow.data.prompting import render_prompt
     from areal_flow.models import prepare_model
 
     folders = [prepare_model(model) for model in models]
     tokenizer = AutoTokenizer.from_pretrained(folders[0])
-    items = load_eval_problems(data, problems, seed)
-    prompts = []
+    items = load_eval_problems(settings.data, settings.problems, settings.seed)
+    rows = []
     for problem in items:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt_text(problem.question)}],
-            tokenize=False,
-            add_generation_prompt=True,
+        text, ids = render_prompt(tokenizer, problem.question, settings.prompt_format)
+        rows.append(
+            {
+                **problem.extra,
+                "prompt_id": problem.id,
+                "level": problem.level,
+                "prompt": text,
+                "prompt_token_ids": ids,
+                "answer": problem.answer,
+            }
         )
-        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     results = []
-    engine = await _start_engine(engine_kind, str(folders[0]), seed)
+    engine = await _start_engine(
+        settings.engine, str(folders[0]), settings.seed, settings.episode.max_model_len
+    )
     try:
         for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
             if version:
                 await engine.update_weights(version, folder)
-            answers = await _generate(engine, prompts, samples, temperature, max_tokens)
-            results.append(await _score(model, data, items, answers, samples, k))
+            episodes = await _generate(engine, tokenizer, rows, settings)
+            results.append(await _score(model, items, episodes, settings))
     finally:
         await engine.close()
     return results
 
 
 async def _generate(
-    engine: Any, prompts: list[list[int]], samples: int, temperature: float, max_tokens: int
-) -> dict[int, list[str]]:
-    from areal_flow.engine.base import GenerationRequest, SamplingConfig
+    engine: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: _Settings
+) -> dict[int, list[Any]]:
+    """Every sample of every problem as an episode outcome, by problem index."""
+    from areal_flow.engine.base import SamplingConfig
+    from areal_flow.episodes import EngineClient
 
-    sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens)
-    for index, ids in enumerate(prompts):
-        await engine.submit(GenerationRequest(str(index), ids, n=samples, sampling=sampling))
-    answers: dict[int, list[str]] = defaultdict(list)
-    if not prompts:
-        return answers
-    async for sample in engine.samples():
-        answers[int(sample.request_id)].append(sample.text)
-        if sum(len(v) for v in answers.values()) == len(prompts) * samples:
-            break
-    return answers
+    sampling = SamplingConfig(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    client = EngineClient(engine)
+    runner = settings.episode.runner(client, sampling, tokenizer)
+    concurrency = asyncio.Semaphore(256)
+
+    async def read() -> None:
+        async for sample in engine.samples():
+            client.deliver(sample)
+
+    async def one(index: int) -> tuple[int, Any]:
+        async with concurrency:
+            return index, await runner.run(rows[index])
+
+    reader = asyncio.create_task(read())
+    try:
+        done = await asyncio.gather(
+            *(one(i) for i in range(len(rows)) for _ in range(settings.samples))
+        )
+    finally:
+        reader.cancel()
+    outcomes: dict[int, list[Any]] = defaultdict(list)
+    for index, outcome in done:
+        outcomes[index].append(outcome)
+    return outcomes
 
 
 async def _score(
-    model: str, data: str, items: list[Any], answers: dict[int, list[str]], samples: int, k: int
+    model: str, items: list[Any], outcomes: dict[int, list[Any]], settings: _Settings
 ) -> EvalResult:
     from areal_flow.reward import math_pool
 
+    answers = {i: [o.episode.text for o in outcomes[i]] for i in outcomes}
     with math_pool(workers=2) as pool:
         rows = [
             {"prompt": items[i].question, "response": a, "answer": items[i].answer}
@@ -156,7 +199,14 @@ async def _score(
             for a in answers[i]
         ]
         results = await pool.score(rows)
-    return _tally(model, data, items, answers, results, samples, k)
+    result = _tally(model, settings.data, items, answers, results, settings.samples, settings.k)
+    every = [o for i in sorted(outcomes) for o in outcomes[i]]
+    result.episode_failures = sum(o.failure is not None for o in every)
+    names = sorted({name for o in every for name in o.episode.metrics})
+    result.episode_metrics = {
+        name: sum(o.episode.metrics.get(name, 0.0) for o in every) / len(every) for name in names
+    }
+    return result
 
 
 def _tally(
@@ -186,9 +236,9 @@ def _tally(
     return result
 
 
-async def _start_engine(kind: str, model: str, seed: int) -> Any:
+async def _start_engine(kind: str, model: str, seed: int, max_model_len: int) -> Any:
     from areal_flow.engine import create_engine
 
-    engine = create_engine(kind, model=model, seed=seed)
+    engine = create_engine(kind, model=model, seed=seed, max_model_len=max_model_len)
     await engine.start()
     return engine

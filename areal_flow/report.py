@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from areal_flow.data.prompting import PromptFormat
+from areal_flow.episodes.runner import EpisodePlan
 from areal_flow.roles import GeneratorSpec, SourceSpec, TrainerSpec
 from areal_flow.spec import Graph
 
@@ -45,6 +47,8 @@ class EvalSettings:
     max_tokens: int
     engine: str
     seed: int
+    prompt_format: dict[str, Any] = field(default_factory=dict)  # PromptFormat fields
+    episode: EpisodePlan = field(default_factory=EpisodePlan)
 
     def cache_key(self) -> str:
         from areal_flow.models import prepare_model
@@ -102,6 +106,7 @@ def eval_settings(graph: Graph) -> EvalSettings | None:
             "from a source with a held-out split (the prompt source on the arithmetic task)"
         )
     sampling = generator.sampling if generator is not None else None
+    prompt_format = next((f for s in sources if (f := s.prompt_format()) is not None), None)
     return EvalSettings(
         model=trainer.model,
         data=data,
@@ -112,6 +117,8 @@ def eval_settings(graph: Graph) -> EvalSettings | None:
         max_tokens=int(_pick(spec.max_tokens, sampling and sampling.max_tokens, 256)),
         engine=str(_pick(spec.engine, generator and generator.eval_engine(), "vllm")),
         seed=graph.seed,
+        prompt_format=(prompt_format or PromptFormat()).model_dump(),
+        episode=EpisodePlan.of(generator) if generator is not None else EpisodePlan(),
     )
 
 
@@ -145,6 +152,8 @@ def evaluate_run(
         settings.max_tokens,
         settings.engine,  # type: ignore[arg-type]
         settings.seed,
+        prompt_format=PromptFormat.model_validate(settings.prompt_format),
+        episode=settings.episode,
     )
     scores = [_scores(r) for r in results]
     final = scores[-1]
@@ -157,12 +166,15 @@ def evaluate_run(
 
 
 def _scores(result: Any) -> dict[str, dict[str, float]]:
-    return {
+    scores = {
         "pass@1": dict(result.pass1),
         f"pass@{result.k}": dict(result.pass_k),
         "format": dict(result.format_rate),
         "problems": {k: float(v) for k, v in result.problems.items()},
     }
+    for name, value in result.episode_metrics.items():  # tool calls, turns: over all samples
+        scores[f"episode/{name}"] = {ALL: value}
+    return scores
 
 
 def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
@@ -226,6 +238,10 @@ def weight_path(
     return out
 
 
+def _cell(values: dict[str, float], level: str) -> str:
+    return f"{values[level]:.3f}" if level in values else ""
+
+
 def summary_table(summary: Summary) -> Table:
     """Base vs final accuracy per level, then the run's totals."""
     table = Table(title="run summary", show_edge=False)
@@ -239,16 +255,18 @@ def summary_table(summary: Summary) -> Table:
         count = final.get("problems", {})
         table.add_row("held-out problems", *[f"{count.get(lvl, 0):.0f}" for lvl in levels])
     for metric in metrics:
+        before, after = base.get(metric, {}), final[metric]
         if base:
             tag = " (cached)" if summary.base_cached else ""
-            table.add_row(
-                f"base {metric}{tag}", *[f"{base[metric].get(lvl, 0):.3f}" for lvl in levels]
-            )
-        table.add_row(f"final {metric}", *[f"{final[metric].get(lvl, 0):.3f}" for lvl in levels])
+            table.add_row(f"base {metric}{tag}", *[_cell(before, lvl) for lvl in levels])
+        table.add_row(f"final {metric}", *[_cell(after, lvl) for lvl in levels])
         if base:
             table.add_row(
                 f"Δ {metric}",
-                *[f"{final[metric].get(lvl, 0) - base[metric].get(lvl, 0):+.3f}" for lvl in levels],
+                *[
+                    f"{after[lvl] - before[lvl]:+.3f}" if lvl in after and lvl in before else ""
+                    for lvl in levels
+                ],
             )
     totals = Table(show_edge=False, show_header=False)
     totals.add_column("")

@@ -20,9 +20,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, JsonValue, model_validator
 
-from areal_flow.spec import ModelRef, NodeSpec, Port, Resources, Spec, light_resources
+from areal_flow.data.prompting import PromptFormat
+from areal_flow.spec import (
+    FunctionRef,
+    ModelRef,
+    NodeSpec,
+    Port,
+    Resources,
+    Spec,
+    light_resources,
+)
 from areal_flow.train.algo import DecoupledPPO
 
 ROLES: tuple[str, ...] = (
@@ -72,6 +81,11 @@ class SourceSpec(NodeSpec):
         end-of-run evaluation when the graph sets none; None when it has no such split."""
         return None
 
+    def prompt_format(self) -> PromptFormat | None:
+        """How this source renders questions, so evaluation renders held-out ones the same
+        way; None: the default format."""
+        return None
+
 
 class GeneratorSpec(NodeSpec):
     """Turns prompt groups into rollouts with a policy it keeps up to date (weight notices)."""
@@ -85,6 +99,30 @@ class GeneratorSpec(NodeSpec):
         description="HF model folder, a .gguf file, or 'smollm2' (SmolLM2-135M-Instruct).",
     )
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
+    episode: FunctionRef = Field(
+        "areal_flow.episodes.builtin:single_turn",
+        description="What one trajectory is: 'package.module:function' or the function itself "
+        "in a Python graph file, called as `await fn(llm, row, **episode_params)` and returning "
+        "an areal_flow.episodes.Episode. Default: one sampled answer.",
+    )
+    episode_params: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Extra keyword arguments of every episode call."
+    )
+    max_turns: int = Field(
+        1, ge=1, le=1024, description="Most generated turns per episode (tool calls + answer)."
+    )
+    max_episode_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most response tokens per episode, sampled and inserted together; longer "
+        "episodes are cut ('length'). None: bounded by max_model_len only.",
+    )
+    episode_timeout_s: float = Field(
+        600.0, gt=0, description="Wall-time limit of one episode (its turns and tool calls)."
+    )
+    max_model_len: int = Field(
+        1024, ge=16, le=131072, description="Most prompt + response tokens per sequence."
+    )
 
     def eval_engine(self) -> str | None:
         """The inference engine (``vllm``/``hf``) evaluation should use to match this

@@ -14,6 +14,12 @@ Rules:
   (correct, format, any component) that the trainer, MLflow and the summary report by name.
 - One row is one trajectory (rollout, scored) or one prompt group (prompt). Token ids are int32,
   log-probs float32, policy versions int32 (one per response token: the version that sampled it).
+- A response may interleave tokens the policy sampled with tokens an episode inserted (tool
+  results, observations, chat-template glue): ``loss_mask`` is 1 for sampled tokens, 0 for
+  inserted ones. Inserted tokens carry log-prob 0 and the version of the sampled token before
+  them; they get no loss, no importance weight and count in no version lag. Single-turn
+  responses are all ones. ``episode_metrics`` holds an episode's named numbers (turns, tool
+  calls), {} for single-turn rollouts.
 - This module knows nothing of torch or zmq.
 """
 
@@ -38,6 +44,8 @@ PROMPT_FIELDS: Final[list[pa.Field]] = [
     pa.field("answer", pa.string(), nullable=False),  # reference final answer
 ]
 
+METRICS_TYPE: Final = pa.map_(pa.string(), pa.float32())
+
 ROLLOUT_FIELDS: Final[list[pa.Field]] = [
     *PROMPT_FIELDS,
     pa.field("sample_index", pa.int32(), nullable=False),  # 0..group_size-1 within the group
@@ -46,9 +54,9 @@ ROLLOUT_FIELDS: Final[list[pa.Field]] = [
     pa.field("logprobs", pa.list_(pa.float32()), nullable=False),  # behaviour log π per token
     pa.field("versions", pa.list_(pa.int32()), nullable=False),  # policy version per token
     pa.field("finish_reason", pa.string(), nullable=False),  # stop | length | abort
+    pa.field("loss_mask", pa.list_(pa.int8()), nullable=False),  # 1 sampled, 0 inserted
+    pa.field("episode_metrics", METRICS_TYPE, nullable=False),
 ]
-
-METRICS_TYPE: Final = pa.map_(pa.string(), pa.float32())
 
 SCORED_FIELDS: Final[list[pa.Field]] = [
     *ROLLOUT_FIELDS,

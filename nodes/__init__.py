@@ -8,11 +8,13 @@ are found where they are defined (see ``areal_flow.registry``).
 The folder sits at the top of the repository and imports as ``areal_flow.nodes`` (the package
 holds a link to it), so no bare ``nodes`` package lands in users' environments. Nothing in
 ``areal_flow`` imports it except the registry's lazy load of the built-ins. Graph files also
-find the nested specs they need here (``Sampling``, ``DecoupledPPO``, ``Optimizer``).
+find the nested specs they need here (``Sampling``, ``PromptFormat``, ``Exchange``,
+``DecoupledPPO``, ``Optimizer``).
 """
 
 from __future__ import annotations
 
+from areal_flow.data.prompting import Exchange, PromptFormat
 from areal_flow.nodes.generator import GeneratorConfig
 from areal_flow.nodes.group_filter import GroupFilterConfig
 from areal_flow.nodes.math_verifier import MathVerifierConfig
@@ -42,10 +44,12 @@ BUILTIN_NODES: dict[str, type[NodeSpec]] = {
 __all__ = [
     "BUILTIN_NODES",
     "DecoupledPPO",
+    "Exchange",
     "GeneratorConfig",
     "GroupFilterConfig",
     "MathVerifierConfig",
     "Optimizer",
+    "PromptFormat",
     "PromptSourceConfig",
     "RewardFnConfig",
     "Sampling",

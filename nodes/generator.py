@@ -1,16 +1,25 @@
 """Generator: streams rollouts from an inference engine; new weights interrupt generation.
 
-Rules: never waits for the trainer; emits one batch per finished prompt group (all n samples);
-every response token carries the policy version that sampled it. Stateless: what it holds (the
-engine, groups in flight) is rebuilt or given back when a replica dies — the runtime restarts
-it with the newest weights and its source issues the lost groups again. A group id may arrive
-twice (a re-issue racing a copy that survived): each copy is its own engine request.
+Rules:
+- Never waits for the trainer; emits one batch per finished prompt group (all n trajectories).
+- Each trajectory is one *episode*: the configured episode function (default: one sampled
+  answer, ``single_turn``) run on the row, its turns on this replica's engine. Up to
+  ``max_running`` episodes run at once; a weight update interrupts their turns (or, with
+  ``staleness.interrupt`` off, waits until no episode is running). Every sampled token carries
+  the policy version that sampled it; inserted tokens carry ``loss_mask`` 0.
+- Episode functions are user code: they run under a time limit, failures are counted by reason
+  (``episode_failed/<reason>``) and give an empty trajectory; ``max_failed_episodes`` failures
+  in a row stop the node with the last one's traceback.
+- Stateless: what it holds (the engine, groups in flight) is rebuilt or given back when a
+  replica dies — the runtime restarts it with the newest weights and its source issues the
+  lost groups again. A group id may arrive twice (a re-issue racing a copy that survived): each
+  copy runs its own episodes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
@@ -23,6 +32,8 @@ from areal_flow.node import NodeContext, Output, Streaming
 from areal_flow.roles import GeneratorSpec, Sampling
 from areal_flow.schema import SCHEMAS, with_extra_columns
 from areal_flow.spec import Port
+
+FAILURE_LOG_LIMIT = 5  # episode failures logged in full per replica; the rest are counted
 
 
 class GeneratorConfig(GeneratorSpec):
@@ -38,8 +49,11 @@ class GeneratorConfig(GeneratorSpec):
     engine: Literal["vllm", "hf"] = Field(
         "vllm", description="'vllm' (CPU or CUDA) or 'hf' (plain transformers fallback)."
     )
+    max_failed_episodes: int = Field(
+        32, ge=1, description="Failed episodes in a row that stop the node (a broken function)."
+    )
     max_running: int = Field(
-        64, ge=1, le=4096, description="Most sequences decoding at once in this replica."
+        64, ge=1, le=4096, description="Most episodes running at once in this replica."
     )
     interrupt_mode: Literal["abort", "keep"] = Field(
         "keep",
@@ -53,9 +67,6 @@ class GeneratorConfig(GeneratorSpec):
         description="vLLM CPU: libraries preloaded into the engine's processes where installed "
         "('tcmalloc': Debian libtcmalloc-minimal4, 'iomp': PyPI intel-openmp); () for none.",
     )
-    max_model_len: int = Field(
-        1024, ge=16, le=131072, description="Most prompt + response tokens per sequence."
-    )
 
     def eval_engine(self) -> str | None:
         return self.engine
@@ -65,20 +76,29 @@ class GeneratorConfig(GeneratorSpec):
 
 
 class Generator(Streaming[GeneratorConfig]):
-    """Keeps up to ``max_running`` sequences decoding; emits each prompt group when all its
-    samples have finished. Weight notices interrupt decoding (or, with
-    ``staleness.interrupt`` off, wait until nothing is in flight)."""
+    """Keeps up to ``max_running`` episodes running; emits each prompt group when all its
+    episodes have finished. Weight notices interrupt decoding (or, with
+    ``staleness.interrupt`` off, wait until no episode is running)."""
 
     async def setup(self, ctx: NodeContext) -> None:
+        from areal_flow.episodes import EngineClient, EpisodePlan
+
         super().setup(ctx)
-        self.engine = await start_engine(self.config, ctx)
+        cfg = self.config
+        self.engine = await start_engine(cfg, ctx)
         self.interrupt = ctx.graph.staleness.interrupt if ctx.graph is not None else True
-        self.slots = asyncio.Semaphore(self.config.max_running)
-        self.quiet = asyncio.Condition()  # notified whenever a group finishes
-        self.submissions = asyncio.Lock()  # held while a non-interrupting update waits
-        self.groups: dict[str, _Group] = {}  # by engine request id
-        self.requests = itertools.count()
-        self.tokens = 0
+        # Admission: the feeder takes a group's slots before reading on, so the input edge's
+        # credit (backpressure) sees a full generator. Concurrency: episodes running at once.
+        self.slots = asyncio.Semaphore(cfg.max_running)
+        self.episode_slots = asyncio.Semaphore(cfg.max_running)
+        self.quiet = asyncio.Condition()  # notified whenever an episode finishes
+        self.running = 0  # episodes started and not finished
+        self.client = EngineClient(self.engine)
+        tokenizer = await asyncio.to_thread(load_tokenizer, cfg.model)
+        plan = EpisodePlan.of(cfg)
+        self.runner = plan.runner(self.client, sampling_config(cfg.sampling), tokenizer)
+        self.failed_in_a_row = 0
+        self.failures_logged = 0
         self.started_at = time.monotonic()
 
     async def on_weights(self, version: int, ref: dict[str, Any]) -> None:
@@ -89,8 +109,8 @@ class Generator(Streaming[GeneratorConfig]):
         if self.interrupt:
             await self.engine.update_weights(version, ref["path"])
         else:
-            async with self.submissions, self.quiet:
-                await self.quiet.wait_for(lambda: not self.groups)
+            async with self.client.submit_lock, self.quiet:
+                await self.quiet.wait_for(lambda: self.running == 0)
                 await self.engine.update_weights(version, ref["path"])
         metrics = self.ctx.metrics
         metrics.count("weight_updates")
@@ -103,94 +123,136 @@ class Generator(Streaming[GeneratorConfig]):
         metrics.gauge("policy_version", version)
 
     async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:
-        done: asyncio.Queue[pa.RecordBatch | None] = asyncio.Queue()
+        done: asyncio.Queue[pa.RecordBatch | BaseException | None] = asyncio.Queue()
         feeder = asyncio.create_task(self._feed(inputs, done))
-        collector = asyncio.create_task(self._collect(done))
+        reader = asyncio.create_task(self._read_samples())
+        groups: set[asyncio.Task[None]] = set()
+        self.groups = groups
         try:
             while True:
-                batch = await done.get()
-                if batch is None:
+                item = await done.get()
+                if item is None:
                     break
-                yield batch
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
             await feeder
         finally:
-            feeder.cancel()
-            collector.cancel()
+            for task in (feeder, reader, *groups):
+                task.cancel()
 
     async def _feed(self, inputs: AsyncIterator[pa.RecordBatch], done: asyncio.Queue[Any]) -> None:
-        from areal_flow.engine.base import GenerationRequest
-
-        cfg = self.config
-        sampling = sampling_config(cfg.sampling)
         async for batch in inputs:
             for index, prompt in enumerate(batch.to_pylist()):
-                n = int(prompt["group_size"])
-                for _ in range(min(n, cfg.max_running)):
+                held = min(int(prompt["group_size"]), self.config.max_running)
+                for _ in range(held):
                     await self.slots.acquire()
-                request = f"{prompt['group_id']}#{next(self.requests)}"
-                async with self.submissions:
-                    self.groups[request] = _Group(prompt, n, batch.slice(index, 1))
-                    await self.engine.submit(
-                        GenerationRequest(
-                            request, prompt["prompt_token_ids"], n=n, sampling=sampling
-                        )
-                    )
-        async with self.quiet:
-            await self.quiet.wait_for(lambda: not self.groups)
+                task = asyncio.create_task(self._group(prompt, batch.slice(index, 1), done))
+                self.groups.add(task)
+                task.add_done_callback(self.groups.discard)
+                task.add_done_callback(functools.partial(self._release, held))
+        while self.groups:
+            await asyncio.gather(*self.groups, return_exceptions=True)
         await done.put(None)
 
-    async def _collect(self, done: asyncio.Queue[Any]) -> None:
+    def _release(self, slots: int, _: object = None) -> None:
+        for _ in range(slots):
+            self.slots.release()
+
+    async def _group(
+        self, prompt: dict[str, Any], row: pa.RecordBatch, done: asyncio.Queue[Any]
+    ) -> None:
+        try:
+            n = int(prompt["group_size"])
+            outcomes = await asyncio.gather(*(self._episode(prompt) for _ in range(n)))
+            await done.put(rollout_batch(prompt, row, outcomes))
+        except Exception as error:  # a bug here must stop the node, not lose the group
+            await done.put(error)
+
+    async def _episode(self, prompt: dict[str, Any]) -> Any:
         assert self.ctx is not None
-        cfg = self.config
-        async for sample in self.engine.samples():
-            group = self.groups[sample.request_id]
-            group.samples.append(sample)
-            self.tokens += len(sample.response_token_ids)
-            elapsed = max(time.monotonic() - self.started_at, 1e-9)
-            self.ctx.metrics.gauge("gen_tokens_per_s", self.tokens / elapsed)
-            self.ctx.metrics.count("samples")
-            if sample.finish_reason == "length":
-                self.ctx.metrics.count("truncated")
-            if len(group.samples) < group.n:
-                continue
-            del self.groups[sample.request_id]
-            for _ in range(min(group.n, cfg.max_running)):
-                self.slots.release()
-            await done.put(rollout_batch(group))
+        async with self.episode_slots:
             async with self.quiet:
-                self.quiet.notify_all()
+                self.running += 1
+            try:
+                outcome = await self.runner.run(prompt)
+            finally:
+                async with self.quiet:
+                    self.running -= 1
+                    self.quiet.notify_all()
+        self._count(outcome)
+        return outcome
+
+    def _count(self, outcome: Any) -> None:
+        assert self.ctx is not None
+        metrics = self.ctx.metrics
+        episode = outcome.episode
+        metrics.count("samples")
+        metrics.count("episodes")
+        if episode.finish_reason == "length":
+            metrics.count("truncated")
+        for name, value in episode.metrics.items():
+            metrics.count(f"episode_{name}", value)
+        elapsed = max(time.monotonic() - self.started_at, 1e-9)
+        metrics.gauge("gen_tokens_per_s", self.client.generated_tokens / elapsed)
+        if outcome.failure is None:
+            self.failed_in_a_row = 0
+            return
+        metrics.count(f"episode_failed/{outcome.failure}")
+        self.failed_in_a_row += 1
+        if self.failures_logged < FAILURE_LOG_LIMIT:
+            self.failures_logged += 1
+            self.ctx.log.warning("episode failed (%s): %s", outcome.failure, outcome.details)
+        if self.failed_in_a_row >= self.config.max_failed_episodes:
+            raise RuntimeError(
+                f"{self.failed_in_a_row} episodes in a row failed (last: {outcome.failure}) in "
+                f"episode function {self.config.episode!r}:\n{outcome.details}"
+            )
+
+    async def _read_samples(self) -> None:
+        try:
+            async for sample in self.engine.samples():
+                self.client.deliver(sample)
+        except Exception as error:
+            self.client.fail(error)
+            raise
 
     async def teardown(self) -> None:
         if hasattr(self, "engine"):
             await self.engine.close()
 
 
-class _Group:
-    def __init__(self, prompt: dict[str, Any], n: int, row: pa.RecordBatch) -> None:
-        self.prompt = prompt
-        self.n = n
-        self.row = row  # the prompt as its one-row batch: its extra columns ride along
-        self.samples: list[Any] = []
-
-
-def rollout_batch(group: _Group) -> pa.RecordBatch:
-    """One rollout row per sample of a finished group, in sample order, with the prompt's
+def rollout_batch(
+    prompt: dict[str, Any], row: pa.RecordBatch, outcomes: list[Any]
+) -> pa.RecordBatch:
+    """One rollout row per episode of a finished group, in episode order, with the prompt's
     extra columns (a dataset's own fields) repeated on every row."""
     rows = []
-    for sample in sorted(group.samples, key=lambda s: s.sample_index):
+    for index, outcome in enumerate(outcomes):
+        episode = outcome.episode
         rows.append(
             {
-                **group.prompt,
-                "sample_index": sample.sample_index,
-                "response": sample.text,
-                "response_token_ids": sample.response_token_ids,
-                "logprobs": sample.logprobs,
-                "versions": sample.versions,
-                "finish_reason": sample.finish_reason,
+                **{name: prompt[name] for name in SCHEMAS["prompt"].names},
+                "sample_index": index,
+                "response": episode.text,
+                "response_token_ids": episode.response_token_ids,
+                "logprobs": episode.logprobs,
+                "versions": episode.versions,
+                "finish_reason": episode.finish_reason,
+                "loss_mask": episode.loss_mask,
+                "episode_metrics": list(episode.metrics.items()),
             }
         )
     built = pa.RecordBatch.from_pylist(rows, schema=SCHEMAS["rollout"])
-    return with_extra_columns(built, group.row, [0] * len(rows))
+    return with_extra_columns(built, row, [0] * len(rows))
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from areal_flow.models import prepare_model
+
+    return AutoTokenizer.from_pretrained(prepare_model(model))
 
 
 def sampling_config(sampling: Sampling) -> Any:

@@ -22,7 +22,7 @@ from areal_flow.rl.packing import (
 )
 from areal_flow.rl.ppo import Aggregation, CapMode, decoupled_ppo_loss
 from areal_flow.rl.prompt_tree import PromptTreeRow, pack_prompt_tree, prompt_tree_micro_batches
-from areal_flow.rl.versions import trajectory_version, version_lag_stats
+from areal_flow.rl.versions import sampled_versions, trajectory_version, version_lag_stats
 
 __all__ = [
     "ESTIMATORS",
@@ -40,6 +40,7 @@ __all__ = [
     "pack_sequences",
     "pack_values",
     "prompt_tree_micro_batches",
+    "sampled_versions",
     "token_entropy",
     "token_logprobs",
     "trajectory_version",

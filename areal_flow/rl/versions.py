@@ -6,6 +6,8 @@ Rules:
   tokens is, and it is what the staleness controller's histogram receives.
 - lag = trainer version − trajectory version (≥ 0 in a correct run; negative lags are reported
   as they are, since they reveal a version-plumbing bug).
+- Only sampled tokens count: tokens an episode inserted (``loss_mask`` 0) were not drawn from
+  any policy, so ``sampled_versions`` removes them before any lag is computed.
 - A trajectory without tokens has no version: that is an error, not a 0.
 - Pure Python (no torch): the driver and trainer both call it on Arrow ``versions`` lists.
 """
@@ -13,6 +15,16 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+
+def sampled_versions(
+    token_versions: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]]
+) -> list[list[int]]:
+    """Per trajectory, the versions of its sampled tokens (``loss_mask`` 1), in order."""
+    return [
+        [v for v, m in zip(versions, mask, strict=True) if m]
+        for versions, mask in zip(token_versions, loss_masks, strict=True)
+    ]
 
 
 def trajectory_version(token_versions: Sequence[int]) -> int:

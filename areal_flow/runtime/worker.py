@@ -347,10 +347,15 @@ def _rows(out: Output) -> int:
 
 
 def _oldest_versions(batch: pa.RecordBatch) -> list[int] | None:
-    """Per trajectory, the oldest policy version among its tokens (its staleness)."""
+    """Per trajectory, the oldest policy version among its sampled tokens (its staleness)."""
+    from areal_flow.rl.versions import sampled_versions
+
     if "versions" not in batch.schema.names:
         return None
-    return [min(v) if v else 0 for v in batch.column("versions").to_pylist()]
+    versions = batch.column("versions").to_pylist()
+    if "loss_mask" in batch.schema.names:
+        versions = sampled_versions(versions, batch.column("loss_mask").to_pylist())
+    return [min(v) if v else 0 for v in versions]
 
 
 def _rss_mb() -> float:

@@ -11,6 +11,9 @@ Rules:
   so a checkpoint can store an interrupted batch without pickle.
 - Token layout of a sequence: prompt tokens then response tokens. Response token t is scored by
   the logits at position ``prompt_len + t − 1``.
+- Response tokens with ``loss_mask`` 0 (inserted by an episode: tool results, template glue)
+  are context only: they are scored by the forward pass like any token but get no loss, no
+  importance weight and no place in any per-token metric.
 """
 
 from __future__ import annotations
@@ -60,17 +63,18 @@ def check_rows(batch: pa.RecordBatch) -> None:
         raise ValueError(
             f"trainer input lacks columns {missing}; connect it to a port carrying 'scored' records"
         )
-    prompts = batch.column("prompt_token_ids").to_pylist()
-    responses = batch.column("response_token_ids").to_pylist()
-    logprobs = batch.column("logprobs").to_pylist()
-    for row, (p, r, lp) in enumerate(zip(prompts, responses, logprobs, strict=True)):
+    columns = ("prompt_token_ids", "response_token_ids", "logprobs", "versions", "loss_mask")
+    prompts, responses, *per_token = (batch.column(c).to_pylist() for c in columns)
+    for row, (p, r, *lists) in enumerate(zip(prompts, responses, *per_token, strict=True)):
+        where = f"row {row} of group {batch.column('group_id')[row]}"
         if not p:
-            raise ValueError(f"row {row} of group {batch.column('group_id')[row]} has no prompt")
-        if len(lp) != len(r):
-            raise ValueError(
-                f"row {row} of group {batch.column('group_id')[row]}: {len(r)} response tokens "
-                f"but {len(lp)} behaviour log-probs; the generator must send one per token"
-            )
+            raise ValueError(f"{where} has no prompt")
+        for name, values in zip(columns[2:], lists, strict=True):
+            if len(values) != len(r):
+                raise ValueError(
+                    f"{where}: {len(r)} response tokens but {len(values)} entries in "
+                    f"'{name}'; the generator must send one per response token"
+                )
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,20 @@ class Sequence:
     prox: torch.Tensor  # [R] float32 π_prox log-probs ([R] zeros before they are computed)
     advantage: float
     trainable: bool  # False: the response is kept for the baseline but gets no loss
+    sampled: torch.Tensor  # [R] bool: the loss mask (False: inserted by the episode)
 
     @property
     def response_len(self) -> int:
         return int(self.tokens.numel()) - self.prompt_len
 
     @property
+    def loss_mask(self) -> torch.Tensor:
+        """[R] bool: the tokens that get a loss (sampled, in a trainable trajectory)."""
+        return self.sampled & self.trainable
+
+    @property
     def loss_tokens(self) -> int:
-        return self.response_len if self.trainable else 0
+        return int(self.loss_mask.sum())
 
 
 def to_sequences(rows: pa.Table | pa.RecordBatch) -> list[Sequence]:
@@ -105,6 +115,7 @@ def to_sequences(rows: pa.Table | pa.RecordBatch) -> list[Sequence]:
     prox = rows.column("prox_logprobs").to_pylist() if "prox_logprobs" in names else [None] * n
     adv = rows.column("advantage").to_pylist() if "advantage" in names else [0.0] * n
     trainable = rows.column("trainable").to_pylist() if "trainable" in names else [True] * n
+    masks = rows.column("loss_mask").to_pylist()
     out = []
     for i in range(n):
         behaviour = torch.tensor(behav[i], dtype=torch.float32)
@@ -118,6 +129,7 @@ def to_sequences(rows: pa.Table | pa.RecordBatch) -> list[Sequence]:
                 else torch.tensor(prox[i], dtype=torch.float32),
                 advantage=float(adv[i]),
                 trainable=bool(trainable[i]),
+                sampled=torch.tensor(masks[i], dtype=torch.bool),
             )
         )
     return out

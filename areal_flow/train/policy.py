@@ -177,7 +177,8 @@ class Policy:
                     bin_, torch.split(logp, lens), torch.split(ent, lens), strict=True
                 ):
                     logprobs[i] = lp
-                    entropy[i] = float(en.mean())
+                    sampled = en[seqs[i].sampled]  # inserted tokens were not drawn from π
+                    entropy[i] = float(sampled.mean()) if sampled.numel() else 0.0
             self._pad_passes(passes - len(bins), backward=False)
         return logprobs, entropy
 
@@ -284,11 +285,13 @@ class Policy:
         logits, targets = self.response_logits(group)
         logp = token_logprobs(logits, targets, self.temperature)
         lens = torch.tensor([s.response_len for s in group])
-        mask = torch.cat([torch.full((s.response_len,), s.trainable) for s in group])
+        mask = torch.cat([s.loss_mask for s in group])
         if prox_from_forward:
             prox = logp.detach()
+            sampled = torch.cat([s.sampled for s in group]).to(self.device)
             with torch.no_grad():
-                entropy = float(token_entropy(logits.detach(), self.temperature).mean())
+                token_ent = token_entropy(logits.detach(), self.temperature)[sampled]
+                entropy = float(token_ent.mean()) if token_ent.numel() else 0.0
         else:
             prox = torch.cat([s.prox for s in group]).to(self.device)
         loss, metrics = decoupled_ppo_loss(

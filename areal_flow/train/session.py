@@ -194,14 +194,17 @@ class TrainingSession:
             self.next_minibatch = 0
             self.dirty = True
         lengths = [len(r) for r in table.column("response_token_ids").to_pylist()]
+        sampled = [sum(m) for m in table.column("loss_mask").to_pylist()]
         return {
             "groups": float(len(groups)),
             "trajectories": float(table.num_rows),
             "reward_mean": float(rewards.mean()),
-            **reward_metric_means(table.column("metrics").to_pylist()),
+            **named_means("reward", table.column("metrics").to_pylist()),
+            **named_means("episode", table.column("episode_metrics").to_pylist()),
             "truncated_frac": sum(truncated) / table.num_rows,
             "response_len_mean": sum(lengths) / len(lengths),
-            **({"entropy": _weighted_mean(entropy, lengths)} if entropy else {}),
+            "sampled_len_mean": sum(sampled) / len(sampled),
+            **({"entropy": _weighted_mean(entropy, sampled)} if entropy else {}),
             "prox_s": time.perf_counter() - began,
         }
 
@@ -221,7 +224,7 @@ class TrainingSession:
     def train_next(self) -> tuple[Future[Published], dict[str, float]]:
         """One optimizer step on the next minibatch; version += 1; publish. Returns the future
         of the new version's notice (done when its file is ready) and the step's metrics."""
-        from areal_flow.rl import version_lag_stats
+        from areal_flow.rl import sampled_versions, version_lag_stats
 
         with self.lock:
             if self.batch is None:
@@ -230,7 +233,10 @@ class TrainingSession:
             single = max(self.batch.column("minibatch").to_pylist()) == 0
             # Lag at the step that trains them (the staleness bound's definition): η + K − 1
             # at most, η for a batch's first minibatch.
-            lags = version_lag_stats(_nonempty(rows.column("versions").to_pylist()), self.version)
+            versions = sampled_versions(
+                rows.column("versions").to_pylist(), rows.column("loss_mask").to_pylist()
+            )
+            lags = version_lag_stats(_nonempty(versions), self.version)
             metrics = self.policy.train_step(to_sequences(rows), self.cfg.algo, single)
             metrics.update(lags)
             self.step += 1
@@ -393,16 +399,17 @@ def start_ranks(
         raise
 
 
-def reward_metric_means(rows: list[list[tuple[str, float]]]) -> dict[str, float]:
-    """``reward/<name>``: the batch mean of each named reward metric, over the rows that have
-    it (``correct`` of the math verifier is the batch accuracy)."""
+def named_means(prefix: str, rows: list[list[tuple[str, float]]]) -> dict[str, float]:
+    """``<prefix>/<name>``: the batch mean of each named metric of a metrics-map column, over
+    the rows that have it (``reward/correct`` of the math verifier is the batch accuracy,
+    ``episode/tool_calls`` the mean calls per episode)."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for row in rows:
         for name, value in row:
             sums[name] = sums.get(name, 0.0) + value
             counts[name] = counts.get(name, 0) + 1
-    return {f"reward/{name}": sums[name] / counts[name] for name in sorted(sums)}
+    return {f"{prefix}/{name}": sums[name] / counts[name] for name in sorted(sums)}
 
 
 def _weighted_mean(values: list[float], weights: list[int]) -> float:

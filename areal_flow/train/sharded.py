@@ -315,6 +315,7 @@ def encode_sequences(seqs: list[Sequence]) -> bytes:
             "prox": pa.array([s.prox.tolist() for s in seqs], pa.list_(pa.float32())),
             "advantage": pa.array([s.advantage for s in seqs], pa.float64()),
             "trainable": pa.array([s.trainable for s in seqs], pa.bool_()),
+            "sampled": pa.array([s.sampled.tolist() for s in seqs], pa.list_(pa.bool_())),
         }
     )
     sink = io.BytesIO()
@@ -334,6 +335,7 @@ def decode_sequences(data: bytes) -> list[Sequence]:
             prox=torch.tensor(cols["prox"][i], dtype=torch.float32),
             advantage=cols["advantage"][i],
             trainable=cols["trainable"][i],
+            sampled=torch.tensor(cols["sampled"][i], dtype=torch.bool),
         )
         for i in range(table.num_rows)
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -40,3 +41,15 @@ def spawn_family(batch: pa.RecordBatch) -> pa.RecordBatch:
             command = [sys.executable, str(FAMILY), role]
             _family.append(subprocess.Popen(command, start_new_session=own_session))
     return batch
+
+
+async def two_turns_with_a_pause(llm: Any, row: Any) -> Any:
+    """An episode of two turns with an inserted result and a pause between them, so a replica
+    killed while it holds groups is killed mid-episode."""
+    episode = llm.episode()
+    episode.add_sampled(await llm.generate(episode, max_tokens=8))
+    episode.add_inserted(llm.encode(" <result>1</result>"))
+    await asyncio.sleep(0.3)
+    episode.add_sampled(await llm.generate(episode, max_tokens=8))
+    episode.metrics["turns"] = 2.0
+    return episode

@@ -36,6 +36,8 @@ def rollout_rows(
             "logprobs": [-0.5] * len(text.split()),
             "versions": [0] * len(text.split()),
             "finish_reason": finish[i],
+            "loss_mask": [1] * len(text.split()),
+            "episode_metrics": [],
         }
         for i, text in enumerate(responses)
     ]

@@ -62,6 +62,8 @@ def scored_group(
                 "logprobs": behaviour_logprobs(model, prompt, response, temperature),
                 "versions": [version] * len(response),
                 "finish_reason": (finish_reasons or ["stop"] * n)[i],
+                "loss_mask": [1] * len(response),
+                "episode_metrics": [],
                 "reward": float(rewards[i]),
                 "verdict": "correct" if rewards[i] > 0 else "wrong",
                 "metrics": [("correct", float(rewards[i] > 0)), ("format_ok", 1.0)],
