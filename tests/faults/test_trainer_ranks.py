@@ -52,7 +52,8 @@ def test_killed_rank_stops_the_run_and_resume_trains_every_group_once(
     prompts = 16
     graph = apply_overrides(math_graph(tiny_model_dir, prompts), RANKS)
     with WatchedRun(graph, tmp_path) as run:
-        run.wait("a first checkpoint", lambda d: checkpointed(tmp_path) >= 1)
+        # Two ranks on a shared 2-core machine: the first checkpoint can take minutes.
+        run.wait("a first checkpoint", lambda d: checkpointed(tmp_path) >= 1, timeout=360)
         trainer = run.replica("trainer")
         assert trainer.pid is not None
         (rank1,) = [
