@@ -7,6 +7,9 @@ yielded once the version's file is ready — in version order, while the next st
 ``checkpoint_every`` steps, at the end, and on a clean stop) make a resumed run lose and repeat
 nothing. The compute lives in ``areal_flow.train`` (imported in ``setup``, so validating a
 graph never imports torch); this module holds the config and the async loop.
+Ranks: with ``ranks`` > 1 this process is rank 0 of a data-parallel trainer
+(``areal_flow.train.ranks``, ``areal_flow.train.sharded``) and still the one trainer the graph
+sees; a rank that dies fails this node within ``WATCH_S``, idle or not, naming the rank.
 Truncated responses: the filter's ``truncated`` option drops them; ``truncated='mask'`` here
 keeps them in the group baseline without loss tokens (the filter must then 'keep' them).
 """
@@ -56,6 +59,7 @@ class Trainer(Streaming[TrainerConfig]):
     """
 
     NOTICES_AHEAD = 1  # queued notices beyond the one being yielded
+    WATCH_S = 0.2  # how often a trainer of several ranks looks for a dead one
 
     def setup(self, ctx: NodeContext) -> None:
         import torch
@@ -77,6 +81,7 @@ class Trainer(Streaming[TrainerConfig]):
             store=_weights_store(cfg.name, ctx.graph),
             weights_dtype=_weights_dtype(cfg.name, ctx.graph),
             resume_from=Path(resume) if resume else None,
+            cpus=ctx.cpus,
         )
         self.steplog = StepLog(ctx.run_dir, samples_every=cfg.samples_every)
         self.failed = False
@@ -87,19 +92,33 @@ class Trainer(Streaming[TrainerConfig]):
     async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:
         published: asyncio.Queue[Future[Published] | None] = asyncio.Queue(self.NOTICES_AHEAD)
         work = asyncio.create_task(self._work(inputs, published), name="trainer-work")
+        watch = asyncio.create_task(self._watch_ranks(), name="trainer-ranks")
         try:
-            while (future := await published.get()) is not None:
-                done = await asyncio.wrap_future(future)  # a failed write raises here
+            while (future := await _unless(watch, published.get())) is not None:
+                # a failed write raises here
+                done = await _unless(watch, asyncio.wrap_future(future))
                 self.ctx.metrics.gauge("publish_ready_s", done.ready_s)  # type: ignore[union-attr]
                 yield done.ref.batch()
-            await work  # a training error raises here
+            await _unless(watch, work)  # a training error raises here
         except Exception:
             self.failed = True  # no checkpoint of a state an error may have left half-updated
             raise
         finally:
             work.cancel()
+            watch.cancel()
             if self.feeder is not None:
                 self.feeder.cancel()
+
+    async def _watch_ranks(self) -> None:
+        """Raise once a rank of a data-parallel trainer died (checked every ``WATCH_S``, also
+        while the trainer idles): the whole trainer stops, naming the rank."""
+        from areal_flow.train.ranks import RankFailed
+
+        if not self.session.policy.sharded:
+            await asyncio.Event().wait()  # one process: nothing to watch; cancelled at the end
+        while (failure := self.session.rank_failure()) is None:
+            await asyncio.sleep(self.WATCH_S)
+        raise RankFailed(failure)
 
     async def _work(
         self, inputs: AsyncIterator[pa.RecordBatch], published: asyncio.Queue[Any]
@@ -193,11 +212,24 @@ class Trainer(Streaming[TrainerConfig]):
             self.feeder.cancel()
         if session is None:
             return
+        if self.failed:
+            session.abort()  # frees a compute thread waiting on the other ranks
         try:
             if not self.failed and session.dirty:
                 await self._compute(session.checkpoint, session.snapshot())
         finally:
             await self._compute(session.close)
+
+
+async def _unless(watch: asyncio.Task[None], awaitable: Any) -> Any:
+    """``awaitable``'s result, unless ``watch`` raises first (then that error)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    task.cancel()
+    watch.result()  # raises: a watch ends only by an error
+    raise AssertionError("the rank watch ended without an error")
 
 
 def _weights_dtype(name: str, graph: Graph | None) -> str | None:

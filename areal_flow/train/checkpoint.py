@@ -3,7 +3,9 @@
 Layout of ``<run_dir>/checkpoints/step_<N>/``:
 - the model in Hugging Face format (``save_pretrained`` + tokenizer): loads in plain
   transformers and in vLLM, and is the ``model`` a resumed trainer starts from;
-- ``train_state.pt``: optimizer and scheduler state and torch RNG states. ``torch.save`` of
+- ``train_state.pt``: optimizer and scheduler state and torch RNG states (a trainer of several
+  ranks keeps its optimizer in ``optim/`` instead: torch.distributed.checkpoint shards, which
+  load at any rank count). ``torch.save`` of
   tensors is acceptable here — on disk, written and read by this code only, and read back with
   ``weights_only=True`` (no arbitrary objects). Never on the wire;
 - ``trainer.json``: version, step, the ids of every trajectory trained so far, the position
@@ -24,6 +26,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,17 +66,23 @@ def save_checkpoint(
     meta: dict[str, Any],
     tables: dict[str, pa.Table],
     keep: int | None = None,
+    model_state: dict[str, Any] | None = None,
+    write_shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``<root>/step_<step>/`` atomically, point ``latest`` at it, keep the newest
-    ``keep`` checkpoints (all if None). Returns the checkpoint folder."""
+    ``keep`` checkpoints (all if None). Returns the checkpoint folder. A sharded trainer
+    gives its gathered ``model_state`` and ``write_shards``, which writes the optimizer's
+    shards (``optim/``) into the folder."""
     import torch
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step}.", dir=root))
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=model_state)
         tokenizer.save_pretrained(tmp)
+        if write_shards is not None:
+            write_shards(tmp)
         torch.save({**train_state, "rng": _torch_rng()}, tmp / STATE_FILE)
         full_meta = {**meta, "step": step, "python_rng": _python_rng()}
         (tmp / META_FILE).write_text(json.dumps(full_meta))

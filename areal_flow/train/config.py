@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from areal_flow.roles import TrainerSpec
 from areal_flow.spec import CheckpointRef
@@ -43,8 +43,34 @@ class TrainingConfig(TrainerSpec):
         "'mask' them: they stay in their group's reward baseline but carry no loss (the filter "
         "must 'keep' them for this).",
     )
+    ranks: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Data-parallel ranks: processes in one torch.distributed group (gloo on "
+        "CPU, NCCL on GPU) training one model sharded by FSDP2; each gets a token-balanced "
+        "share of every minibatch. resources are the whole group's: each rank gets an equal "
+        "share of the cores, and one GPU (resources.gpus = ranks).",
+    )
+    rank_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="How long a rank waits in a collective (or at start-up) for the others "
+        "before the trainer fails naming the rank that did not arrive.",
+    )
     resume_from: CheckpointRef | None = Field(
         None,
         description="Resume from a checkpoint: a step_<N> folder, a checkpoints folder or a run "
         "folder (its latest checkpoint). The runtime's resume state takes precedence.",
     )
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> TrainingConfig:
+        gpus = self.resources.gpus
+        if self.ranks > 1 and gpus and gpus != self.ranks:
+            raise ValueError(
+                f"trainer {self.name!r}: ranks = {self.ranks} with resources.gpus = {gpus}; "
+                f"give each rank one GPU (resources.gpus = {self.ranks}) or none (CPU, gloo)"
+            )
+        return self

@@ -33,14 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from areal_flow.train.batch import Sequence
 
 if TYPE_CHECKING:
-    import torch
-
     from areal_flow.train.algo import DecoupledPPO, Optimizer
 
 PPO_MEAN_METRICS = ("clip_frac", "ratio_mean", "iw_mean", "iw_capped_frac", "kl_behav_k3")
+OPTIM_DIR = "optim"  # a checkpoint's sharded optimizer state (torch.distributed.checkpoint)
 
 
 class NonFiniteGradients(RuntimeError):
@@ -98,6 +99,8 @@ class Policy:
         self.head = self.model.get_output_embeddings()
         if self.head is None:
             raise ValueError(f"model in {model_dir} has no output embeddings (not a causal LM)")
+        self.scorer = Scorer(self.model, bf16)
+        self._shard()  # a sharded policy wraps the model here, before the optimizer sees it
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=optimizer.lr,
@@ -107,6 +110,9 @@ class Policy:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(optimizer.warmup_steps, optimizer.schedule, total_steps)
         )
+
+    def _shard(self) -> None:
+        """Wrap the model for several ranks (``ShardedPolicy``); one process keeps it whole."""
 
     # -- forward ----------------------------------------------------------------------------
 
@@ -147,14 +153,7 @@ class Policy:
                 ]
             )
             targets = ids[0, index + 1]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            hidden = self.model.base_model(
-                input_ids=ids.to(self.device),
-                position_ids=positions.to(self.device),
-                use_cache=False,
-            ).last_hidden_state
-        with torch.autocast(self.device.type, enabled=False):
-            logits = self.head(hidden[0, index.to(self.device)].float())
+        logits = self.scorer(ids.to(self.device), positions.to(self.device), index.to(self.device))
         return logits, targets.to(self.device)
 
     def response_logprobs(self, seqs: list[Sequence]) -> tuple[list[torch.Tensor], list[float]]:
@@ -165,25 +164,37 @@ class Policy:
 
         logprobs: list[torch.Tensor] = [torch.zeros(0)] * len(seqs)
         entropy: list[float] = [0.0] * len(seqs)
+        bins = self._nonempty_bins(seqs)
+        passes = self._agree_passes(len(bins))
         with torch.no_grad():
-            for bin_ in self.micro_batches(seqs):
-                group = [seqs[i] for i in bin_ if seqs[i].response_len > 0]
-                if not group:
-                    continue
+            for bin_ in bins:
+                group = [seqs[i] for i in bin_]
                 logits, targets = self.response_logits(group)
                 logp = token_logprobs(logits, targets, self.temperature).cpu()
                 ent = token_entropy(logits, self.temperature).cpu()
                 lens = [s.response_len for s in group]
                 for i, lp, en in zip(
-                    (i for i in bin_ if seqs[i].response_len > 0),
-                    torch.split(logp, lens),
-                    torch.split(ent, lens),
-                    strict=True,
+                    bin_, torch.split(logp, lens), torch.split(ent, lens), strict=True
                 ):
                     logprobs[i] = lp
                     sampled = en[seqs[i].sampled]  # inserted tokens were not drawn from π
                     entropy[i] = float(sampled.mean()) if sampled.numel() else 0.0
+            self._pad_passes(passes - len(bins), backward=False)
         return logprobs, entropy
+
+    def _nonempty_bins(self, seqs: list[Sequence]) -> list[list[int]]:
+        """The micro-batches, each without its empty responses; empty ones dropped."""
+        bins = [[i for i in b if seqs[i].response_len > 0] for b in self.micro_batches(seqs)]
+        return [b for b in bins if b]
+
+    def _agree_passes(self, passes: int) -> int:
+        """How many forward passes this step runs: its own (a sharded policy: the most of
+        any rank's, agreed before the first pass)."""
+        return passes
+
+    def _pad_passes(self, count: int, backward: bool) -> None:
+        """A sharded policy runs ``count`` empty passes here, so every rank runs as many; one
+        process never has any."""
 
     # -- update -----------------------------------------------------------------------------
 
@@ -196,24 +207,41 @@ class Policy:
         detached — exact when the batch has a single minibatch (K = 1), and it saves the
         separate π_prox pass. Entropy is then measured here too.
         """
-        import torch
-
         began = time.perf_counter()
-        loss_tokens = sum(s.loss_tokens for s in seqs)
-        with_loss = sum(1 for s in seqs if s.loss_tokens > 0)
-        denominator = float(max(1, loss_tokens if algo.aggregation == "token" else with_loss))
+        totals = self._accumulate(seqs, algo, loss_denominator(seqs, algo), prox_from_forward)
+        return self._optimizer_step(totals, batch_counts(seqs), began)
+
+    def _accumulate(
+        self, seqs: list[Sequence], algo: DecoupledPPO, denominator: float, prox: bool
+    ) -> _MetricSum:
+        """Zero the gradients, then add every micro-batch's (the minibatch loss's) gradient."""
         self.optimizer.zero_grad(set_to_none=True)
         totals = _MetricSum()
-        for bin_ in self.micro_batches(seqs):
-            group = [seqs[i] for i in bin_ if seqs[i].response_len > 0]
-            if group:
-                loss, metrics = self._micro_loss(group, algo, denominator, prox_from_forward)
-                loss.backward()
-                totals.add(float(loss.detach()), metrics)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        bins = self._nonempty_bins(seqs)
+        passes = self._agree_passes(len(bins))
+        for bin_ in bins:
+            loss, metrics = self._micro_loss([seqs[i] for i in bin_], algo, denominator, prox)
+            self._backward(loss)
+            totals.add(float(loss.detach()), metrics)
+        self._pad_passes(passes - len(bins), backward=True)
+        return totals
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _grad_norm(self) -> float:
+        import torch
+
+        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+
+    def _optimizer_step(
+        self, totals: _MetricSum, counts: dict[str, float], began: float
+    ) -> dict[str, float]:
+        """Clip, AdamW (unless the gradient is not finite), scheduler; the step's metrics."""
+        grad_norm = self._grad_norm()
         lr = float(self.scheduler.get_last_lr()[0])
-        finite = bool(torch.isfinite(grad_norm))
-        self._count_bad(finite, float(grad_norm))
+        finite = math.isfinite(grad_norm)
+        self._count_bad(finite, grad_norm)
         if finite:
             self.optimizer.step()
             self.scheduler.step()
@@ -223,18 +251,15 @@ class Policy:
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
         elapsed = time.perf_counter() - began
-        tokens = sum(int(s.tokens.numel()) for s in seqs)
         return {
             **totals.result(),
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "skipped": float(not finite),
             "skipped_steps": float(self.skipped_steps),
             "lr": lr,
             "step_s": elapsed,
-            "sequences": float(len(seqs)),
-            "tokens": float(tokens),
-            "loss_tokens": float(loss_tokens),
-            "tokens_per_s": tokens / elapsed,
+            **counts,
+            "tokens_per_s": counts["tokens"] / elapsed,
         }
 
     def _count_bad(self, finite: bool, grad_norm: float) -> None:
@@ -289,6 +314,14 @@ class Policy:
 
     # -- state ------------------------------------------------------------------------------
 
+    sharded = False  # one process: the checkpoint holds the model and optimizer whole
+
+    def close(self) -> None:
+        """Release what the policy holds beyond memory (a sharded policy: its ranks)."""
+
+    def abort(self) -> None:
+        """Stop at once after a failure (a sharded policy: kill its ranks); any thread."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's HF state dict (parameter names as ``model.state_dict()``)."""
         return dict(self.model.state_dict())
@@ -302,11 +335,72 @@ class Policy:
             "bad_in_a_row": self.bad_in_a_row,
         }
 
-    def load_train_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_train_state(self, state: dict[str, Any], folder: Path | None = None) -> None:
+        """Restore ``train_state()``; the optimizer from ``state`` or, for a checkpoint of
+        several ranks, from its sharded ``optim`` folder (resharded to this one process)."""
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        elif folder is not None and (folder / OPTIM_DIR).is_dir():
+            load_sharded_optimizer(self.model, self.optimizer, folder / OPTIM_DIR)
+        else:
+            raise ValueError(f"checkpoint {folder} holds no optimizer state")
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
+
+
+def loss_denominator(seqs: list[Sequence], algo: DecoupledPPO) -> float:
+    """What every micro-batch loss is divided by: the minibatch's loss tokens (``token``
+    aggregation) or sequences with a loss token (``sequence``), at least 1."""
+    loss_tokens = sum(s.loss_tokens for s in seqs)
+    with_loss = sum(1 for s in seqs if s.loss_tokens > 0)
+    return float(max(1, loss_tokens if algo.aggregation == "token" else with_loss))
+
+
+def batch_counts(seqs: list[Sequence]) -> dict[str, float]:
+    return {
+        "sequences": float(len(seqs)),
+        "tokens": float(sum(int(s.tokens.numel()) for s in seqs)),
+        "loss_tokens": float(sum(s.loss_tokens for s in seqs)),
+    }
+
+
+def load_sharded_optimizer(
+    model: Any, optimizer: Any, path: Path, process_group: Any | None = None
+) -> None:
+    """Load optimizer state written by ``torch.distributed.checkpoint`` (any rank count) into
+    ``optimizer``: every rank of ``process_group`` together, or one process alone (None)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.simplefilter("ignore", UserWarning)
+        no_dist = process_group is None
+        dcp.load(state, checkpoint_id=str(path), process_group=process_group, no_dist=no_dist)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+class Scorer(torch.nn.Module):
+    """The decoder under bf16 autocast, then the LM head in fp32 on the scoring positions only:
+    one module, so a sharded model gathers and frees its parameters around one call."""
+
+    def __init__(self, model: Any, bf16: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.bf16 = bf16
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, index: torch.Tensor) -> Any:
+        device = ids.device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = self.model.base_model(
+                input_ids=ids, position_ids=positions, use_cache=False
+            ).last_hidden_state
+        with torch.autocast(device, enabled=False):
+            return self.model.get_output_embeddings()(hidden[0, index].float())
 
 
 class _MetricSum:

@@ -24,6 +24,8 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -48,6 +50,7 @@ from areal_flow.train.weights import Store, weights_root
 
 if TYPE_CHECKING:
     from areal_flow.train.config import TrainingConfig
+    from areal_flow.train.policy import Policy
 
 
 class TrainingSession:
@@ -64,6 +67,7 @@ class TrainingSession:
         store: Store = "shm",
         weights_dtype: str | None = None,
         resume_from: Path | None = None,
+        cpus: list[int] | None = None,
     ) -> None:
         import torch
         from transformers import AutoTokenizer
@@ -78,16 +82,19 @@ class TrainingSession:
         self.lock = threading.Lock()
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
         model_dir = checkpoint.path if checkpoint else prepare_model(cfg.model)
-        self.policy = Policy(
-            model_dir,
-            optimizer=cfg.optimizer,
-            total_steps=cfg.steps,
-            device=device,
-            bf16=cfg.bf16,
-            temperature=temperature,
-            micro_batch_tokens=cfg.micro_batch_tokens,
-            share_prompts=cfg.share_prompts,
-        )
+        options: dict[str, Any] = {
+            "total_steps": cfg.steps,
+            "bf16": cfg.bf16,
+            "temperature": temperature,
+            "micro_batch_tokens": cfg.micro_batch_tokens,
+            "share_prompts": cfg.share_prompts,
+        }
+        if cfg.ranks > 1:
+            self.policy: Policy = start_ranks(
+                cfg, model_dir, options, run_dir, device, seed, cpus or [], checkpoint
+            )
+        else:
+            self.policy = Policy(model_dir, optimizer=cfg.optimizer, device=device, **options)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.writer = WeightWriter(
             weights_root(store, run_dir),
@@ -256,16 +263,21 @@ class TrainingSession:
     def checkpoint(self, pending: pa.Table) -> Path:
         """Write a checkpoint of the current step; ``pending`` from ``snapshot()``."""
         from areal_flow.train.checkpoint import save_checkpoint
+        from areal_flow.train.sharded import ShardedPolicy
 
         with self.lock:
             self.writer.wait()
             tables = {"pending": pending}
             if self.batch is not None:
                 tables["batch"] = self.batch
+            policy = self.policy
+            sharded = isinstance(policy, ShardedPolicy)
             self.last_checkpoint = save_checkpoint(
                 self.checkpoint_root,
                 self.step,
                 model=self.policy.model,
+                model_state=policy.state_dict() if sharded else None,
+                write_shards=policy.save_optimizer if isinstance(policy, ShardedPolicy) else None,
                 tokenizer=self.tokenizer,
                 train_state=self.policy.train_state(),
                 meta={
@@ -280,9 +292,22 @@ class TrainingSession:
             return self.last_checkpoint
 
     def close(self) -> None:
-        """Wait for the weights write in flight and stop the writer's thread."""
+        """Wait for the weights write in flight, stop the writer's thread and the ranks."""
         with self.lock:
-            self.writer.close()
+            try:
+                self.writer.close()
+            finally:
+                self.policy.close()
+
+    def rank_failure(self) -> str | None:
+        """Why a rank of a data-parallel trainer died, or None (any thread)."""
+        group = getattr(self.policy, "group", None)
+        return group.failure if group is not None else None
+
+    def abort(self) -> None:
+        """After a failure, from any thread: kill the other ranks now, so a collective that
+        waits on them fails instead of holding the compute thread."""
+        self.policy.abort()
 
     def state(self) -> dict[str, Any]:
         return {
@@ -296,7 +321,7 @@ class TrainingSession:
     def _restore(self, checkpoint: Any) -> None:
         from areal_flow.train.checkpoint import restore_rng
 
-        self.policy.load_train_state(checkpoint.train_state)
+        self.policy.load_train_state(checkpoint.train_state, checkpoint.path)
         restore_rng(checkpoint)
         meta = checkpoint.meta
         self.version = int(meta["version"])
@@ -314,6 +339,64 @@ class TrainingSession:
             self.next_minibatch = int(meta["next_minibatch"])
             self.known.update(trajectory_ids(batch))
         self.last_checkpoint = checkpoint.path
+
+
+def start_ranks(
+    cfg: TrainingConfig,
+    model_dir: Path,
+    options: dict[str, Any],
+    run_dir: Path,
+    device: str,
+    seed: int,
+    cpus: list[int],
+    checkpoint: Any,
+) -> Policy:
+    """Rank 0 of a data-parallel trainer: start the other ranks, join them, shard the model.
+    This process keeps an equal share of the threads and pinned cores it was given."""
+    import torch
+
+    from areal_flow.train.ranks import GroupSpec, RankGroup, core_shares
+    from areal_flow.train.sharded import ShardedPolicy
+
+    threads = max(1, torch.get_num_threads() // cfg.ranks)
+    torch.set_num_threads(threads)
+    shares = core_shares(cpus, cfg.ranks)
+    if shares[0]:  # every thread of this process (new ones inherit it from their creator)
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task), shares[0])
+    resume = checkpoint.path if checkpoint is not None else None
+    spec = GroupSpec(
+        name=cfg.name,
+        world=cfg.ranks,
+        port=0,
+        device="cuda" if device.startswith("cuda") else "cpu",
+        timeout_s=cfg.rank_timeout_s,
+        cpus=shares,
+        threads=threads,
+        run_dir=str(run_dir),
+        policy={
+            "model_dir": str(model_dir),
+            "optimizer": cfg.optimizer.model_dump(mode="json"),
+            **options,
+        },
+        seed=seed,
+        resume=str(resume) if resume is not None else None,
+    )
+    group = RankGroup.start(spec, Path(run_dir) / "ranks" / f"{cfg.name}.json")
+    try:
+        return ShardedPolicy(
+            model_dir,
+            group=group,
+            resume=resume,
+            optimizer=cfg.optimizer,
+            device=group.spec.rank_device(0),
+            **options,
+        )
+    except BaseException:
+        group.abort()
+        group.destroy()
+        raise
 
 
 def named_means(prefix: str, rows: list[list[tuple[str, float]]]) -> dict[str, float]:

@@ -1,0 +1,359 @@
+"""A trainer's rank group: the processes of one data-parallel trainer and their command channel.
+
+Rules:
+- Rank 0 is the trainer node's own process, the one trainer the graph sees. It starts ranks
+  1..N−1 as child processes (``python -m areal_flow.train.rank_main``), hosts the rendezvous
+  (a ``TCPStore`` on 127.0.0.1, port chosen by the kernel) and joins them in one
+  torch.distributed group: NCCL on CUDA, gloo on CPU, plus a gloo group for the small
+  collectives of metrics and log-probs. Children are local, so the same holds under Ray (the
+  actor's bundle holds the whole group).
+- Tied to rank 0: a child dies with the thread of rank 0 that started it (parent-death
+  signal; that thread is the group's monitor, which lives as long as the group), and it is in
+  rank 0's process tree, which the replica's reaper clears. Each child pins itself to its cores
+  and sets one thread budget before torch is imported.
+- Commands: rank 0 writes a JSON header to the store (``cmd/<seq>``) and each rank's payload
+  (Arrow IPC bytes, never pickle) under ``cmd/<seq>/<rank>``; every rank then runs the same
+  collective code. A child marks ``at/<rank>`` with the sequence number it took up, so a
+  collective that times out names the ranks that never arrived. Children wait for commands
+  without a timeout (the trainer may idle while generation runs); collectives time out after
+  ``timeout_s``. Start-up (imports, model loading, sharding) is not a collective: the ranks
+  meet at store rendezvous points (``STARTUP_S``), where rank 0 fails as soon as a child dies.
+- Failure: the monitor polls the children; one that exits before 'stop' makes ``failure`` the
+  rank's name, exit status and last log lines, and the monitor kills the others at once. Rank 0
+  reads ``failure`` (the trainer node watches it) and stops the whole trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1  # how often the monitor looks at the children
+WAIT_S = 3600.0  # a child's wait for a command, renewed (rank 0's death ends it at once)
+STARTUP_S = 600.0  # ranks have this long to start, load the model and shard it
+STOP_S = 30.0  # after 'stop', children have this long to exit before they are killed
+LOG_LINES = 12  # last log lines of a dead rank in the trainer's error
+
+
+class RankFailed(RuntimeError):
+    """A rank of the trainer group died, failed, or did not arrive at a collective."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What every rank needs to join the group and build its policy (JSON in the run folder)."""
+
+    name: str  # the trainer node
+    world: int
+    port: int
+    device: str  # "cpu" or "cuda"
+    timeout_s: float
+    cpus: list[list[int]]  # per rank; [] = not pinned
+    threads: int
+    run_dir: str
+    policy: dict[str, Any]  # Policy keyword arguments (model_dir, optimizer, ...)
+    seed: int
+    resume: str | None  # a checkpoint folder every rank restores its optimizer shard from
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__))
+
+    @classmethod
+    def load(cls, path: Path) -> GroupSpec:
+        return cls(**json.loads(path.read_text()))
+
+    def log_path(self, rank: int) -> Path:
+        return Path(self.run_dir) / "logs" / f"{self.name}.rank{rank}.log"
+
+    def rank_device(self, rank: int) -> str:
+        return f"cuda:{rank}" if self.device == "cuda" else "cpu"
+
+
+def core_shares(cpus: list[int], world: int) -> list[list[int]]:
+    """Each rank's cores: an equal share of the trainer's (at least one each), else none."""
+    k = len(cpus) // world
+    return [cpus[r * k : (r + 1) * k] for r in range(world)] if k else [[] for _ in range(world)]
+
+
+class RankGroup:
+    """This process's membership of the trainer group; rank 0 also owns the children."""
+
+    def __init__(
+        self, spec: GroupSpec, rank: int, store: Any, monitor: _Monitor | None = None
+    ) -> None:
+        import torch.distributed as dist
+
+        self.spec = spec
+        self.rank = rank
+        self.world = spec.world
+        self.store = store
+        self.seq = 0
+        self.stopping = False
+        self._monitor = monitor
+        self.children = monitor.children if monitor is not None else {}
+        self.rendezvous("joined")  # start-up may take long; the collectives' timeout is short
+        timeout = timedelta(seconds=spec.timeout_s)
+        if spec.device == "cuda":
+            import torch
+
+            torch.cuda.set_device(rank)
+        dist.init_process_group(
+            "nccl" if spec.device == "cuda" else "gloo",
+            store=store,
+            rank=rank,
+            world_size=spec.world,
+            timeout=timeout,
+        )
+        self.gloo = dist.new_group(backend="gloo", timeout=timeout)
+
+    # -- rank 0 -------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, spec_without_port: GroupSpec, spec_path: Path) -> RankGroup:
+        """Rank 0: host the rendezvous, start ranks 1..N−1, join them (blocks until all did,
+        or fails naming a child that died meanwhile)."""
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=spec_without_port.timeout_s)
+        store = dist.TCPStore(
+            "127.0.0.1", 0, spec_without_port.world, True, timeout, wait_for_workers=False
+        )
+        spec = GroupSpec(**{**spec_without_port.__dict__, "port": store.port})
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        spec.save(spec_path)
+        monitor = _Monitor(spec, spec_path)
+        monitor.start()
+        try:
+            return cls(spec, 0, store, monitor)
+        except Exception as err:
+            monitor.stopping = True
+            monitor.kill_all()
+            if isinstance(err, RankFailed):
+                raise
+            raise RankFailed(monitor.failure or f"the trainer group did not form: {err}") from err
+
+    def rendezvous(self, name: str) -> None:
+        """Wait until every rank got to ``name`` (start-up steps: up to ``STARTUP_S``, not the
+        collectives' timeout); rank 0 fails at once when a child dies meanwhile."""
+        import torch.distributed as dist
+
+        self.store.set(f"{name}/{self.rank}", "1")
+        keys = [f"{name}/{r}" for r in range(self.world)]
+        deadline = time.monotonic() + max(STARTUP_S, self.spec.timeout_s)
+        while True:  # polled: a store wait that times out logs a warning each time
+            try:
+                if self.store.check(keys):
+                    return
+            except dist.DistNetworkError as err:  # the store went with rank 0
+                raise RankFailed(f"rank {self.rank}: lost rank 0's store: {err}") from err
+            self.check()
+            if time.monotonic() > deadline:
+                missing = [r for r in range(self.world) if not self.store.check([keys[r]])]
+                raise RankFailed(
+                    f"trainer {self.spec.name!r}: ranks {missing} did not reach {name!r} "
+                    f"within {STARTUP_S:g} s"
+                )
+            time.sleep(POLL_S)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the group failed (a dead rank), or None; set by the monitor thread."""
+        return self._monitor.failure if self._monitor is not None else None
+
+    def send(self, op: str, args: dict[str, Any] | None = None, shares: list[bytes] | None = None
+    ) -> None:  # fmt: skip
+        """Rank 0: tell every rank to run ``op``; ``shares[r]`` is rank r's payload."""
+        self.check()
+        self.seq += 1
+        if shares is not None:
+            for rank in range(1, self.world):
+                self.store.set(f"cmd/{self.seq}/{rank}", shares[rank])
+        header = {"op": op, "args": args or {}, "payload": shares is not None}
+        self.store.set(f"cmd/{self.seq}", json.dumps(header))
+        if self.seq > 2:  # every rank read it: they all took part in later collectives
+            with contextlib.suppress(Exception):
+                self.store.delete_key(f"cmd/{self.seq - 2}")
+
+    def check(self) -> None:
+        """Raise ``RankFailed`` if a child died."""
+        if self.failure is not None:
+            raise RankFailed(self.failure)
+
+    def broken(self, wait_s: float) -> bool:
+        """Whether a child died, waiting up to ``wait_s`` for the monitor to see it: a killed
+        process's sockets close (failing the collective) before it can be reaped."""
+        deadline = time.monotonic() + wait_s
+        while self.failure is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        return self.failure is not None
+
+    def explain(self, op: str, err: BaseException) -> str:
+        """Why collective ``op`` failed: a dead rank, ranks that never took it up, or ``err``."""
+        if self.failure is not None:
+            return self.failure
+        missing = [r for r in range(1, self.world) if self._arrived(r) < self.seq]
+        if missing:
+            names = ", ".join(f"rank {r}" for r in missing)
+            return (
+                f"trainer {self.spec.name!r}: {names} did not arrive at '{op}' (command "
+                f"{self.seq}) within rank_timeout_s = {self.spec.timeout_s:g} s: {err}"
+            )
+        return f"trainer {self.spec.name!r}: collective '{op}' failed on rank 0: {err}"
+
+    def _arrived(self, rank: int) -> int:
+        """The last command ``rank`` took up (0: none); ``get`` alone would wait for the key."""
+        key = f"at/{rank}"
+        try:
+            return int(self.store.get(key).decode()) if self.store.check([key]) else 0
+        except Exception:
+            return 0
+
+    def stop(self) -> None:
+        """Rank 0: tell the children to exit and wait for them (kill after ``STOP_S``)."""
+        if self.failure is None and not self.stopping:
+            self.stopping = True
+            if self._monitor is not None:
+                self._monitor.stopping = True
+            with contextlib.suppress(Exception):
+                self.send("stop")
+            deadline = time.monotonic() + STOP_S
+            while any(p.poll() is None for p in self.children.values()):
+                if time.monotonic() > deadline:
+                    log.warning("trainer ranks outlived 'stop' by %g s: killing", STOP_S)
+                    break
+                time.sleep(POLL_S)
+        self.abort()
+        self.destroy()
+
+    def abort(self) -> None:
+        """Kill every child now (any thread); a collective waiting on them then fails."""
+        if self._monitor is not None:
+            self._monitor.stopping = True
+            self._monitor.kill_all()
+
+    def destroy(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+    # -- ranks 1..N−1 -------------------------------------------------------------------------
+
+    @classmethod
+    def join(cls, spec: GroupSpec, rank: int) -> RankGroup:
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=spec.timeout_s)
+        store = dist.TCPStore("127.0.0.1", spec.port, spec.world, False, timeout)
+        return cls(spec, rank, store)
+
+    def receive(self) -> tuple[str, dict[str, Any], bytes | None]:
+        """A child: the next command (waits as long as rank 0 lives)."""
+        import torch.distributed as dist
+
+        self.seq += 1
+        key = f"cmd/{self.seq}"
+        while True:
+            try:
+                self.store.wait([key], timedelta(seconds=WAIT_S))
+                break
+            except dist.DistNetworkError as err:  # the store went with rank 0
+                raise RankFailed(f"rank {self.rank}: lost rank 0's store: {err}") from err
+            except dist.DistStoreError:
+                continue  # no command yet: the trainer idles while generation runs
+        header = json.loads(self.store.get(key))
+        payload = None
+        if header["payload"]:
+            payload = self.store.get(f"{key}/{self.rank}")
+            self.store.delete_key(f"{key}/{self.rank}")
+        self.store.set(f"at/{self.rank}", str(self.seq))
+        return header["op"], header["args"], payload
+
+
+class _Monitor(threading.Thread):
+    """Starts the children and watches them (the children die with this thread)."""
+
+    def __init__(self, spec: GroupSpec, spec_path: Path) -> None:
+        super().__init__(name=f"{spec.name}-ranks", daemon=True)
+        self.spec = spec
+        self.spec_path = spec_path
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.started = threading.Event()
+        self.stopping = False
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        try:
+            for rank in range(1, self.spec.world):
+                self.children[rank] = self._launch(rank)
+        finally:
+            self.started.set()
+        while True:  # any exit before 'stop' (or abort) is a failure of the group
+            alive = False
+            for rank, process in self.children.items():
+                code = process.poll()
+                if code is None:
+                    alive = True
+                elif not self.stopping and self.failure is None:
+                    self._fail(rank, process, code)
+            if not alive:
+                return
+            time.sleep(POLL_S)
+
+    def start(self) -> None:
+        super().start()
+        self.started.wait()
+
+    def _launch(self, rank: int) -> subprocess.Popen[bytes]:
+        path = self.spec.log_path(rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        threads = str(self.spec.threads)
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+        }
+        argv = [sys.executable, "-m", "areal_flow.train.rank_main"]
+        argv += [str(self.spec_path), str(rank), str(os.getpid())]
+        with path.open("ab") as out:
+            return subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+
+    def _fail(self, rank: int, process: subprocess.Popen[bytes], code: int) -> None:
+        from areal_flow.runtime.launcher import last_lines
+
+        path = self.spec.log_path(rank)
+        status = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        lines = "\n".join(last_lines(path, LOG_LINES)) or "(empty)"
+        self.failure = (
+            f"trainer {self.spec.name!r} rank {rank} (pid {process.pid}) died: {status}; the "
+            f"trainer group stops. Last lines of {path}:\n{lines}"
+        )
+        log.error("%s", self.failure)
+        self.stopping = True
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        for process in self.children.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        for process in self.children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
