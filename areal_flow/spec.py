@@ -300,7 +300,9 @@ class Edge(Spec):
         DEFAULT_CAPACITY,
         ge=1,
         le=4096,
-        description="Most batches in flight on this edge (credit-based flow control).",
+        description="Most batches in flight to each consumer replica (credit-based flow "
+        "control); raised to the number of producer replicas when they are more, so each "
+        "holds a credit.",
     )
 
     @model_validator(mode="before")
