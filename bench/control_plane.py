@@ -18,7 +18,8 @@ seconds, each arm measures for ``--seconds``:
   p50 and max over samples every 0.1 s;
 - driver turn: the longest gap between two turns of the driver's loop;
 - driver CPU: CPU seconds of this process (the driver, and with ``inprocess`` the replicas)
-  per wall second (1.0 = one core);
+  per wall second (1.0 = one core); replicas' CPU: the same for every replica's worker
+  process together (``local`` only): what the replicas themselves cost the machine;
 - gate: whether it ever held more groups than its rule allows (capacity < 0 at any turn:
   over-admission), the largest trajectory lag it saw (the oldest token's version, against η)
   and the share of trajectories over η, and the run's failure if any (a stuck replica, a
@@ -52,6 +53,7 @@ from areal_flow.runtime import run_graph
 from areal_flow.spec import Graph, Staleness
 
 AGE_EVERY_S = 0.1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def scale_graph(replicas: int, args: argparse.Namespace) -> Graph:
@@ -90,6 +92,7 @@ class Sampler:
     window_end: float | None = None
     cpu_start: float = 0.0
     cpu_s: float = 0.0
+    replica_cpu: tuple[float, float] = (0.0, 0.0)
     admitted: tuple[float, float] = (0.0, 0.0)
     accepted: tuple[float, float] = (0.0, 0.0)
     versions: tuple[float, float] = (0.0, 0.0)
@@ -113,6 +116,7 @@ class Sampler:
             if now - self.running_at >= self.warmup:
                 self.window_start = now
                 self.cpu_start = time.process_time()
+                self.replica_cpu = (replicas_cpu_s(driver), 0.0)
                 self.admitted = (driver.gate.admitted, 0.0)
                 self.accepted = (driver.gate.accepted, 0.0)
                 self.versions = (driver.version, 0.0)
@@ -131,10 +135,25 @@ class Sampler:
         if now - self.window_start >= self.seconds:
             self.window_end = now
             self.cpu_s = time.process_time() - self.cpu_start
+            self.replica_cpu = (self.replica_cpu[0], replicas_cpu_s(driver))
             self.admitted = (self.admitted[0], driver.gate.admitted)
             self.accepted = (self.accepted[0], driver.gate.accepted)
             self.versions = (self.versions[0], driver.version)
             driver.interrupt()
+
+
+def replicas_cpu_s(driver: Any) -> float:
+    """CPU seconds used so far by every replica's worker process (0 for in-process replicas)."""
+    total = 0.0
+    for replica in driver.replicas.values():
+        if replica.pid is None:
+            continue
+        try:
+            fields = Path(f"/proc/{replica.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return total
 
 
 def run_arm(replicas: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -160,6 +179,7 @@ def run_arm(replicas: int, args: argparse.Namespace) -> dict[str, Any]:
         "age_max": max(sampler.ages),
         "turn_max": sampler.turn_max,
         "cpu": sampler.cpu_s / wall,
+        "replica_cpu": (sampler.replica_cpu[1] - sampler.replica_cpu[0]) / wall,
         "lag_max": lag_max,
         "over_share": over,
         "over_admitted": sampler.over_admitted,
@@ -205,6 +225,7 @@ def main() -> None:
         "hb age max s",
         "turn max s",
         "driver CPU",
+        "replicas' CPU",
         "gate held",
         "lag max (η)",
         "lag > η",
@@ -223,6 +244,7 @@ def main() -> None:
             f"{row['age_max']:.2f}",
             f"{row['turn_max']:.3f}",
             f"{row['cpu']:.0%}",
+            f"{row['replica_cpu']:.0%}" if args.launcher == "local" else "(in driver)",
             "OVER-ADMITTED" if row["over_admitted"] else "yes",
             f"{row['lag_max']:.0f} ({args.max_lag})",
             f"{row['over_share']:.1%}",
