@@ -15,7 +15,9 @@ Rules:
   interruptible generation), so the gate's lag accounting sees what a real generator produces.
 - ``fake_trainer`` takes rollout records (no reward needed), sleeps ``step_s`` per step of
   ``batch_groups`` groups, then publishes a real (tiny) safetensors version through the weight
-  store, so the real publisher verifies and relays it. The run ends after ``steps`` steps.
+  store, so the real publisher verifies and relays it. The run ends after ``steps`` steps. Sent
+  to a sink instead of the generators, its versions still move the gate while real generators
+  keep their own weights (a rollout-rate benchmark).
 - Lengths and timings come from a generator seeded by the run seed and the replica.
 """
 
