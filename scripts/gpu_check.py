@@ -146,8 +146,8 @@ def table(found: dict[str, Any], title: str) -> Table:
 
 
 def complete(found: dict[str, Any]) -> bool:
-    keys = ("steps_per_s", "publish_to_active_max_s", "held_out_base_pass1")
-    keys += ("held_out_final_pass1",)
+    keys = ["steps_per_s", "publish_to_active_max_s", "held_out_base_pass1"]
+    keys.append("held_out_final_pass1")
     gen_rate = any("gen" in node for node in found["tokens_per_s"])
     return found["status"] == "completed" and gen_rate and all(found[k] is not None for k in keys)
 
