@@ -126,16 +126,20 @@ class RunPlan(BaseModel):
         return cls.model_validate(json.loads(path.read_text()))
 
 
-def free_tcp_address(host: str = "127.0.0.1") -> str:
+def free_tcp_address(host: str = "127.0.0.1", taken: set[str] | None = None) -> str:
     """An address on ``host`` whose port was free a moment ago, outside the kernel's ephemeral
     range. Ports are planned before the replicas that bind them start, and meanwhile every
     outgoing connection on the machine takes a local port from the ephemeral range — the run's
     own ZeroMQ connections among them, hundreds with many replicas — so a planned port there
-    can be taken before its replica binds it (seen with 64 generator replicas)."""
+    can be taken before its replica binds it (seen with 64 generator replicas). ``taken``: the
+    addresses already planned, still unbound, so a bind test cannot tell they are in use."""
     pick = random.SystemRandom()  # not the seeded global generator: runs must not agree
     candidates = _planned_ports()
+    taken = taken or set()
     for _ in range(PORT_TRIES):
         port = pick.choice(candidates)
+        if f"tcp://{host}:{port}" in taken:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
@@ -163,11 +167,12 @@ def make_plan(
 ) -> RunPlan:
     """Wire every replica of ``g`` and give it cores and GPUs."""
     edges = resolved_edges(g)
-    inbound = {
-        (edge.index, r): free_tcp_address()
-        for edge in edges
-        for r in range(graph.node(edge.dst).replicas)
-    }
+    planned = {control}
+    inbound: dict[tuple[int, int], str] = {}
+    for edge in edges:
+        for r in range(graph.node(edge.dst).replicas):
+            inbound[(edge.index, r)] = free_tcp_address(taken=planned)
+            planned.add(inbound[(edge.index, r)])
     cores = assign_cores(graph)
     gpus = assign_gpus(graph)
     kinds = user_kinds(graph)

@@ -17,3 +17,11 @@ def test_planned_ports_lie_outside_the_ephemeral_range_and_are_free() -> None:
         assert not low <= port <= high, address
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # still free
+
+
+def test_a_plan_never_gives_one_port_twice() -> None:
+    taken: set[str] = set()
+    for _ in range(2000):  # random picks from ~20k ports: repeats without ``taken``
+        address = free_tcp_address(taken=taken)
+        assert address not in taken
+        taken.add(address)
