@@ -164,7 +164,9 @@ def run_arm(replicas: int, args: argparse.Namespace) -> dict[str, Any]:
         result = run_graph(graph, run_dir=Path(folder), launcher=args.launcher, on_update=sampler)
         total = time.monotonic() - began
     if sampler.window_end is None or sampler.window_start is None:
-        raise SystemExit(f"{replicas} replicas: the run ended before the window ({result.failure})")
+        failure = str(result.failure).splitlines()[0] if result.failure else result.status
+        print(f"  {replicas} replicas: the run ended before the window: {result.failure}")
+        return {"replicas": replicas, "failure": f"ended before the window: {failure}"}
     wall = sampler.window_end - sampler.window_start
     lag_max = result.staleness.get("lag_max", 0.0)
     lags = {int(k[4:]): v for k, v in result.staleness.items() if k.startswith("lag/")}
@@ -234,6 +236,9 @@ def main() -> None:
     for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
+        if "admissions_s" not in row:
+            table.add_row(str(row["replicas"]), *["-"] * (len(columns) - 2), row["failure"])
+            continue
         table.add_row(
             str(row["replicas"]),
             str(row["batch_groups"]),
@@ -251,8 +256,9 @@ def main() -> None:
             row["failure"] or "-",
         )
     Console(width=200).print(table)
-    base = rows[0]
-    for row in rows[1:]:
+    measured = [row for row in rows if "admissions_s" in row]
+    base = measured[0] if measured else {}
+    for row in measured[1:]:
         print(
             f"{row['replicas']} vs {base['replicas']} replica(s): admissions ×"
             f"{row['admissions_s'] / max(base['admissions_s'], 1e-9):.1f}, driver CPU ×"
