@@ -247,3 +247,11 @@ class FakeTrainer(Streaming[FakeTrainerConfig]):
                 yield ref.batch()
                 if self.version >= cfg.steps:
                     return
+
+    def teardown(self) -> None:
+        """Free shared memory: the run is over, and nothing reads fake weights afterwards (the
+        publisher removes only the versions it relayed)."""
+        import shutil
+
+        if self.config.store == "shm" and hasattr(self, "root"):
+            shutil.rmtree(self.root, ignore_errors=True)
