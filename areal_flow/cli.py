@@ -74,7 +74,7 @@ def validate(file: GraphFile, set_: SetOption = None) -> None:
             node.kind,
             str(node.replicas),
             f"{node.resources.cpus:g}",
-            str(node.resources.gpus),
+            f"{node.resources.gpus:g}",
             ", ".join(f"{n}:{p.record}" for n, p in node.inputs.items()) or "-",
             ", ".join(f"{n}:{p.record}" for n, p in node.outputs.items()) or "-",
         )

@@ -277,22 +277,47 @@ def check_placement(graph: Graph, machine: Machine) -> list[Problem]:
                     f"{machine.cpus}; lower it or use launcher 'ray'",
                 )
             )
-        if res.gpus * node.replicas > machine.gpus:
+        needed = pack_gpus([node])[1]
+        if needed > machine.gpus:
             problems.append(
                 Problem(
                     f"nodes.{node.name}.resources.gpus",
-                    f"asks for {res.gpus * node.replicas} GPU(s) ({node.replicas} replica(s) × "
-                    f"{res.gpus}) but this machine has {machine.gpus}; lower it or use "
+                    f"asks for {needed} GPU(s) ({node.replicas} replica(s) × "
+                    f"{res.gpus:g}) but this machine has {machine.gpus}; lower it or use "
                     "launcher 'ray'",
                 )
             )
     total_cpus = sum(n.resources.cpus * n.replicas for n in graph.nodes)
-    total_gpus = sum(n.resources.gpus * n.replicas for n in graph.nodes)
+    total_gpus = pack_gpus(graph.nodes)[1]
     if total_cpus > machine.cpus and not problems:
         problems.append(_total_problem("cpus", total_cpus, machine.cpus, graph))
     if total_gpus > machine.gpus and not any(p.where.endswith("gpus") for p in problems):
         problems.append(_total_problem("gpus", total_gpus, machine.gpus, graph))
     return problems
+
+
+def pack_gpus(nodes: list[NodeSpec]) -> tuple[dict[tuple[str, int], list[int]], int]:
+    """GPU indices (0, 1, … of the GPUs this machine shows) per replica, and how many GPUs that
+    takes. In node order, a replica asking for whole GPUs gets the next ones of its own; one
+    asking for a share (0 < gpus < 1) goes to the first shared GPU with room left, else opens
+    the next GPU for sharing."""
+    assigned: dict[tuple[str, int], list[int]] = {}
+    used: list[float] = []  # per GPU: 1.0 when whole, else the sum of the shares placed on it
+    for node in nodes:
+        want = node.resources.gpus
+        for r in range(node.replicas):
+            if want >= 1:
+                first = len(used)
+                used.extend([1.0] * int(want))
+                assigned[(node.name, r)] = list(range(first, len(used)))
+            elif want > 0:
+                room = [i for i, u in enumerate(used) if u < 1.0 and u + want <= 1.0 + 1e-9]
+                index = room[0] if room else len(used)
+                if not room:
+                    used.append(0.0)
+                used[index] += want
+                assigned[(node.name, r)] = [index]
+    return assigned, len(used)
 
 
 def _total_problem(resource: str, total: float, have: int, graph: Graph) -> Problem:

@@ -116,10 +116,27 @@ class Resources(Spec):
         description="CPU cores per replica. Whole numbers pin the replica to that many cores; "
         "0 or a fraction shares the cores left over (light nodes).",
     )
-    gpus: int = Field(0, ge=0, le=64, description="GPUs per replica (CUDA_VISIBLE_DEVICES).")
+    gpus: float = Field(
+        0,
+        ge=0,
+        le=64,
+        description="GPUs per replica (CUDA_VISIBLE_DEVICES). Whole numbers give the replica "
+        "that many GPUs of its own; a fraction (0.5) shares one GPU with other fractional "
+        "replicas (a generator and a trainer on one device; memory is then each engine's own "
+        "setting, e.g. the generator's gpu_memory).",
+    )
     memory: float | None = Field(
         None, gt=0, description="Memory per replica in GiB; used by the Ray launcher's placement."
     )
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_or_share(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(
+                f"gpus = {value:g}: ask for whole GPUs (1, 2, …) or a share of one (0 < gpus < 1)"
+            )
+        return value
 
 
 def light_resources() -> Resources:
@@ -323,7 +340,9 @@ class Edge(Spec):
         DEFAULT_CAPACITY,
         ge=1,
         le=4096,
-        description="Most batches in flight on this edge (credit-based flow control).",
+        description="Most batches in flight to each consumer replica (credit-based flow "
+        "control); raised to the number of producer replicas when they are more, so each "
+        "holds a credit.",
     )
 
     @model_validator(mode="before")

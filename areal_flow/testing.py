@@ -7,6 +7,8 @@ Rules:
   which ``read_sink`` reads back. Their ports carry ``any`` record type.
 - ``run_in_process(graph)`` runs a whole graph in this process (every replica an asyncio task)
   with the same driver, sockets and worker code as real processes — fast tests for light nodes.
+- ``tiny_overrides(model)`` shrinks a math-shaped graph (math_rl's node names) to the tiny
+  random model on the hf engine, two steps: tests and the GPU check's CPU dry run use it.
 """
 
 from __future__ import annotations
@@ -176,3 +178,21 @@ def run_in_process(graph: Graph, run_dir: Path, **kwargs: Any) -> Any:
     from areal_flow.runtime import run_graph
 
     return run_graph(graph, run_dir=run_dir, launcher="inprocess", **kwargs)
+
+
+def tiny_overrides(model: Path, **extra: object) -> list[str]:
+    """``--set`` items for a graph with prompts/gen/filter/trainer nodes (math_rl's names)."""
+    settings: dict[str, object] = {
+        "nodes.prompts.model": model,
+        "nodes.prompts.group_size": 4,
+        "nodes.gen.model": model,
+        "nodes.gen.engine": "hf",
+        "nodes.gen.sampling.max_tokens": 16,
+        "nodes.trainer.model": model,
+        "nodes.trainer.batch_groups": 2,
+        "nodes.trainer.steps": 2,
+        # A random model earns the same reward everywhere: keep uniform groups so it trains.
+        "nodes.filter.drop_uniform_reward": "false",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in settings.items()]

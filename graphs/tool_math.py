@@ -36,7 +36,9 @@ TOOLS = ToolSet([Calculator()], style="plain")  # SmolLM2's chat template knows 
 
 PROMPT = PromptFormat(
     system="You solve math problems. To compute, write <calc>expression</calc> and wait for "
-    "the <result>. Use the calculator for every multiplication, division and subtraction.",
+    "the <result>. Use the calculator for every multiplication, division and subtraction. "
+    "End with: The answer is <number>.",
+    instruction="",  # the examples show the answer format; "…N…" was copied literally
     examples=[
         Exchange(
             user="A shop buys 15 boxes of 42 pens. It shares them equally among 6 stores. How "

@@ -67,6 +67,13 @@ class GeneratorConfig(GeneratorSpec):
         description="vLLM CPU: libraries preloaded into the engine's processes where installed "
         "('tcmalloc': Debian libtcmalloc-minimal4, 'iomp': PyPI intel-openmp); () for none.",
     )
+    gpu_memory: float = Field(
+        0.5,
+        gt=0,
+        le=0.95,
+        description="vLLM on CUDA: the share of the GPU's memory the engine takes (weights and "
+        "KV cache); leave room for a trainer on the same GPU.",
+    )
 
     def eval_engine(self) -> str | None:
         return self.engine
@@ -289,6 +296,7 @@ async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
             interrupt_mode=cfg.interrupt_mode,
             kv_cache_gib=cfg.kv_cache_gib,
             preload=cfg.preload,
+            gpu_memory_utilization=cfg.gpu_memory,
         )
     else:
         settings.update(max_batch=cfg.max_running)

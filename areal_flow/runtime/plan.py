@@ -2,11 +2,13 @@
 
 Rules:
 - The driver decides every data address before any process starts, so a restarted replica
-  binds the same address and its producers reconnect without being told.
+  binds the same address and its producers reconnect without being told. Planned ports lie
+  outside the kernel's ephemeral range, which outgoing connections draw from.
 - One receiver per (input edge, consumer replica). Data edges load-balance a producer's batches
   over the consumer replicas; weight edges broadcast every notice to every replica.
 - Whole-CPU requests get dedicated cores, assigned in node order; 0 or fractional requests get
-  no pinning and share what is left. GPUs are assigned the same way.
+  no pinning and share what is left. Whole-GPU requests get GPUs of their own in node order;
+  fractional ones share a GPU (``graph.pack_gpus``); ids follow the driver's visible devices.
 - The plan is plain JSON in the run folder (``plan.json``): workers read it, tests inspect it.
 - A resumed run's plan also carries each replica's resume state (``resume.py`` fills it).
 - User code travels by reference: the graph files run as modules and the ``module:qualname`` of
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -30,12 +33,15 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict
 
 from areal_flow.checks import function_refs
-from areal_flow.graph import ResolvedEdge, resolved_edges
+from areal_flow.graph import ResolvedEdge, pack_gpus, resolved_edges
 from areal_flow.registry import user_kinds
 from areal_flow.spec import Graph
 from areal_flow.transport.curve import needs_curve
 from areal_flow.usercode import graph_modules
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PLANNED_PORTS_FROM = 10000
+PORT_TRIES = 100
 FORCE_CURVE_ENV = "AREAL_FLOW_CURVE"  # "1": CurveZMQ even when every socket is on loopback
 
 
@@ -120,11 +126,40 @@ class RunPlan(BaseModel):
         return cls.model_validate(json.loads(path.read_text()))
 
 
-def free_tcp_address(host: str = "127.0.0.1") -> str:
-    """An address on ``host`` whose port was free a moment ago."""
+def free_tcp_address(host: str = "127.0.0.1", taken: set[str] | None = None) -> str:
+    """An address on ``host`` whose port was free a moment ago, outside the kernel's ephemeral
+    range. Ports are planned before the replicas that bind them start, and meanwhile every
+    outgoing connection on the machine takes a local port from the ephemeral range — the run's
+    own ZeroMQ connections among them, hundreds with many replicas — so a planned port there
+    can be taken before its replica binds it (seen with 64 generator replicas). ``taken``: the
+    addresses already planned, still unbound, so a bind test cannot tell they are in use."""
+    pick = random.SystemRandom()  # not the seeded global generator: runs must not agree
+    candidates = _planned_ports()
+    taken = taken or set()
+    for _ in range(PORT_TRIES):
+        port = pick.choice(candidates)
+        if f"tcp://{host}:{port}" in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:  # in use
+                continue
+            return f"tcp://{host}:{port}"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+        sock.bind((host, 0))  # a crowded range: any free port, as before
         return f"tcp://{host}:{sock.getsockname()[1]}"
+
+
+def _planned_ports() -> range:
+    """Ports for planned addresses: below the ephemeral range, else above it."""
+    try:
+        low, high = map(int, EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low - PLANNED_PORTS_FROM >= 1000:
+        return range(PLANNED_PORTS_FROM, low)
+    return range(high + 1, 65536) if high < 64535 else range(PLANNED_PORTS_FROM, 65536)
 
 
 def make_plan(
@@ -132,11 +167,12 @@ def make_plan(
 ) -> RunPlan:
     """Wire every replica of ``g`` and give it cores and GPUs."""
     edges = resolved_edges(g)
-    inbound = {
-        (edge.index, r): free_tcp_address()
-        for edge in edges
-        for r in range(graph.node(edge.dst).replicas)
-    }
+    planned = {control}
+    inbound: dict[tuple[int, int], str] = {}
+    for edge in edges:
+        for r in range(graph.node(edge.dst).replicas):
+            inbound[(edge.index, r)] = free_tcp_address(taken=planned)
+            planned.add(inbound[(edge.index, r)])
     cores = assign_cores(graph)
     gpus = assign_gpus(graph)
     kinds = user_kinds(graph)
@@ -211,12 +247,32 @@ def assign_cores(graph: Graph) -> dict[tuple[str, int], list[int]]:
 
 
 def assign_gpus(graph: Graph) -> dict[tuple[str, int], list[int]]:
-    """GPU ids per replica, in node order."""
-    assigned: dict[tuple[str, int], list[int]] = {}
-    cursor = 0
-    for node in graph.nodes:
-        for r in range(node.replicas):
-            if node.resources.gpus:
-                assigned[(node.name, r)] = list(range(cursor, cursor + node.resources.gpus))
-                cursor += node.resources.gpus
-    return assigned
+    """GPU ids per replica, as ``CUDA_VISIBLE_DEVICES`` of the replica will name them: the
+    packing of ``pack_gpus`` mapped onto the devices this process may use (its own
+    ``CUDA_VISIBLE_DEVICES`` when set: a driver limited to GPUs 2 and 3 hands out 2 and 3).
+    Replicas sharing a GPU (fractional ``gpus``) get the same id."""
+    assigned, needed = pack_gpus(graph.nodes)
+    if not needed or graph.launcher == "ray":  # Ray hands each actor its own GPU ids
+        return assigned
+    visible = visible_gpus()
+    if visible is None:
+        return assigned
+    if needed > len(visible):
+        raise ValueError(
+            f"the graph needs {needed} GPU(s) but CUDA_VISIBLE_DEVICES shows {len(visible)}"
+        )
+    return {key: [visible[i] for i in ids] for key, ids in assigned.items()}
+
+
+def visible_gpus() -> list[int] | None:
+    """The device ids in this process's ``CUDA_VISIBLE_DEVICES``; None when it is unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    ids = [d.strip() for d in value.split(",") if d.strip() and d.strip() != "-1"]
+    if not all(d.isdigit() for d in ids):
+        raise ValueError(
+            f"CUDA_VISIBLE_DEVICES={value!r} names GPUs by UUID; replicas are given GPUs by "
+            "index: list indices (e.g. 0,1) instead"
+        )
+    return [int(d) for d in ids]

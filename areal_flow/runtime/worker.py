@@ -195,15 +195,19 @@ class Worker:
     async def _transform_loop(self, node: Transform[NodeSpec]) -> None:
         limit = max(1, type(node).concurrency)
         pending: set[asyncio.Task[None]] = set()
-        async for item in self.inbox.stream(self.data_wires):
-            await self._received(item)
-            pending.add(asyncio.create_task(self._transform_one(node, item)))
-            if len(pending) >= limit:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-        for task in pending:
-            await task
+        try:
+            async for item in self.inbox.stream(self.data_wires):
+                await self._received(item)
+                pending.add(asyncio.create_task(self._transform_one(node, item)))
+                if len(pending) >= limit:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+            for task in pending:
+                await task
+        finally:  # stopped: calls in flight must not send on sockets about to close
+            for task in pending:
+                task.cancel()
 
     async def _transform_one(self, node: Transform[NodeSpec], item: Received) -> None:
         out = await self._timed(node.process, item.batch)

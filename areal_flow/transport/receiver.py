@@ -1,11 +1,16 @@
 """The consumer end of an edge: one ``Receiver`` per consumer replica, a ROUTER it binds.
 
 Rules:
-- Credit is one pool of ``capacity`` per receiver: batches granted-but-not-arrived plus batches
-  received-but-not-taken never exceed it, however many producers connect. Each producer holds
-  at most its fair share (capacity / producers). A batch frees its slot when ``recv`` hands it
-  out; credit goes back in groups of half a share to save messages. No deadlock: a producer
-  that waits has nothing in flight, so its share frees up as the consumer takes batches.
+- Credit is one pool per receiver: batches granted-but-not-arrived plus batches
+  received-but-not-taken never exceed it, however many producers connect. The pool is the
+  edge's ``capacity``, raised to the number of producer replicas the edge has when they are
+  more: every producer then holds at least one credit, idle or not. (A smaller pool deadlocks
+  a gated graph: the credit sits with producers that have nothing to send — generators whose
+  groups are still running — while the batches the consumer waits for are at producers with
+  none, and the staleness gate admits nothing new until they arrive.) Each producer holds at
+  most its fair share (pool / producers). A batch frees its slot when ``recv`` hands it out;
+  credit goes back in groups of half a share to save messages. No deadlock: a producer that
+  waits has nothing in flight, so its share frees up as the consumer takes batches.
 - A producer is known once it said ``hello`` on its connection; a second hello under the same
   name (a reconnect or a restart) replaces the first, whose unused credit returns to the pool.
 - Messages are read eagerly, without blocking, whenever ``recv`` runs; end-of-stream is
@@ -92,8 +97,8 @@ class Receiver:
             raise ValueError(f"edge {edge}: capacity must be at least 1, got {capacity}")
         self.edge = edge
         self.schema = schema
-        self.capacity = capacity
         self.expected_producers = max(1, producers)
+        self.capacity = max(capacity, self.expected_producers)  # a credit for every producer
         self.socket = zctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, SAFETY_HWM)

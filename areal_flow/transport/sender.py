@@ -2,8 +2,10 @@
 
 Rules:
 - One DEALER per consumer replica, so the producer chooses where each batch goes: to the
-  replica with most credit (load balancing). With no credit anywhere it waits (backpressure);
-  it never sends without credit.
+  replica with most credit (load balancing), and among replicas with equal credit to the one
+  it sent to least recently (a consumer that takes batches at once always shows full credit,
+  busy or not: without the rotation the first replica would get every batch). With no
+  credit anywhere it waits (backpressure); it never sends without credit.
 - Whenever a connection completes (socket monitor), the sender forgets the credit it had there
   and says ``hello`` first, so a restarted consumer starts clean. What the consumer sent on
   the connection that ended (credit above all) is discarded unread: a new consumer says
@@ -58,6 +60,7 @@ class _Peer:
     sync: zmq.Socket  # the same socket, for all non-blocking calls
     sync_monitor: zmq.Socket
     credit: int = 0
+    last_sent: int = -1  # the sequence number of the newest batch sent to it
     greet: bool = False  # a connection completed and wants its hello
     connected: bool = False  # hello sent on the current connection
     eos_sent: bool = False  # on the current connection
@@ -133,6 +136,7 @@ class Sender:
                 except zmq.Again:  # its connection just went: its credit is void
                     peer.credit = 0
             peer.credit -= 1
+            peer.last_sent = self._seq
             self._seq += 1
             self.sent += 1
             self.sent_bytes += len(frames[1])
@@ -179,7 +183,7 @@ class Sender:
         waited = False
         while True:
             self._pump()
-            best = max(self.peers, key=lambda p: p.credit)
+            best = max(self.peers, key=lambda p: (p.credit, -p.last_sent))
             if best.credit > 0:
                 if waited:
                     self.waited_s += time.monotonic() - started

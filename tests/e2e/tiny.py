@@ -1,23 +1,8 @@
-"""The math-shaped graphs shrunk for tests: the tiny random model on the hf engine, two steps."""
+"""The math-shaped graphs shrunk for tests: the tiny random model on the hf engine, two steps
+(``areal_flow.testing.tiny_overrides``, shared with the GPU check's CPU dry run)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from areal_flow.testing import tiny_overrides
 
-
-def tiny_overrides(model: Path, **extra: object) -> list[str]:
-    """``--set`` items for a graph with prompts/gen/filter/trainer nodes (math_rl's names)."""
-    settings: dict[str, object] = {
-        "nodes.prompts.model": model,
-        "nodes.prompts.group_size": 4,
-        "nodes.gen.model": model,
-        "nodes.gen.engine": "hf",
-        "nodes.gen.sampling.max_tokens": 16,
-        "nodes.trainer.model": model,
-        "nodes.trainer.batch_groups": 2,
-        "nodes.trainer.steps": 2,
-        # A random model earns the same reward everywhere: keep uniform groups so it trains.
-        "nodes.filter.drop_uniform_reward": "false",
-        **extra,
-    }
-    return [f"{k}={v}" for k, v in settings.items()]
+__all__ = ["tiny_overrides"]

@@ -423,3 +423,44 @@ def test_a_consumer_that_exits_right_after_its_receipt_still_confirms_the_end() 
     assert asyncio.run(main()) == [[]] * rounds  # no receipt lost to the consumer's exit
     consumer.join(30)
     assert consumer.exitcode == 0
+
+
+def test_every_producer_keeps_a_credit_when_producers_outnumber_the_capacity() -> None:
+    """Four producers on a capacity-2 edge: once all are idle, every one still holds credit,
+    so a producer with a batch never waits on credit parked at producers with nothing to send
+    (in a gated graph nothing new would ever come: a deadlock)."""
+
+    async def main() -> None:
+        zctx = zmq.asyncio.Context()
+        receiver = Receiver(zctx, EDGE, SCHEMA, capacity=2, producers=4)
+        senders = {
+            f"p{k}": Sender(zctx, EDGE, SCHEMA, f"p{k}", [receiver.address]) for k in range(4)
+        }
+
+        async def take(n: int) -> list[Message]:
+            taken: list[Message] = []
+            while len(taken) < n:
+                item = await receiver.recv(timeout=10)
+                assert isinstance(item, Message), "nothing arrived for 10 s"
+                taken.append(item)
+            await receiver.recv(timeout=0.05)  # credit for the last take goes out
+            return taken
+
+        taking = asyncio.create_task(take(4))
+        await asyncio.gather(
+            *(s.send(id_batch(k, n), timeout=10) for k, (n, s) in enumerate(senders.items()))
+        )
+        await taking
+        # Idle now. Those the receiver left without credit send first, each alone.
+        holding = {p.name: p.outstanding for p in receiver._producers.values()}
+        assert sorted(holding) == sorted(senders)
+        for name in sorted(senders, key=lambda n: holding[n]):
+            taking = asyncio.create_task(take(1))
+            await senders[name].send(id_batch(10, name), timeout=3)
+            await taking
+        for sender in senders.values():
+            sender.close()
+        receiver.close()
+        zctx.destroy(linger=0)
+
+    asyncio.run(main())
