@@ -34,7 +34,7 @@ from pydantic import Field
 
 from areal_flow.node import NodeContext, Output, Source, Streaming
 from areal_flow.roles import GeneratorSpec, SourceSpec, TrainerSpec
-from areal_flow.schema import SCHEMAS
+from areal_flow.schema import METRICS_TYPE, SCHEMAS
 from areal_flow.spec import Port, Resources, light_resources
 
 
@@ -190,6 +190,8 @@ class FakeGenerator(Streaming[FakeGeneratorConfig]):
             "finish_reason": pa.array(
                 ["length" if k >= cfg.max_tokens else "stop" for k in lengths], pa.string()
             ),
+            "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(np.ones(total, np.int8))),
+            "episode_metrics": pa.array([[]] * n, METRICS_TYPE),
         }
         schema = SCHEMAS["rollout"]
         arrays = [columns[f.name].cast(f.type) for f in schema]

@@ -70,7 +70,7 @@ class TrainingConfig(TrainerSpec):
         gpus = self.resources.gpus
         if self.ranks > 1 and gpus and gpus != self.ranks:
             raise ValueError(
-                f"trainer {self.name!r}: ranks = {self.ranks} with resources.gpus = {gpus}; "
+                f"trainer {self.name!r}: ranks = {self.ranks} with resources.gpus = {gpus:g}; "
                 f"give each rank one GPU (resources.gpus = {self.ranks}) or none (CPU, gloo)"
             )
         return self
