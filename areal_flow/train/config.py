@@ -15,6 +15,7 @@ from pydantic import Field
 from areal_flow.roles import TrainerSpec
 from areal_flow.spec import CheckpointRef
 from areal_flow.train.algo import Optimizer
+from areal_flow.train.lora import LoraConfig
 
 
 class TrainingConfig(TrainerSpec):
@@ -42,6 +43,11 @@ class TrainingConfig(TrainerSpec):
         description="Responses cut at max_tokens (finish_reason 'length'): 'train' on them, or "
         "'mask' them: they stay in their group's reward baseline but carry no loss (the filter "
         "must 'keep' them for this).",
+    )
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters (peft) instead of the full weights: the base stays "
+        "frozen, versions publish only the adapter, checkpoints hold the adapter.",
     )
     resume_from: CheckpointRef | None = Field(
         None,

@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from areal_flow.train.batch import Sequence
+from areal_flow.train.lora import adapter_state
 
 if TYPE_CHECKING:
     import torch
 
     from areal_flow.train.algo import DecoupledPPO, Optimizer
+    from areal_flow.train.lora import LoraConfig
 
 PPO_MEAN_METRICS = ("clip_frac", "ratio_mean", "iw_mean", "iw_capped_frac", "kl_behav_k3")
 
@@ -77,11 +79,13 @@ class Policy:
         temperature: float = 1.0,
         micro_batch_tokens: int = 4096,
         share_prompts: bool = True,
+        lora: LoraConfig | None = None,
     ) -> None:
         import torch
 
         from areal_flow.models import load_causal_lm
         from areal_flow.train.attention import register
+        from areal_flow.train.lora import attach as attach_lora
 
         self.device = torch.device(device)
         self.bf16 = bf16
@@ -93,13 +97,15 @@ class Policy:
         self.bad_in_a_row = 0  # consecutive steps skipped for a non-finite gradient
         self.skipped_steps = 0
         self.model = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation=register())
+        # LoRA: adapters injected into ``model`` in place; ``peft`` wraps it for saving.
+        self.peft = attach_lora(self.model, lora) if lora is not None else None
         self.model.to(self.device)
         self.model.train()
         self.head = self.model.get_output_embeddings()
         if self.head is None:
             raise ValueError(f"model in {model_dir} has no output embeddings (not a causal LM)")
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=optimizer.lr,
             betas=optimizer.betas,
             weight_decay=optimizer.weight_decay,
@@ -209,7 +215,9 @@ class Policy:
                 loss, metrics = self._micro_loss(group, algo, denominator, prox_from_forward)
                 loss.backward()
                 totals.add(float(loss.detach()), metrics)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.grad_clip
+        )
         lr = float(self.scheduler.get_last_lr()[0])
         finite = bool(torch.isfinite(grad_norm))
         self._count_bad(finite, float(grad_norm))
@@ -287,7 +295,10 @@ class Policy:
     # -- state ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's HF state dict (parameter names as ``model.state_dict()``)."""
+        """What a version publishes: the model's HF state dict (parameter names as
+        ``model.state_dict()``), or with LoRA the adapter only (peft's names)."""
+        if self.peft is not None:
+            return adapter_state(self.peft)
         return dict(self.model.state_dict())
 
     def train_state(self) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class TrainingSession:
 
         from areal_flow.models import prepare_model
         from areal_flow.train.checkpoint import checkpoints_dir, load_checkpoint
+        from areal_flow.train.lora import adapter_config_json
         from areal_flow.train.policy import Policy
 
         torch.manual_seed(seed)
@@ -77,7 +78,8 @@ class TrainingSession:
         self.seed = seed
         self.lock = threading.Lock()
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-        model_dir = checkpoint.path if checkpoint else prepare_model(cfg.model)
+        # A LoRA checkpoint holds the adapter only: the base is the configured model.
+        model_dir = checkpoint.path if checkpoint and not cfg.lora else prepare_model(cfg.model)
         self.policy = Policy(
             model_dir,
             optimizer=cfg.optimizer,
@@ -87,12 +89,15 @@ class TrainingSession:
             temperature=temperature,
             micro_batch_tokens=cfg.micro_batch_tokens,
             share_prompts=cfg.share_prompts,
+            lora=cfg.lora,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        adapter = self.policy.peft
         self.writer = WeightWriter(
             weights_root(store, run_dir),
-            dtype=getattr(torch, weights_dtype) if weights_dtype else None,
+            dtype=getattr(torch, weights_dtype) if weights_dtype and adapter is None else None,
             keep_fp32=tuple(getattr(self.policy.model, "_keep_in_fp32_modules", None) or ()),
+            adapter_config=adapter_config_json(adapter) if adapter is not None else None,
         )
         self.writer.prepare(self.policy.state_dict())
         self.checkpoint_root = checkpoints_dir(run_dir)
@@ -259,7 +264,7 @@ class TrainingSession:
             self.last_checkpoint = save_checkpoint(
                 self.checkpoint_root,
                 self.step,
-                model=self.policy.model,
+                model=self.policy.model if self.policy.peft is None else self.policy.peft,
                 tokenizer=self.tokenizer,
                 train_state=self.policy.train_state(),
                 meta={
@@ -289,7 +294,10 @@ class TrainingSession:
 
     def _restore(self, checkpoint: Any) -> None:
         from areal_flow.train.checkpoint import restore_rng
+        from areal_flow.train.lora import load_adapter
 
+        if self.policy.peft is not None:
+            load_adapter(self.policy.peft, checkpoint.path)
         self.policy.load_train_state(checkpoint.train_state)
         restore_rng(checkpoint)
         meta = checkpoint.meta
