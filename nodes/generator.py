@@ -20,7 +20,7 @@ from pydantic import Field
 
 from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.node import NodeContext, Output, Streaming
-from areal_flow.roles import GeneratorSpec, Sampling
+from areal_flow.roles import GeneratorSpec, Sampling, TrainerSpec
 from areal_flow.schema import SCHEMAS, with_extra_columns
 from areal_flow.spec import Port
 
@@ -55,6 +55,12 @@ class GeneratorConfig(GeneratorSpec):
     )
     max_model_len: int = Field(
         1024, ge=16, le=131072, description="Most prompt + response tokens per sequence."
+    )
+    lora: Literal["merge", "vllm"] = Field(
+        "merge",
+        description="How a LoRA trainer's adapter versions are served: 'merge' them into the "
+        "weights (any engine), or 'vllm': vLLM's LoRA, up to the trainer's rank (no "
+        "torch.compile on CPU).",
     )
 
     def eval_engine(self) -> str | None:
@@ -205,6 +211,15 @@ def sampling_config(sampling: Sampling) -> Any:
     )
 
 
+def lora_rank(graph: Any) -> int | None:
+    """The LoRA rank of the graph's trainer (None without one or without lora)."""
+    for node in graph.nodes if graph is not None else ():
+        lora = getattr(node, "lora", None) if isinstance(node, TrainerSpec) else None
+        if lora is not None:
+            return int(lora.rank)
+    return None
+
+
 async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
     """The configured engine on the prepared model, on this replica's cores, started."""
     from areal_flow.engine import create_engine
@@ -228,6 +243,8 @@ async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
             kv_cache_gib=cfg.kv_cache_gib,
             preload=cfg.preload,
         )
+        if cfg.lora == "vllm":
+            settings.update(max_lora_rank=lora_rank(ctx.graph))
     else:
         settings.update(max_batch=cfg.max_running)
     engine = create_engine(cfg.engine, **settings)

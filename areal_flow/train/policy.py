@@ -1,6 +1,9 @@
 """The policy being trained: model, AdamW, learning-rate schedule, forward passes and one step.
 
 Rules:
+- LoRA (``lora``): peft adapters are injected into the model in place and only they are
+  trained (optimizer and gradient clipping see trainable parameters only); ``state_dict``,
+  what a version publishes, is then the adapter alone (``areal_flow.train.lora``).
 - Parameters and optimizer state stay fp32. With ``bf16`` the decoder runs under bf16 autocast
   (CPU and GPU); the LM head always runs in fp32 on the response positions only: importance
   ratios are differences of log-probs, and bf16 logits (3 significant digits) would put ~5 %

@@ -138,6 +138,25 @@ async def case_adapter_matches_peft(
     assert moved > 100 * tol, f"the adapter barely changed the policy ({moved:.2e})"
 
 
+async def case_adapter_interrupts(
+    engine: InferenceEngine, model_dir: Path, adapters: tuple[Path, Path], tol: float
+) -> None:
+    """Adapters arriving mid-sequence (the first on the base, then one replacing it): each
+    token's log-prob is that of the adapter its version names (transformers + peft)."""
+    v0 = engine.version
+    refs = {v0: Reference(model_dir)}
+    for step, adapter in enumerate(adapters, start=1):
+        before = engine.version
+        sample = await _interrupted_pair(engine, v0 + step, adapter)
+        refs[v0 + step] = Reference(model_dir).with_adapter(adapter)
+        assert set(sample.versions) == {before, v0 + step}, sample.versions
+        switch = sample.versions.index(v0 + step)
+        got = torch.tensor(sample.logprobs)
+        for version, span in ((before, slice(0, switch)), (v0 + step, slice(switch, None))):
+            error = (refs[version].logprobs(sample, 1.0)[span] - got[span]).abs().max().item()
+            assert error < tol, f"tokens of version {version}: log-prob error {error:.2e}"
+
+
 async def case_many_interrupts(
     engine: InferenceEngine, base: Path, perturbed: Path, interrupts: int = 20
 ) -> None:

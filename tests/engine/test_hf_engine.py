@@ -76,6 +76,9 @@ def test_lora_adapter_matches_peft(
     loop, engine = hf
     adapter = write_adapter(tiny_model_dir, tmp_path / "adapter")
     loop.run(cases.case_adapter_matches_peft(engine, tiny_model_dir, adapter, weights[0], HF_TOL))
+    second = write_adapter(tiny_model_dir, tmp_path / "second", seed=1)
+    loop.run(cases.case_adapter_interrupts(engine, tiny_model_dir, (adapter, second), HF_TOL))
+    loop.run(engine.update_weights(engine.version + 1, weights[0]))  # back to the base
 
 
 def test_many_interrupts_lose_nothing(

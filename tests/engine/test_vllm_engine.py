@@ -108,6 +108,23 @@ def test_keep_mode_many_interrupts(
 
 
 @pytest.mark.slow
+def test_native_lora(tiny_model_dir: Path, weights: tuple[Path, Path], tmp_path: Path) -> None:
+    """vLLM's own LoRA (``max_lora_rank``): adapters replace one slot in place, mid-sequence."""
+    adapters = [write_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i) for i in range(3)]
+    loop, engine = _engine(tiny_model_dir, "keep", max_lora_rank=4)
+    try:
+        pair = (adapters[0], adapters[1])
+        loop.run(cases.case_adapter_interrupts(engine, tiny_model_dir, pair, VLLM_TOL))
+        loop.run(
+            cases.case_adapter_matches_peft(
+                engine, tiny_model_dir, adapters[2], weights[0], VLLM_TOL
+            )
+        )
+    finally:
+        _stop(loop, engine)
+
+
+@pytest.mark.slow
 def test_abort_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
     """Interrupts by abort + resubmission: same guarantees as keep mode."""
     loop, engine = _engine(tiny_model_dir, "abort")
