@@ -17,8 +17,9 @@ order every round (medians over ``--rounds``):
   publishes fp32 that the engines cast on load, as before;
 - lora (with ``--lora RANK``): a LoRA trainer (``TrainerConfig.lora``, rank RANK on every
   attention and MLP projection) publishes only its adapter through the same writer; the
-  generators merge it into their base (hf: the adapted tensors; vLLM: a whole reload). The
-  last line compares it with ``new`` (full weights, same dtype).
+  generators merge it into their base (hf: the adapted tensors; vLLM: a whole reload), or, as
+  engine ``vllm-lora``, vLLM loads it into its LoRA slot in place. The last line compares it
+  with ``new`` (full weights, same dtype).
 
 Columns: trainer blocked (the step waits this long), CPU s (process CPU time of the whole
 publish, snapshot and background work: what the next training step competes with), step end →
@@ -40,13 +41,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from areal_flow import Staleness
 from areal_flow.models import prepare_model
 from areal_flow.node import NodeContext
 from areal_flow.nodes.generator import Generator, GeneratorConfig
+from areal_flow.nodes.trainer import TrainerConfig
 from areal_flow.nodes.weight_publisher import WeightPublisher, WeightPublisherConfig
 from areal_flow.train.algo import Optimizer
 from areal_flow.train.lora import LoraConfig, adapter_config_json
@@ -127,17 +131,22 @@ class Trainer:
             writer.close()
 
 
-async def start_generator(engine: str, run_dir: Path, dtype: str) -> Generator:
+async def start_generator(engine: str, run_dir: Path, dtype: str, lora_rank: int) -> Generator:
+    """``vllm-lora``: the vLLM engine serving adapters with vLLM's LoRA (``lora: vllm``)."""
     config = GeneratorConfig(
-        name=f"gen_{engine}",
-        engine=engine,  # type: ignore[arg-type]
+        name=f"gen_{engine.replace('-', '_')}",
+        engine="hf" if engine == "hf" else "vllm",
         dtype=dtype,  # type: ignore[arg-type]
         max_running=8,
         kv_cache_gib=1,
         max_model_len=1024,
+        lora="vllm" if engine == "vllm-lora" else "merge",
     )
+    # The generator reads the trainer's lora rank from the graph (nodes) it runs in.
+    trainer = TrainerConfig(name="trainer", lora=LoraConfig(rank=lora_rank or 16))
+    graph: Any = SimpleNamespace(nodes=[trainer], staleness=Staleness())
     node = Generator(config)
-    await node.setup(NodeContext(config, 0, 1, run_dir, seed=0))
+    await node.setup(NodeContext(config, 0, 1, run_dir, seed=0, graph=graph))
     return node
 
 
@@ -167,7 +176,7 @@ async def bench(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     generators = {}
     for engine in args.engines:
         began = time.perf_counter()
-        generators[engine] = await start_generator(engine, run_dir, args.engine_dtype)
+        generators[engine] = await start_generator(engine, run_dir, args.engine_dtype, args.lora)
         print(f"[bench] {engine} engine up in {time.perf_counter() - began:.0f} s", flush=True)
     paths = ["old", "new"] + (["new bf16"] if args.engine_dtype == "bfloat16" else [])
     paths += ["lora"] if args.lora else []
@@ -225,7 +234,8 @@ def print_table(results: dict[str, dict[str, list[float]]], engines: list[str]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="counted rounds (median)")
-    parser.add_argument("--engines", nargs="*", choices=("vllm", "hf"), default=["vllm", "hf"])
+    parser.add_argument("--engines", nargs="*", choices=("vllm", "hf", "vllm-lora"),
+                        default=["vllm", "hf"], help="vllm-lora: vLLM's own LoRA")  # fmt: skip
     parser.add_argument("--engine-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the generators' dtype (the trainer's default is fp32)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="trainer torch threads (0: all)")
