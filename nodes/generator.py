@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.node import NodeContext, Output, Streaming
@@ -62,6 +62,15 @@ class GeneratorConfig(GeneratorSpec):
         "weights (any engine), or 'vllm': vLLM's LoRA, up to the trainer's rank (no "
         "torch.compile on CPU).",
     )
+
+    @model_validator(mode="after")
+    def _vllm_lora_needs_vllm(self) -> GeneratorConfig:
+        if self.lora == "vllm" and self.engine != "vllm":
+            raise ValueError(
+                "lora 'vllm' serves adapters with vLLM's LoRA; set engine to 'vllm', or lora "
+                "to 'merge'"
+            )
+        return self
 
     def eval_engine(self) -> str | None:
         return self.engine

@@ -9,8 +9,8 @@ Rules:
 - Tensors are read in the worker from the file, never shipped through the RPC.
 - A LoRA version (a peft adapter folder) is served as merged weights: every tensor of the base
   model the engine started on, the adapted ones plus s·B·A (``engine.adapter``), so the
-  layerwise reload sees whole layers. vLLM's own LoRA serving is not used: in ``keep`` mode a
-  paused request would continue on the adapter it was submitted with, under the new version.
+  layerwise reload sees whole layers (unless the engine serves adapters with vLLM's own LoRA,
+  ``VLLMEngineConfig.max_lora_rank``).
 """
 
 from __future__ import annotations
