@@ -205,3 +205,19 @@ def _adapter_file(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_a_vllm_lora_generator_takes_the_trainers_rank_and_needs_vllm(tiny_model_dir: Path) -> None:
+    from pydantic import ValidationError
+
+    from areal_flow.nodes.generator import lora_rank
+
+    model = str(tiny_model_dir)
+    nodes = [
+        GeneratorConfig(name="gen", model=model, lora="vllm"),
+        TrainerConfig(name="trainer", model=model, lora=LoraConfig(rank=12)),
+    ]
+    assert lora_rank(Graph(name="g", nodes=nodes, edges=["gen -> trainer"])) == 12
+    assert lora_rank(Graph(name="g", nodes=[nodes[0]])) is None
+    with pytest.raises(ValidationError, match="set engine to 'vllm'"):
+        GeneratorConfig(name="gen", model=model, engine="hf", lora="vllm")
