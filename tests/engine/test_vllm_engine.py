@@ -116,10 +116,10 @@ def test_native_lora(tiny_model_dir: Path, weights: tuple[Path, Path], tmp_path:
         pair = (adapters[0], adapters[1])
         loop.run(cases.case_adapter_interrupts(engine, tiny_model_dir, pair, VLLM_TOL))
         loop.run(
-            cases.case_adapter_matches_peft(
-                engine, tiny_model_dir, adapters[2], weights[0], VLLM_TOL
-            )
+            cases.case_adapter_matches_peft(engine, tiny_model_dir, adapters[2], None, VLLM_TOL)
         )
+        with pytest.raises(ValueError, match="serves LoRA adapters"):
+            loop.run(engine.update_weights(engine.version + 1, weights[0]))
     finally:
         _stop(loop, engine)
 
