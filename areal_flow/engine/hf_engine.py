@@ -9,7 +9,8 @@ Rules:
 - Weight updates load the tensors in place (``load_state_dict``), drop the KV cache and put the
   live sequences back at the head of the queue: they continue from their prefix, recomputed
   under the new weights (the same semantics as vLLM's ``keep`` mode). Tokens keep the version
-  of the step that sampled them.
+  of the step that sampled them. A LoRA version (an adapter folder) loads as merged weights:
+  the base's adapted tensors plus the adapter's update (``engine.adapter``).
 - Log-probs follow ``engine.sampling.processed_logprobs`` (the ``engine.base`` definition).
 - The portable fallback where vLLM is missing, and the reference engine in tests.
 """
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from areal_flow.engine.adapter import is_adapter
 from areal_flow.engine.base import (
     GenerationRequest,
     InferenceEngine,
@@ -132,10 +134,14 @@ class HFEngine(InferenceEngine):
         self._wake.set()
 
     async def update_weights(self, version: int, path: str | Path) -> None:
-        files = weight_files(path)
+        adapter = is_adapter(path)  # a LoRA version: merged into the base (engine.adapter)
+        files = [] if adapter else weight_files(path)
         assert self._batch is not None
         async with self._step_lock:
-            await asyncio.to_thread(self._load_weights, files)
+            if adapter:
+                await asyncio.to_thread(self._load_adapter, Path(path))
+            else:
+                await asyncio.to_thread(self._load_weights, files)
             self._version = version
             # The cache holds keys/values of the old weights: recompute every live prefix.
             self._waiting.extendleft(reversed(self._batch.clear()))
@@ -157,6 +163,20 @@ class HFEngine(InferenceEngine):
                 f"weights in {files[0].parent} do not match the model: missing "
                 f"{sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]}; "
                 "save model.state_dict() of the same architecture"
+            )
+
+    def _load_adapter(self, folder: Path) -> None:
+        import torch
+
+        from areal_flow.engine.adapter import merged_tensors
+
+        state = dict(merged_tensors(self.config.model, folder))
+        with torch.no_grad():
+            result = self._model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(
+                f"the adapter in {folder} adapts weights this model does not have: "
+                f"{sorted(result.unexpected_keys)[:5]}; serve it on its own base model"
             )
 
     async def abort(self, request_id: str) -> None:

@@ -16,6 +16,14 @@ Rules:
   tokens, log-probs and versions (a stop string straddling the seam is not detected). Both
   drop the KV and prefix caches before the load; ``keep`` is the default (faster here, see
   bench/generation.py).
+- LoRA versions (adapter folders, ``engine.adapter``): merged into the weights by default
+  (``vllm_worker``). With ``max_lora_rank`` set, vLLM serves them itself: one adapter slot
+  (id 1) is replaced in place (``LoRARequest(load_inplace=True)``) while paused, and every
+  segment submitted after the first adapter carries it, so a ``keep``-paused request continues
+  on the new adapter. Segments still running on the base when the first adapter arrives are
+  aborted and resubmitted with it (their tokens keep their versions; one that raced the abort
+  loses its tokens past the switch and is resubmitted too). vLLM-CPU runs such an engine
+  without ``torch.compile``.
 - Resources: with ``cpus`` the engine's processes are spawned with that CPU affinity and
   ``VLLM_CPU_OMP_THREADS_BIND`` set to it; ``VLLM_CPU_KVCACHE_SPACE`` comes from the config.
 - ``preload``: libraries put in ``LD_PRELOAD`` of the engine's processes (vLLM-CPU's advice:
@@ -35,6 +43,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from areal_flow.engine.adapter import is_adapter
 from areal_flow.engine.base import (
     GenerationRequest,
     InferenceEngine,
@@ -78,6 +87,17 @@ class VLLMEngineConfig(BaseModel):
         "('tcmalloc': Debian libtcmalloc-minimal4; 'iomp': PyPI intel-openmp)",
     )
     initial_version: int = Field(0, ge=0, description="policy version of the initial weights")
+    max_lora_rank: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="serve LoRA adapter versions with vLLM's LoRA up to this rank; None merges "
+        "them into the weights (module docstring)",
+    )
+
+
+LORA_ID = 1  # the one adapter slot, replaced in place by each version
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
 @dataclass
@@ -92,6 +112,7 @@ class _SampleState:
     texts: list[str] = field(default_factory=list)
     segments: int = 0
     user_aborted: bool = False
+    on_base: bool = True  # the running segment was submitted without the LoRA adapter
 
     @property
     def engine_request_id(self) -> str:
@@ -113,6 +134,8 @@ class VLLMEngine(InferenceEngine):
         self._lock = asyncio.Lock()
         self._unfinished = 0
         self._pending: dict[str, int] = {}
+        self._lora: Any = None  # the LoRARequest new segments carry (max_lora_rank set)
+        self._lora_since: int | None = None  # the version of the first adapter
 
     @property
     def version(self) -> int:
@@ -137,6 +160,7 @@ class VLLMEngine(InferenceEngine):
             logprobs_mode="processed_logprobs",
             worker_extension_cls=WORKER_EXTENSION,
             disable_log_stats=True,
+            **_lora_args(cfg.max_lora_rank),
         )
         with _engine_process_environment(cfg):
             self._llm = AsyncLLM.from_engine_args(args)
@@ -174,17 +198,38 @@ class VLLMEngine(InferenceEngine):
 
     async def update_weights(self, version: int, path: str | Path) -> None:
         weight_files(path)  # fail here, in the caller, on a bad path
+        native = self.config.max_lora_rank is not None and is_adapter(path)
         async with self._lock:
             was_running = not self._paused
             if was_running:
                 await self._pause()
-            loaded = await self._llm.collective_rpc("areal_load_weights", args=(str(path),))
-            if not all(loaded):
-                raise RuntimeError(f"vLLM workers loaded no tensors from {path}: {loaded}")
+            if native:
+                await self._load_lora(Path(path), version)
+            elif self._lora is not None:
+                raise ValueError(
+                    f"{path} holds full weights, but this engine serves LoRA adapters "
+                    "(max_lora_rank); a run publishes one or the other"
+                )
+            else:
+                loaded = await self._llm.collective_rpc("areal_load_weights", args=(str(path),))
+                if not all(loaded):
+                    raise RuntimeError(f"vLLM workers loaded no tensors from {path}: {loaded}")
             await self._llm.update_weight_version(str(version))
             self._version = version
             if was_running:
                 await self._resume()
+
+    async def _load_lora(self, path: Path, version: int) -> None:
+        """Replace the adapter in its slot (paused); base segments restart on it."""
+        from vllm.lora.request import LoRARequest
+
+        await self._llm.add_lora(LoRARequest("areal-flow", LORA_ID, str(path), load_inplace=True))
+        first = self._lora is None
+        self._lora = LoRARequest("areal-flow", LORA_ID, str(path))
+        if first:  # segments on the base cannot switch adapter: resubmit them (_run_sample)
+            self._lora_since = version
+            running = [s for states in self._states.values() for s in states if s.on_base]
+            await self._llm.abort([s.engine_request_id for s in running])
 
     async def abort(self, request_id: str) -> None:
         states = self._states.get(request_id, [])
@@ -246,17 +291,32 @@ class VLLMEngine(InferenceEngine):
         params = self._sampling_params(state)
         prompt = {"prompt_token_ids": [*state.request.prompt_token_ids, *state.tokens]}
         final = None
-        async for output in self._llm.generate(prompt, params, state.engine_request_id):
+        state.on_base = self._lora is None
+        generated = self._llm.generate(
+            prompt, params, state.engine_request_id, lora_request=self._lora
+        )
+        async for output in generated:
             final = output
         if final is None:
             raise RuntimeError(f"vLLM returned no output for {state.engine_request_id}")
         completion = final.outputs[0]
         tokens = list(completion.token_ids)
+        logprobs = _sampled_logprobs(completion.logprobs, len(tokens))
+        versions = _expand_versions(completion.weight_versions, len(tokens))
+        finish, text = str(completion.finish_reason), completion.text
+        if state.on_base and self._lora_since is not None:
+            # A base segment that slipped past the first adapter's abort (submitted while it
+            # was sent): its tokens from then on are the base's, not the adapter's. Drop them
+            # and resubmit (``_run_sample``) so the adapter generates them.
+            keep = sum(1 for v in versions if v < self._lora_since)
+            if keep < len(tokens):
+                tokens, logprobs, versions = tokens[:keep], logprobs[:keep], versions[:keep]
+                finish, text = "abort", ""  # the text is decoded from all tokens at the end
         state.tokens.extend(tokens)
-        state.logprobs.extend(_sampled_logprobs(completion.logprobs, len(tokens)))
-        state.versions.extend(_expand_versions(completion.weight_versions, len(tokens)))
-        state.texts.append(completion.text)
-        return str(completion.finish_reason)
+        state.logprobs.extend(logprobs)
+        state.versions.extend(versions)
+        state.texts.append(text)
+        return finish
 
     def _sampling_params(self, state: _SampleState) -> Any:
         from vllm import SamplingParams
@@ -297,6 +357,16 @@ class VLLMEngine(InferenceEngine):
             del self._pending[state.request.request_id]
             del self._states[state.request.request_id]
         self._stream.put(sample)
+
+
+def _lora_args(rank: int | None) -> dict[str, Any]:
+    """Engine arguments serving one LoRA adapter of at most ``rank`` (none for None)."""
+    if rank is None:
+        return {}
+    slot = next((r for r in LORA_RANKS if r >= rank), None)
+    if slot is None:
+        raise ValueError(f"max_lora_rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
+    return {"enable_lora": True, "max_lora_rank": slot, "max_loras": 1}
 
 
 def _sampled_logprobs(logprobs: Any, n_tokens: int) -> list[float]:

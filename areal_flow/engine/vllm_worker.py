@@ -7,6 +7,10 @@ Rules:
   ``model.load_weights`` in vLLM's layerwise-reload helpers. A bare ``load_weights`` is wrong on
   CPU, where linear weights are repacked into kernel layouts after loading.
 - Tensors are read in the worker from the file, never shipped through the RPC.
+- A LoRA version (a peft adapter folder) is served as merged weights: every tensor of the base
+  model the engine started on, the adapted ones plus s·B·A (``engine.adapter``), so the
+  layerwise reload sees whole layers (unless the engine serves adapters with vLLM's own LoRA,
+  ``VLLMEngineConfig.max_lora_rank``).
 """
 
 from __future__ import annotations
@@ -28,16 +32,22 @@ class WeightLoaderExtension:
         import torch
         from vllm.config import set_current_vllm_config
 
+        from areal_flow.engine.adapter import is_adapter, merged_tensors
         from areal_flow.engine.base import weight_files
 
-        files = weight_files(path)
         count = 0
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal count
             from safetensors import safe_open
 
-            for file in files:
+            if is_adapter(path):  # every base tensor, the adapted ones merged
+                base = self.vllm_config.model_config.model
+                for name, tensor in merged_tensors(base, path, everything=True):
+                    count += 1
+                    yield name, tensor
+                return
+            for file in weight_files(path):
                 with safe_open(str(file), framework="pt") as handle:
                     for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                         count += 1

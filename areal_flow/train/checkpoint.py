@@ -2,7 +2,9 @@
 
 Layout of ``<run_dir>/checkpoints/step_<N>/``:
 - the model in Hugging Face format (``save_pretrained`` + tokenizer): loads in plain
-  transformers and in vLLM, and is the ``model`` a resumed trainer starts from;
+  transformers and in vLLM, and is the ``model`` a resumed trainer starts from. A LoRA
+  trainer's checkpoint holds its adapter instead (peft's ``save_pretrained``), which loads on
+  its base in transformers + peft and which a resumed trainer loads onto the configured model;
 - ``train_state.pt``: optimizer and scheduler state and torch RNG states (a trainer of several
   ranks keeps its optimizer in ``optim/`` instead: torch.distributed.checkpoint shards, which
   load at any rank count). ``torch.save`` of

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from areal_flow.roles import TrainerSpec
 from areal_flow.spec import CheckpointRef
 from areal_flow.train.algo import Optimizer
+from areal_flow.train.lora import LoraConfig
 
 
 class TrainingConfig(TrainerSpec):
@@ -59,11 +60,25 @@ class TrainingConfig(TrainerSpec):
         description="How long a rank waits in a collective (or at start-up) for the others "
         "before the trainer fails naming the rank that did not arrive.",
     )
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters (peft) instead of the full weights: the base stays "
+        "frozen, versions publish only the adapter, checkpoints hold the adapter.",
+    )
     resume_from: CheckpointRef | None = Field(
         None,
         description="Resume from a checkpoint: a step_<N> folder, a checkpoints folder or a run "
         "folder (its latest checkpoint). The runtime's resume state takes precedence.",
     )
+
+    @model_validator(mode="after")
+    def _lora_on_one_rank(self) -> TrainingConfig:
+        if self.lora is not None and self.ranks > 1:
+            raise ValueError(
+                f"trainer {self.name!r}: lora with ranks = {self.ranks} is not supported yet "
+                "(adapters train on one rank); set ranks = 1 or drop lora"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_gpu_per_rank(self) -> TrainingConfig:

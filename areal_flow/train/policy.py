@@ -1,6 +1,9 @@
 """The policy being trained: model, AdamW, learning-rate schedule, forward passes and one step.
 
 Rules:
+- LoRA (``lora``): peft adapters are injected into the model in place and only they are
+  trained (optimizer and gradient clipping see trainable parameters only); ``state_dict``,
+  what a version publishes, is then the adapter alone (``areal_flow.train.lora``).
 - Parameters and optimizer state stay fp32. With ``bf16`` the decoder runs under bf16 autocast
   (CPU and GPU); the LM head always runs in fp32 on the response positions only: importance
   ratios are differences of log-probs, and bf16 logits (3 significant digits) would put ~5 %
@@ -36,9 +39,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from areal_flow.train.batch import Sequence
+from areal_flow.train.lora import adapter_state
 
 if TYPE_CHECKING:
     from areal_flow.train.algo import DecoupledPPO, Optimizer
+    from areal_flow.train.lora import LoraConfig
 
 PPO_MEAN_METRICS = ("clip_frac", "ratio_mean", "iw_mean", "iw_capped_frac", "kl_behav_k3")
 OPTIM_DIR = "optim"  # a checkpoint's sharded optimizer state (torch.distributed.checkpoint)
@@ -78,11 +83,13 @@ class Policy:
         temperature: float = 1.0,
         micro_batch_tokens: int = 4096,
         share_prompts: bool = True,
+        lora: LoraConfig | None = None,
     ) -> None:
         import torch
 
         from areal_flow.models import load_causal_lm
         from areal_flow.train.attention import register
+        from areal_flow.train.lora import attach as attach_lora
 
         self.device = torch.device(device)
         self.bf16 = bf16
@@ -94,6 +101,8 @@ class Policy:
         self.bad_in_a_row = 0  # consecutive steps skipped for a non-finite gradient
         self.skipped_steps = 0
         self.model = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation=register())
+        # LoRA: adapters injected into ``model`` in place; ``peft`` wraps it for saving.
+        self.peft = attach_lora(self.model, lora) if lora is not None else None
         self.model.to(self.device)
         self.model.train()
         self.head = self.model.get_output_embeddings()
@@ -102,7 +111,7 @@ class Policy:
         self.scorer = Scorer(self.model, bf16)
         self._shard()  # a sharded policy wraps the model here, before the optimizer sees it
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=optimizer.lr,
             betas=optimizer.betas,
             weight_decay=optimizer.weight_decay,
@@ -232,7 +241,8 @@ class Policy:
     def _grad_norm(self) -> float:
         import torch
 
-        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: adapters
+        return float(torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip))
 
     def _optimizer_step(
         self, totals: _MetricSum, counts: dict[str, float], began: float
@@ -323,7 +333,10 @@ class Policy:
         """Stop at once after a failure (a sharded policy: kill its ranks); any thread."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's HF state dict (parameter names as ``model.state_dict()``)."""
+        """What a version publishes: the model's HF state dict (parameter names as
+        ``model.state_dict()``), or with LoRA the adapter only (peft's names)."""
+        if self.peft is not None:
+            return adapter_state(self.peft)
         return dict(self.model.state_dict())
 
     def train_state(self) -> dict[str, Any]:

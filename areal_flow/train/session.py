@@ -74,6 +74,7 @@ class TrainingSession:
 
         from areal_flow.models import prepare_model
         from areal_flow.train.checkpoint import checkpoints_dir, load_checkpoint
+        from areal_flow.train.lora import adapter_config_json
         from areal_flow.train.policy import Policy
 
         torch.manual_seed(seed)
@@ -81,7 +82,8 @@ class TrainingSession:
         self.seed = seed
         self.lock = threading.Lock()
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-        model_dir = checkpoint.path if checkpoint else prepare_model(cfg.model)
+        # A LoRA checkpoint holds the adapter only: the base is the configured model.
+        model_dir = checkpoint.path if checkpoint and not cfg.lora else prepare_model(cfg.model)
         options: dict[str, Any] = {
             "total_steps": cfg.steps,
             "bf16": cfg.bf16,
@@ -94,12 +96,16 @@ class TrainingSession:
                 cfg, model_dir, options, run_dir, device, seed, cpus or [], checkpoint
             )
         else:
-            self.policy = Policy(model_dir, optimizer=cfg.optimizer, device=device, **options)
+            self.policy = Policy(
+                model_dir, optimizer=cfg.optimizer, device=device, lora=cfg.lora, **options
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        adapter = self.policy.peft
         self.writer = WeightWriter(
             weights_root(store, run_dir),
-            dtype=getattr(torch, weights_dtype) if weights_dtype else None,
+            dtype=getattr(torch, weights_dtype) if weights_dtype and adapter is None else None,
             keep_fp32=tuple(getattr(self.policy.model, "_keep_in_fp32_modules", None) or ()),
+            adapter_config=adapter_config_json(adapter) if adapter is not None else None,
         )
         self.writer.prepare(self.policy.state_dict())
         self.checkpoint_root = checkpoints_dir(run_dir)
@@ -275,7 +281,7 @@ class TrainingSession:
             self.last_checkpoint = save_checkpoint(
                 self.checkpoint_root,
                 self.step,
-                model=self.policy.model,
+                model=self.policy.model if self.policy.peft is None else self.policy.peft,
                 model_state=policy.state_dict() if sharded else None,
                 write_shards=policy.save_optimizer if isinstance(policy, ShardedPolicy) else None,
                 tokenizer=self.tokenizer,
@@ -320,7 +326,10 @@ class TrainingSession:
 
     def _restore(self, checkpoint: Any) -> None:
         from areal_flow.train.checkpoint import restore_rng
+        from areal_flow.train.lora import load_adapter
 
+        if self.policy.peft is not None:
+            load_adapter(self.policy.peft, checkpoint.path)
         self.policy.load_train_state(checkpoint.train_state, checkpoint.path)
         restore_rng(checkpoint)
         meta = checkpoint.meta

@@ -10,7 +10,8 @@ Rules:
   only when all generators load the model in bfloat16 (their own load would round each value
   the same way, ``copy_`` into a bf16 parameter); integer tensors and those under
   ``keep_fp32`` modules (HF's ``_keep_in_fp32_modules``) keep their dtype. Otherwise the
-  trainer's dtype, bit for bit.
+  trainer's dtype, bit for bit. A LoRA adapter (``adapter_config`` given) is always written in
+  the trainer's dtype: it is small, and B·A of rounded factors is not the rounded product.
 - One version in flight: ``publish`` first waits for the previous write (that wait counts in the
   blocking time it reports), so versions are written, and their futures complete, in order,
   and the snapshot being written is never overwritten. The caller's next optimizer step may run
@@ -52,8 +53,10 @@ class WeightWriter:
         root: Path,
         dtype: torch.dtype | None = None,
         keep_fp32: tuple[str, ...] = (),
+        adapter_config: bytes | None = None,
     ) -> None:
         self.root = Path(root)
+        self.adapter_config = adapter_config  # versions are LoRA adapters (weights.py)
         self.dtype = dtype
         self.keep_fp32 = frozenset(keep_fp32)
         self._buffers: dict[str, torch.Tensor] = {}
@@ -101,7 +104,7 @@ class WeightWriter:
         self._pool.shutdown(wait=True)
 
     def _write(self, version: int, began: float, block_s: float) -> Published:
-        ref = write_version(self._buffers, self.root, version)
+        ref = write_version(self._buffers, self.root, version, adapter_config=self.adapter_config)
         return Published(ref, block_s, time.perf_counter() - began)
 
     def _dtype_of(self, name: str, tensor: torch.Tensor) -> torch.dtype:

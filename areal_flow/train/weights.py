@@ -5,7 +5,9 @@ Rules:
 - A version lives in its own folder ``<root>/v<N>/`` holding ``model.safetensors`` (HF parameter
   names, i.e. ``model.state_dict()``; a tied ``lm_head.weight`` is written once, under the
   embedding's name, as ``save_pretrained`` does) and ``model.safetensors.checksum``. That folder
-  is what engines load (``areal_flow.engine.base.weight_files``).
+  is what engines load (``areal_flow.engine.base.weight_files``). A LoRA trainer's version
+  is a peft adapter instead: ``adapter_model.safetensors`` (+ its ``.checksum``) and
+  ``adapter_config.json``; engines merge it into their base (``areal_flow.engine.adapter``).
 - Checksums read ``<algorithm>:<hex>``: ``blake3`` for what is published (several times faster
   than sha256 and hashed straight from the file's pages), ``sha256`` still verified; an
   unnamed or unknown algorithm is refused, never guessed.
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
+from areal_flow.engine.adapter import ADAPTER_CONFIG, ADAPTER_FILE
 from areal_flow.schema import SCHEMAS
 
 if TYPE_CHECKING:
@@ -124,19 +127,23 @@ def write_version(
     root: Path,
     version: int,
     algorithm: Algorithm = PUBLISH_ALGORITHM,
+    adapter_config: bytes | None = None,
 ) -> WeightsRef:
     """Write CPU, contiguous ``tensors`` (none sharing memory) as version ``version``: into a
-    temporary folder, hashed back from the file, then renamed into place. Its notice row."""
+    temporary folder, hashed back from the file, then renamed into place. Its notice row.
+    With ``adapter_config`` (peft's ``adapter_config.json``) the version is a LoRA adapter."""
     from safetensors.torch import save_file
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=root))
     try:
-        file = tmp / WEIGHTS_FILE
+        file = tmp / (WEIGHTS_FILE if adapter_config is None else ADAPTER_FILE)
         save_file(tensors, str(file), metadata={"version": str(version)})
         checksum = file_checksum(file, algorithm)
-        (tmp / (WEIGHTS_FILE + CHECKSUM_SUFFIX)).write_text(checksum + "\n")
+        (tmp / (file.name + CHECKSUM_SUFFIX)).write_text(checksum + "\n")
+        if adapter_config is not None:
+            (tmp / ADAPTER_CONFIG).write_bytes(adapter_config)
         target = version_dir(root, version)
         replace_dir(tmp, target)
     finally:
@@ -158,12 +165,17 @@ def replace_dir(new: Path, target: Path) -> None:
 
 
 def weights_file(path: str | Path) -> Path:
-    """The existing ``model.safetensors`` of a version folder (or the file itself)."""
+    """The existing ``model.safetensors`` (or LoRA ``adapter_model.safetensors``) of a version
+    folder, or the file itself."""
     path = Path(path)
-    file = path if path.is_file() else path / WEIGHTS_FILE
-    if not file.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} at {path}; was this version deleted?")
-    return file
+    if path.is_file():
+        return path
+    for name in (WEIGHTS_FILE, ADAPTER_FILE):
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(
+        f"no {WEIGHTS_FILE} or {ADAPTER_FILE} at {path}; was this version deleted?"
+    )
 
 
 def _hasher(algorithm: str) -> Any:

@@ -55,13 +55,15 @@ async def case_greedy_follows_argmax(engine: InferenceEngine, ref: Reference, to
         assert sample.versions == [engine.version] * 16, (sample.versions, engine.version)
 
 
-async def _interrupted_pair(engine: InferenceEngine, version: int, weights: Path) -> Sample:
+async def _interrupted_pair(
+    engine: InferenceEngine, version: int, weights: Path, long_tokens: int = 160
+) -> Sample:
     """A long greedy request interrupted by a weight update once a short one has finished."""
     short = GenerationRequest(
         fresh_id("short"), prompts(1)[0], sampling=SamplingConfig(0, max_tokens=4)
     )
     long = GenerationRequest(
-        fresh_id("long"), prompts(2)[1], sampling=SamplingConfig(0.0, max_tokens=160)
+        fresh_id("long"), prompts(2)[1], sampling=SamplingConfig(0.0, max_tokens=long_tokens)
     )
     await engine.submit(short)
     await engine.submit(long)
@@ -114,6 +116,50 @@ async def case_update_changes_output(engine: InferenceEngine, base: Path, pertur
     restored = await greedy()
     assert changed != before
     assert restored == before
+
+
+async def case_adapter_matches_peft(
+    engine: InferenceEngine, model_dir: Path, adapter: Path, base: Path | None, tol: float
+) -> None:
+    """A LoRA version (an adapter folder) is served as base + adapter: log-probs equal
+    transformers + peft's, and differ from the base's; the ``base`` weights load back after
+    (None: the engine keeps the adapter, as one serving vLLM's LoRA must)."""
+    v0 = engine.version
+    await engine.update_weights(v0 + 1, adapter)
+    sampling = SamplingConfig(temperature=1.0, max_tokens=16)
+    requests = [GenerationRequest(fresh_id("lora"), p, n=2, sampling=sampling) for p in prompts(3)]
+    samples = await generate(engine, requests)
+    peft_ref, base_ref = Reference(model_dir).with_adapter(adapter), Reference(model_dir)
+    worst, moved = 0.0, 0.0
+    for sample in samples.values():
+        assert sample.versions == [v0 + 1] * len(sample.response_token_ids)
+        got = torch.tensor(sample.logprobs)
+        worst = max(worst, (peft_ref.logprobs(sample, 1.0) - got).abs().max().item())
+        moved = max(moved, (base_ref.logprobs(sample, 1.0) - got).abs().max().item())
+    if base is not None:
+        await engine.update_weights(v0 + 2, base)
+    assert worst < tol, f"max |engine - transformers+peft| log-prob error {worst:.2e}"
+    assert moved > 100 * tol, f"the adapter barely changed the policy ({moved:.2e})"
+
+
+async def case_adapter_interrupts(
+    engine: InferenceEngine, model_dir: Path, adapters: tuple[Path, Path], tol: float
+) -> None:
+    """Adapters arriving mid-sequence (the first on the base, then one replacing it): each
+    token's log-prob is that of the adapter its version names (transformers + peft)."""
+    v0 = engine.version
+    refs = {v0: Reference(model_dir)}
+    for step, adapter in enumerate(adapters, start=1):
+        before = engine.version
+        sample = await _interrupted_pair(engine, v0 + step, adapter, long_tokens=600)
+        refs[v0 + step] = Reference(model_dir).with_adapter(adapter)
+        spans = [(v, sample.versions.count(v)) for v in sorted(set(sample.versions))]
+        assert set(sample.versions) == {before, v0 + step}, (spans, sample.finish_reason)
+        switch = sample.versions.index(v0 + step)
+        got = torch.tensor(sample.logprobs)
+        for version, span in ((before, slice(0, switch)), (v0 + step, slice(switch, None))):
+            error = (refs[version].logprobs(sample, 1.0)[span] - got[span]).abs().max().item()
+            assert error < tol, f"tokens of version {version}: log-prob error {error:.2e}"
 
 
 async def case_many_interrupts(

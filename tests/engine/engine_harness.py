@@ -68,6 +68,24 @@ def write_state_dict(model_dir: Path, out_dir: Path, noise: float = 0.0, seed: i
     return out_dir
 
 
+def write_adapter(model_dir: Path, out_dir: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A peft LoRA adapter on the model's attention and MLP layers with random A and B (peft's
+    default B = 0 would change nothing), saved as a trainer publishes it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    get_peft_model(model, config).save_pretrained(out_dir)
+    return out_dir
+
+
 class Reference:
     """Plain transformers forward passes for given weights, to check engine outputs."""
 
@@ -78,6 +96,13 @@ class Reference:
 
     def load(self, weights_dir: Path) -> Reference:
         self.model.load_state_dict(load_file(str(weights_dir / "model.safetensors")))
+        return self
+
+    def with_adapter(self, adapter_dir: Path) -> Reference:
+        """transformers + peft: the base model with the adapter, unmerged."""
+        from peft import PeftModel
+
+        self.model = PeftModel.from_pretrained(self.model, adapter_dir).eval()
         return self
 
     @torch.no_grad()

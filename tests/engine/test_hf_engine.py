@@ -9,7 +9,13 @@ import pytest
 
 from areal_flow.engine.hf_engine import HFEngine, HFEngineConfig
 from tests.engine import engine_cases as cases
-from tests.engine.engine_harness import LoopThread, Reference, start_engine, write_state_dict
+from tests.engine.engine_harness import (
+    LoopThread,
+    Reference,
+    start_engine,
+    write_adapter,
+    write_state_dict,
+)
 
 # Batched (left-padded) decoding vs one unpadded forward pass: fp32 summation order only.
 HF_TOL = 1e-4
@@ -59,6 +65,20 @@ def test_interrupt_keeps_versions(
 def test_update_changes_output(hf: tuple[LoopThread, HFEngine], weights: tuple[Path, Path]) -> None:
     loop, engine = hf
     loop.run(cases.case_update_changes_output(engine, *weights))
+
+
+def test_lora_adapter_matches_peft(
+    hf: tuple[LoopThread, HFEngine],
+    tiny_model_dir: Path,
+    weights: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    loop, engine = hf
+    adapter = write_adapter(tiny_model_dir, tmp_path / "adapter")
+    loop.run(cases.case_adapter_matches_peft(engine, tiny_model_dir, adapter, weights[0], HF_TOL))
+    second = write_adapter(tiny_model_dir, tmp_path / "second", seed=1)
+    loop.run(cases.case_adapter_interrupts(engine, tiny_model_dir, (adapter, second), HF_TOL))
+    loop.run(engine.update_weights(engine.version + 1, weights[0]))  # back to the base
 
 
 def test_many_interrupts_lose_nothing(

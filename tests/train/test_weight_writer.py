@@ -43,12 +43,14 @@ class Gate:
         self.finished: dict[int, float] = {}  # version → perf_counter when its file was ready
         self.real = weight_writer.write_version
 
-    def __call__(self, tensors: dict[str, torch.Tensor], root: Path, version: int) -> Any:
+    def __call__(
+        self, tensors: dict[str, torch.Tensor], root: Path, version: int, **kwargs: Any
+    ) -> Any:
         if version in self.hold and not self.opened.wait(timeout=60):
             raise TimeoutError("the test never opened the gate")
         if version in self.fail:
             raise OSError(28, "No space left on device (injected)")
-        ref = self.real(tensors, root, version)
+        ref = self.real(tensors, root, version, **kwargs)
         self.finished[version] = time.perf_counter()
         return ref
 
