@@ -38,11 +38,13 @@ def test_generator_killed_mid_episode_then_resume_trains_every_group_once(
         run.wait(
             "a trained step and episodes running at the generator",
             lambda d: d.version >= 1 and run.running("gen") and holds_groups(d, "gen/0"),
+            timeout=420,  # a loaded machine (CI beside other jobs) starts replicas slowly
         )
         run.kill("gen")
         run.wait(
             "the restarted generator and another checkpoint",
             lambda d: run.replica("gen").restarts == 1 and checkpointed(tmp_path) >= 3,
+            timeout=420,
         )
         run.kill("trainer")
         result = run.finish()
@@ -51,7 +53,7 @@ def test_generator_killed_mid_episode_then_resume_trains_every_group_once(
     assert lost, "the generator died holding groups mid-episode: they must be declared lost"
 
     with WatchedRun(graph, tmp_path, resume=True) as run:
-        result = run.finish()
+        result = run.finish(timeout=600)
     assert result.ok, result.failure
     assert_epoch_trained_exactly_once(tmp_path, graph)
     again = {e["g"] for e in ledger_events(tmp_path, "reissued")}
