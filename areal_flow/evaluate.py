@@ -200,15 +200,11 @@ async def run_episodes(
     runner = episode.runner(client, sampling, tokenizer)
     concurrency = asyncio.Semaphore(256)
 
-    async def read() -> None:
-        async for sample in engine.samples():
-            client.deliver(sample)
-
     async def one(index: int) -> tuple[int, EpisodeOutcome]:
         async with concurrency:
             return index, await runner.run(rows[index])
 
-    reader = asyncio.create_task(read())
+    reader = asyncio.create_task(client.serve())
     try:
         done = await asyncio.gather(*(one(i) for i in range(len(rows)) for _ in range(samples)))
     finally:

@@ -147,7 +147,7 @@ class Generator(Streaming[GeneratorConfig]):
     async def run(self, inputs: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Output]:
         done: asyncio.Queue[pa.RecordBatch | BaseException | None] = asyncio.Queue()
         feeder = asyncio.create_task(self._feed(inputs, done))
-        reader = asyncio.create_task(self._read_samples())
+        reader = asyncio.create_task(self.client.serve())
         groups: set[asyncio.Task[None]] = set()
         self.groups = groups
         try:
@@ -230,14 +230,6 @@ class Generator(Streaming[GeneratorConfig]):
                 f"{self.failed_in_a_row} episodes in a row failed (last: {outcome.failure}) in "
                 f"episode function {self.config.episode!r}:\n{outcome.details}"
             )
-
-    async def _read_samples(self) -> None:
-        try:
-            async for sample in self.engine.samples():
-                self.client.deliver(sample)
-        except Exception as error:
-            self.client.fail(error)
-            raise
 
     async def teardown(self) -> None:
         if hasattr(self, "engine"):

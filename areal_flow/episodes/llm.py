@@ -64,6 +64,16 @@ class EngineClient:
         if future is not None and not future.done():
             future.set_result(sample)
 
+    async def serve(self) -> None:
+        """Hand every sample of ``engine.samples()`` to its turn until the stream ends; if the
+        engine fails, every waiting turn raises too. Run it as the engine's one reader."""
+        try:
+            async for sample in self.engine.samples():
+                self.deliver(sample)
+        except Exception as error:
+            self.fail(error)
+            raise
+
     def fail(self, error: BaseException) -> None:
         """The engine died: every waiting turn raises."""
         for future in self.waiting.values():

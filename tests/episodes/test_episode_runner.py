@@ -59,11 +59,7 @@ async def started(model_dir: Path) -> AsyncIterator[Replica]:
     await engine.start()
     replica = Replica(engine, AutoTokenizer.from_pretrained(model_dir))
 
-    async def read() -> None:
-        async for sample in engine.samples():
-            replica.client.deliver(sample)
-
-    reader = asyncio.create_task(read())
+    reader = asyncio.create_task(replica.client.serve())
     try:
         yield replica
     finally:

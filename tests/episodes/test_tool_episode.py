@@ -107,11 +107,7 @@ def run_script(model_dir: Path, replies: list[str], max_turns: int = 4) -> tuple
     row = {"prompt_token_ids": tokenizer.encode("Q: 12 boxes of 7?"), "answer": "84"}
 
     async def main() -> Any:
-        async def read() -> None:
-            async for sample in engine.samples():
-                client.deliver(sample)
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(client.serve())
         try:
             return await runner.run(row)
         finally:
