@@ -55,8 +55,13 @@ async def case_greedy_follows_argmax(engine: InferenceEngine, ref: Reference, to
         assert sample.versions == [engine.version] * 16, (sample.versions, engine.version)
 
 
+# Long enough that the update lands before the long request ends even when the machine is loaded
+# and the finished short request reaches this loop late (160 tokens once raced it in CI).
+LONG_TOKENS = 480
+
+
 async def _interrupted_pair(
-    engine: InferenceEngine, version: int, weights: Path, long_tokens: int = 160
+    engine: InferenceEngine, version: int, weights: Path, long_tokens: int = LONG_TOKENS
 ) -> Sample:
     """A long greedy request interrupted by a weight update once a short one has finished."""
     short = GenerationRequest(
@@ -83,10 +88,10 @@ async def case_interrupt_keeps_versions(
     the weights its version names (so the new weights and a fresh KV cache were used)."""
     v0 = engine.version
     sample = await _interrupted_pair(engine, v0 + 1, perturbed)
-    assert sample.finish_reason == "length" and len(sample.response_token_ids) == 160
-    assert set(sample.versions) == {v0, v0 + 1}
+    assert sample.finish_reason == "length" and len(sample.response_token_ids) == LONG_TOKENS
+    assert set(sample.versions) == {v0, v0 + 1}, "the update landed after the long request ended"
     switch = sample.versions.index(v0 + 1)
-    assert sample.versions == [v0] * switch + [v0 + 1] * (160 - switch)
+    assert sample.versions == [v0] * switch + [v0 + 1] * (LONG_TOKENS - switch)
     engine_lp = torch.tensor(sample.logprobs)
     for weights, span in ((base, slice(0, switch)), (perturbed, slice(switch, None))):
         expected = Reference(model_dir).load(weights).logprobs(sample, temperature=1.0)
