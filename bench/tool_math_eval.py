@@ -1,10 +1,14 @@
-"""Held-out score of graphs/tool_math.py's base model and a trained checkpoint, both with tools.
+"""The tool-math table of the README: three rows on the same held-out problems.
 
-Scores with the graph's own evaluation settings (``report.eval_settings``: the prompt source's
-format with its example exchanges, the generator's calculator episode and limits, its
-temperature), so the two rows are the first two of the tool-math table in the README.
+1. the base model with tools, 2. a checkpoint of graphs/tool_math.py with tools: both with that
+graph's own evaluation settings (``report.eval_settings``: the prompt source's format with its
+example exchanges, the generator's calculator episode and limits, its temperature);
+3. with ``--single-turn CKPT``: a checkpoint of graphs/math_rl.py without tools, with math_rl's
+evaluation settings (its prompt, one answer, its token limit) on tool_math's problems (same
+levels, split and seed), i.e. what single-turn RL on arithmetic gives these problems.
 
-    python bench/tool_math_eval.py CHECKPOINT [--problems 40] [--samples 4] [--engine vllm]
+    python bench/tool_math_eval.py CHECKPOINT [--single-turn MATH_RL_CHECKPOINT]
+        [--problems 40] [--samples 4] [--engine vllm]
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ def main() -> None:
     from areal_flow.report import eval_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a trained checkpoint (checkpoints/step_N)")
+    parser.add_argument("checkpoint", help="a tool_math checkpoint (checkpoints/step_N)")
+    parser.add_argument("--single-turn", help="a math_rl checkpoint, scored without tools")
     parser.add_argument("--problems", type=int, default=40)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
@@ -45,7 +50,24 @@ def main() -> None:
         prompt_format=PromptFormat.model_validate(settings.prompt_format),
         episode=settings.episode,
     )
-    for row, result in zip(("base, with tools", "trained, with tools"), results, strict=True):
+    rows = [("base, with tools", results[0]), ("trained, with tools", results[1])]
+    if args.single_turn:
+        single = eval_settings(load_graph(ROOT / "graphs" / "math_rl.py", []))
+        assert single is not None
+        (result,) = evaluate_models(
+            [args.single_turn],
+            settings.data,  # tool_math's levels, split and seed: the same problems
+            args.problems,
+            args.samples,
+            args.samples,
+            single.temperature,
+            single.max_tokens,
+            args.engine,
+            settings.seed,
+            prompt_format=PromptFormat.model_validate(single.prompt_format),
+        )
+        rows.append(("math_rl trained, no tools", result))
+    for row, result in rows:
         print(
             json.dumps(
                 {

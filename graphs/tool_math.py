@@ -11,8 +11,8 @@ compares the base and the trained model *with* tools; `episode/tool_calls` and
 `episode/used_tools` per step are in MLflow.
 
 Run:      areal-flow run graphs/tool_math.py
-Without tools, for the third row of the README's table: areal-flow evaluate <checkpoint>
-          --data arithmetic:boxes_shared,boxes_sold,two_orders
+Table:    python bench/tool_math_eval.py runs/<tool_math run>/checkpoints/step_N
+          --single-turn runs/<math_rl run>/checkpoints/step_M   (the README's three rows)
 """
 
 from areal_flow import Evaluation, Graph, Resources, Staleness, Tracking
