@@ -92,3 +92,34 @@ def test_marks_end_at_the_budget(vs_trl: ModuleType) -> None:
     assert vs_trl.marks_of(100, 30) == [30, 60, 90, 100]
     with pytest.raises(ValueError, match="--mark-s"):
         vs_trl.marks_of(10, 60)
+
+
+def test_snapshots_of_published_and_in_memory_weights_load_as_the_policy(
+    vs_trl: ModuleType, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The areal-flow arm copies the newest published version, the TRL arm writes the tensors
+    it kept; either folder loads in transformers with exactly those weights."""
+    import torch
+
+    from areal_flow.models import load_causal_lm, prepare_model
+    from areal_flow.train.weights import publish_weights, unique_tensors
+
+    model = load_causal_lm(tiny_model_dir, dtype=torch.float32)
+    store = tmp_path / "store"
+    assert vs_trl.newest_version(store) is None
+    publish_weights(model.state_dict(), store, 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    publish_weights(model.state_dict(), store, 2)
+    version, folder = vs_trl.newest_version(store)
+    assert version == 2
+    kept = {k: v.clone() for k, v in unique_tensors(model.state_dict()).items()}
+    for snapshot in (
+        vs_trl.write_snapshot(tmp_path / "published", tiny_model_dir, folder / vs_trl.WEIGHTS),
+        vs_trl.write_snapshot(tmp_path / "kept", tiny_model_dir, kept),
+    ):
+        assert prepare_model(snapshot) == snapshot
+        loaded = load_causal_lm(snapshot, dtype=torch.float32).state_dict()
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(loaded[name], tensor), name
