@@ -64,7 +64,7 @@ what ``areal-flow eval`` computes. Prints one table (mark → pass@1 of each arm
 JSON and draws ``vs_trl.png`` (accuracy vs wall-clock; skipped with a message without
 matplotlib).
 
-    pip install -e '.[bench]'      # TRL
+    scripts/setup.sh bench         # or, in an existing .venv: pip install 'trl==1.16.0'
     python bench/vs_trl.py [--budget-s 600] [--mark-s 60] [--arms areal trl] [--problems N]
         [--samples N] [--set KEY=VALUE ...] [--out bench/results/vs_trl]
 """
@@ -265,7 +265,7 @@ def areal_arm(graph: Any, args: argparse.Namespace, base: Path) -> dict[str, Any
         launched = time.time()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            for mark in args.marks:
+            for i, mark in enumerate(args.marks):
                 while time.time() < launched + mark:
                     if process.poll() is not None:
                         raise SystemExit(
@@ -273,10 +273,14 @@ def areal_arm(graph: Any, args: argparse.Namespace, base: Path) -> dict[str, Any
                             f"see {log_path}"
                         )
                     time.sleep(min(0.5, max(0.0, launched + mark - time.time())))
-                snapshots[_key(mark)] = _snapshot_published(store, out / f"mark_{_key(mark)}", base)
+                previous = snapshots[_key(args.marks[i - 1])] if i else None
+                snapshots[_key(mark)] = _snapshot_published(
+                    store, out / f"mark_{_key(mark)}", base, previous
+                )
                 print(f"  areal-flow at {mark:.0f} s: {_describe(snapshots[_key(mark)])}")
         finally:
             _stop(process, log_path)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the clean stop's: ~1.5 GB, unused
     steps_file = run_dir / "metrics" / "steps.jsonl"
     steps = [json.loads(line) for line in steps_file.open()] if steps_file.exists() else []
     return {
@@ -287,13 +291,18 @@ def areal_arm(graph: Any, args: argparse.Namespace, base: Path) -> dict[str, Any
     }
 
 
-def _snapshot_published(store: Path, folder: Path, base: Path) -> dict[str, Any]:
-    """Copy the newest published version (the publisher may prune one meanwhile: retry)."""
+def _snapshot_published(
+    store: Path, folder: Path, base: Path, previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Copy the newest published version (the publisher may prune one meanwhile: retry);
+    the previous mark's copy is reused when no newer version came out since."""
     for _ in range(5):
         newest = newest_version(store)
         if newest is None:
             return {"step": 0, "path": None}
         version, path = newest
+        if previous is not None and previous["step"] == version:
+            return previous
         try:
             write_snapshot(folder, base, path / WEIGHTS)
         except FileNotFoundError:
@@ -518,6 +527,13 @@ def curve(arm: dict[str, Any], marks: list[float], pass1: dict[str, float], base
     return points
 
 
+def _progress(name: str, arm: dict[str, Any]) -> str:
+    first = arm["first_step_s"]
+    if first is None:
+        return f"{name}: no step finished"
+    return f"{name}: first step at {first:.0f} s, {arm['steps_by_budget']} steps by the budget"
+
+
 def plot(curves: dict[str, list], path: Path) -> bool:
     try:
         import matplotlib
@@ -593,11 +609,7 @@ def main() -> None:
             step = results[arm]["snapshots"][_key(mark)]["step"] if mark else 0
             row.append(f"{curves[NAMES[arm]][i][1]:.3f} (step {step})")
         table.add_row(*row)
-    for arm in results:
-        first = results[arm]["first_step_s"]
-        table.caption = (table.caption or "") + (
-            f"{NAMES[arm]}: first step at {first:.0f} s; " if first is not None else ""
-        )
+    table.caption = "; ".join(_progress(NAMES[arm], results[arm]) for arm in results)
     console.print(table)
     summary = {"marks": args.marks, "arms": results, "pass1": pass1, "curves": curves}
     (args.out / "vs_trl.json").write_text(json.dumps(summary, indent=2))
