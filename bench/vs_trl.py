@@ -67,6 +67,10 @@ matplotlib).
     scripts/setup.sh bench         # or, in an existing .venv: pip install 'trl==1.16.0'
     python bench/vs_trl.py [--budget-s 600] [--mark-s 60] [--arms areal trl] [--problems N]
         [--samples N] [--set KEY=VALUE ...] [--out bench/results/vs_trl]
+
+A smoke run on a tiny random model (``areal_flow.models.make_tiny_model``): set its folder as
+``nodes.{prompts,gen,trainer}.model``, and ``nodes.filter.drop_uniform_reward=false`` (its
+rewards are all 0, so the filter would drop every group and areal-flow would never step).
 """
 
 from __future__ import annotations
