@@ -223,12 +223,16 @@ def write_snapshot(folder: Path, base: Path, weights: Path | dict[str, Any]) -> 
     for item in base.iterdir():
         if item.is_file() and item.suffix != ".safetensors" and item.name != "model.safetensors":
             shutil.copy2(item, tmp / item.name)
-    if isinstance(weights, dict):
-        from safetensors.torch import save_file
+    try:
+        if isinstance(weights, dict):
+            from safetensors.torch import save_file
 
-        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    else:
-        shutil.copyfile(weights, tmp / WEIGHTS)
+            save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        else:
+            shutil.copyfile(weights, tmp / WEIGHTS)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
@@ -302,6 +306,10 @@ def _snapshot_published(
     the previous mark's copy is reused when no newer version came out since."""
     for _ in range(5):
         newest = newest_version(store)
+        if newest is None and previous is not None and previous["step"]:
+            # Versions are only pruned behind newer ones: an empty store means the run stopped
+            # (its publisher frees /dev/shm), and the policy at this mark is unknown.
+            raise RuntimeError(f"{store} emptied after version {previous['step']}: the run stopped")
         if newest is None:
             return {"step": 0, "path": None}
         version, path = newest
