@@ -56,9 +56,9 @@ MODES = {
     "sync-split": SYNC,
 }
 LABELS = {
-    "async": "async (1 + 1 cores)",
-    "sync-colocated": "sync, colocated",
-    "sync-split": "sync, 1 + 1 cores (old baseline)",
+    "async": "async 1+1",
+    "sync-colocated": "sync colocated",
+    "sync-split": "sync 1+1 (old)",
 }
 BASELINE = "sync-colocated"  # the ratio row compares async against this arm
 WORKLOADS = {
@@ -220,7 +220,7 @@ def main() -> None:
         rate_b = b["summary"]["trajectories"] / b["summary"]["wall_s"]
         table.add_row(
             workload,
-            "[bold]async / sync, colocated[/]",
+            "[bold]async / sync colocated[/]",
             f"{b['summary']['wall_s'] / t:.2f}× faster",
             f"{rate_a / rate_b:.2f}×",
             "",
