@@ -1,7 +1,7 @@
 """What an idle vLLM-CPU engine costs the cores it shares (colocated placement's premise).
 
 Usage: ``python bench/idle_engine.py [--model smollm2] [--cpus 0 1] [--window 5]
-[--kv-cache-gib 2]``
+[--kv-cache-gib 2] [--eager]``
 
 Starts the vLLM engine (``areal_flow.engine.vllm_engine``) on ``--cpus``, then measures the
 CPU time of every process of the engine (the caller, vLLM's engine core and worker) over
@@ -59,7 +59,12 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
 
     model = str(prepare_model(args.model))
     engine = VLLMEngine(
-        VLLMEngineConfig(model=model, cpus=tuple(args.cpus), kv_cache_gib=args.kv_cache_gib)
+        VLLMEngineConfig(
+            model=model,
+            cpus=tuple(args.cpus),
+            kv_cache_gib=args.kv_cache_gib,
+            enforce_eager=args.eager,
+        )
     )
     await engine.start()
     try:
@@ -91,6 +96,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--window", type=float, default=5.0, help="Seconds per phase.")
     parser.add_argument("--kv-cache-gib", type=int, default=2, help="The engine's KV cache.")
+    parser.add_argument("--eager", action="store_true", help="Skip torch.compile (fast start).")
     args = parser.parse_args()
     phases = asyncio.run(measure(args))
     table = Table(title=f"vLLM-CPU engine on cores {args.cpus}: cores used per phase")
