@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from areal_flow.colocation import colocated_nodes
 from areal_flow.graph import GraphInvalid, build, resolved_edges
 from areal_flow.loader import load_graph
 from areal_flow.spec import Graph
@@ -68,12 +69,13 @@ def validate(file: GraphFile, set_: SetOption = None) -> None:
     nodes = Table(title=f"graph {graph.name!r}: {len(graph.nodes)} nodes", title_justify="left")
     for column in ("node", "kind", "replicas", "cpus", "gpus", "inputs", "outputs"):
         nodes.add_column(column)
+    shared = {n.name for n in colocated_nodes(graph)}
     for node in graph.nodes:
         nodes.add_row(
             node.name,
             node.kind,
             str(node.replicas),
-            f"{node.resources.cpus:g}",
+            "all, taking turns" if node.name in shared else f"{node.resources.cpus:g}",
             f"{node.resources.gpus:g}",
             ", ".join(f"{n}:{p.record}" for n, p in node.inputs.items()) or "-",
             ", ".join(f"{n}:{p.record}" for n, p in node.outputs.items()) or "-",
@@ -89,8 +91,8 @@ def validate(file: GraphFile, set_: SetOption = None) -> None:
     console.print(edges)
     eta = graph.staleness.max_lag
     console.print(
-        f"staleness η = {'∞' if eta is None else eta}, launcher = {graph.launcher}  "
-        "[green]✓ valid[/]"
+        f"staleness η = {'∞' if eta is None else eta}, launcher = {graph.launcher}, "
+        f"placement = {graph.placement}  [green]✓ valid[/]"
     )
 
 

@@ -8,6 +8,8 @@ Rules:
 - Weight edges (either end a ``weights`` port) are the declared feedback path: they may close a
   loop; any other cycle is an error.
 - Placement is checked here for the local launcher; Ray checks its cluster at start.
+  Colocated placement (``areal_flow.colocation``) is checked for both: its pair takes every
+  core, so their ``cpus`` requests count for nothing here.
 - Cross-node rules (roles, sampling, local paths) live in ``areal_flow.checks``.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 import networkx as nx
 
 from areal_flow.checks import path_problems, role_problems
+from areal_flow.colocation import colocated_nodes, colocation_problems
 from areal_flow.schema import schema_difference, schema_for
 from areal_flow.spec import Edge, Graph, NodeSpec, Port
 
@@ -263,13 +266,14 @@ def _data_cycles(resolved: list[ResolvedEdge], order: list[str]) -> list[Problem
 
 
 def check_placement(graph: Graph, machine: Machine) -> list[Problem]:
-    """Resource requests the local machine cannot meet (none for the Ray launcher)."""
+    """Resource requests the local machine cannot meet (under Ray only colocation's rules)."""
+    problems = [Problem(*p) for p in colocation_problems(graph)]
     if graph.launcher == "ray":
-        return []
-    problems = []
+        return problems
+    shared = {n.name for n in colocated_nodes(graph)}  # every core each, whatever they ask
     for node in graph.nodes:
         res = node.resources
-        if res.cpus > machine.cpus:
+        if res.cpus > machine.cpus and node.name not in shared:
             problems.append(
                 Problem(
                     f"nodes.{node.name}.resources.cpus",
@@ -287,7 +291,7 @@ def check_placement(graph: Graph, machine: Machine) -> list[Problem]:
                     "launcher 'ray'",
                 )
             )
-    total_cpus = sum(n.resources.cpus * n.replicas for n in graph.nodes)
+    total_cpus = sum(n.resources.cpus * n.replicas for n in graph.nodes if n.name not in shared)
     total_gpus = pack_gpus(graph.nodes)[1]
     if total_cpus > machine.cpus and not problems:
         problems.append(_total_problem("cpus", total_cpus, machine.cpus, graph))

@@ -1,9 +1,18 @@
 """Asynchronous vs synchronous RL on the same graph, model, machine and trajectory budget.
 
-For each workload, ``graphs/math_rl.py`` runs twice through the real CLI: asynchronous (the
-graph as written: η = staleness.max_lag, interruptible generation) and synchronous
-(``--set staleness.max_lag=0 --set staleness.interrupt=false``; nothing else changes). Both train
-the same number of steps, i.e. the same number of trajectories. Checkpoints every
+For each workload, ``graphs/math_rl.py`` runs three times through the real CLI:
+
+- ``async``: the graph as written — η = staleness.max_lag, interruptible generation, the
+  generator and the trainer on cores of their own (1 + 1 on two cores; today's only
+  asynchronous placement, so its best).
+- ``sync-colocated``: ``--set staleness.max_lag=0 --set staleness.interrupt=false --set
+  placement=colocated``: the generator and the trainer each on every core, taking turns — the
+  honest synchronous baseline (AReaL's, veRL's and TRL's sync runs give each phase every
+  device). The headline ratio is async against this one.
+- ``sync-split``: η = 0 on the 1 + 1 split (the old baseline), kept as a labelled third row:
+  each phase leaves the other's core idle, so async vs this arm partly measures that idle core.
+
+All train the same number of steps, i.e. the same number of trajectories. Checkpoints every
 ``--eval-every`` steps are scored afterwards on the same held-out problems (one engine per run,
 weights loaded in place), giving held-out accuracy against wall-clock time since launch.
 
@@ -14,12 +23,14 @@ Workloads:
 
 Prints per run: wall time, trajectories/s, generation and training tokens/s, final held-out
 accuracy; per workload the async/sync ratios and the accuracy of each at the async run's finish
-time. Writes the table as JSON and a PNG of accuracy vs wall-clock. A workload run earlier into
-the same ``--out`` folder stays in the table and the plot as it was (neither re-run nor re-scored),
-so the workloads may be run one at a time.
+time. Writes the table as JSON and a PNG of accuracy vs wall-clock. A run made earlier into the
+same ``--out`` folder (another workload, or a mode left out of ``--modes``) stays in the table
+and the plot as it was (neither re-run nor re-scored), so runs may be made one at a time.
+``--set`` items apply to every run and to the scoring (a smoke test on the tiny model).
 
-    python bench/async_vs_sync.py [--workloads default longtail] [--steps 20] [--eval-every 5]
-        [--problems 100] [--out bench/results]
+    python bench/async_vs_sync.py [--workloads default longtail] [--modes async sync-colocated
+        sync-split] [--steps 20] [--eval-every 5] [--problems 100] [--out bench/results]
+        [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -38,10 +49,18 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPH = ROOT / "graphs" / "math_rl.py"
+SYNC = ["staleness.max_lag=0", "staleness.interrupt=false"]
 MODES = {
     "async": [],
-    "sync": ["staleness.max_lag=0", "staleness.interrupt=false"],
+    "sync-colocated": [*SYNC, "placement=colocated"],
+    "sync-split": SYNC,
 }
+LABELS = {
+    "async": "async 1+1",
+    "sync-colocated": "sync colocated",
+    "sync-split": "sync 1+1 (old)",
+}
+BASELINE = "sync-colocated"  # the ratio row compares async against this arm
 WORKLOADS = {
     "default": [],
     "longtail": [
@@ -52,7 +71,8 @@ WORKLOADS = {
 
 
 def run_once(workload: str, mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    return train(f"{workload}-{mode}", [*WORKLOADS[workload], *MODES[mode]], args, folder)
+    settings = [*args.set, *WORKLOADS[workload], *MODES[mode]]
+    return train(f"{workload}-{mode}", settings, args, folder)
 
 
 def train(name: str, settings: list[str], args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -104,7 +124,7 @@ def score_all(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> f
     from areal_flow.loader import load_graph
     from areal_flow.report import eval_settings
 
-    settings = eval_settings(load_graph(GRAPH))
+    settings = eval_settings(load_graph(GRAPH, args.set))
     assert settings is not None
     runs = [run for runs in results.values() for run in runs.values() if "curve" not in run]
     paths = [settings.model] + [p for run in runs for p, _ in run["checkpoints"]]
@@ -137,7 +157,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     for ax, (workload, runs) in zip(axes[0], results.items(), strict=True):
         for mode, run in runs.items():
             xs, ys = zip(*run["curve"], strict=True)
-            ax.step(xs, ys, where="post", marker="o", label=mode)
+            ax.step(xs, ys, where="post", marker="o", label=LABELS.get(mode, mode))
         ax.set_title(f"{workload} workload")
         ax.set_xlabel("wall-clock since launch (s)")
         ax.set_ylabel("held-out accuracy (pass@1)")
@@ -153,7 +173,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="Optimizer steps per run.")
     parser.add_argument("--eval-every", type=int, default=5, help="Checkpoint/eval interval.")
     parser.add_argument("--problems", type=int, default=100, help="Held-out problems scored.")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="Overrides for every run."
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console()
@@ -161,8 +185,8 @@ def main() -> None:
     saved = args.out / "async_vs_sync.json"
     results: dict[str, dict[str, Any]] = json.loads(saved.read_text()) if saved.exists() else {}
     for workload in args.workloads:
-        results[workload] = {}
-        for mode in MODES:
+        results.setdefault(workload, {})
+        for mode in args.modes:
             console.print(f"[bold]{workload}/{mode}[/]: training {args.steps} steps ...")
             run = run_once(workload, mode, args, args.out)
             results[workload][mode] = run
@@ -181,20 +205,22 @@ def main() -> None:
             rates = s["tokens_per_s"]
             table.add_row(
                 workload,
-                mode,
+                LABELS.get(mode, mode),
                 f"{s['wall_s']:.0f}",
                 f"{s['trajectories'] / s['wall_s']:.2f}",
                 f"{sum(v for k, v in rates.items() if 'train' not in k):.0f}",
                 f"{rates.get('trainer (training)', 0):.0f}",
                 f"{run['final_acc']:.3f}",
             )
-        a, b = runs["async"], runs["sync"]
+        if "async" not in runs or BASELINE not in runs:
+            continue
+        a, b = runs["async"], runs[BASELINE]
         t = a["summary"]["wall_s"]
         rate_a = a["summary"]["trajectories"] / t
         rate_b = b["summary"]["trajectories"] / b["summary"]["wall_s"]
         table.add_row(
             workload,
-            "[bold]async / sync[/]",
+            "[bold]async / sync colocated[/]",
             f"{b['summary']['wall_s'] / t:.2f}× faster",
             f"{rate_a / rate_b:.2f}×",
             "",

@@ -6,8 +6,8 @@ and publishes new weights, which interrupt generation mid-sequence. Staleness is
 η = max_lag policy versions (2, chosen with bench/staleness_sweep.py; see docs/benchmarks.md).
 
 Run:       areal-flow run graphs/math_rl.py
-Sync baseline (same graph): areal-flow run graphs/math_rl.py --set staleness.max_lag=0 \
-           --set staleness.interrupt=false
+Sync baseline (same graph, each phase on both cores): areal-flow run graphs/math_rl.py \
+           --set staleness.max_lag=0 --set staleness.interrupt=false --set placement=colocated
 Draw it:   areal-flow viz graphs/math_rl.py -o math_rl.png
 """
 

@@ -71,6 +71,7 @@ class Trainer(Streaming[TrainerConfig]):
         # Pinned cores, else the launcher's thread budget (Ray does not pin), else all cores.
         budget = len(ctx.cpus) or int(os.environ.get("OMP_NUM_THREADS", "0"))
         torch.set_num_threads(max(1, budget or len(os.sched_getaffinity(0))))
+        ctx.log.info("training on %d thread(s)", torch.get_num_threads())
         resume = (ctx.resume_state or {}).get("checkpoint") or cfg.resume_from
         self.session = TrainingSession(
             cfg,

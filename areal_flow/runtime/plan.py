@@ -7,8 +7,10 @@ Rules:
 - One receiver per (input edge, consumer replica). Data edges load-balance a producer's batches
   over the consumer replicas; weight edges broadcast every notice to every replica.
 - Whole-CPU requests get dedicated cores, assigned in node order; 0 or fractional requests get
-  no pinning and share what is left. Whole-GPU requests get GPUs of their own in node order;
-  fractional ones share a GPU (``graph.pack_gpus``); ids follow the driver's visible devices.
+  no pinning and share what is left. Colocated placement (``areal_flow.colocation``) pins the
+  generator and the trainer to every core, both, and places the other nodes as before.
+  Whole-GPU requests get GPUs of their own in node order; fractional ones share a GPU
+  (``graph.pack_gpus``); ids follow the driver's visible devices.
 - The plan is plain JSON in the run folder (``plan.json``): workers read it, tests inspect it.
 - A resumed run's plan also carries each replica's resume state (``resume.py`` fills it).
 - User code travels by reference: the graph files run as modules and the ``module:qualname`` of
@@ -33,6 +35,7 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict
 
 from areal_flow.checks import function_refs
+from areal_flow.colocation import colocated_nodes
 from areal_flow.graph import ResolvedEdge, pack_gpus, resolved_edges
 from areal_flow.registry import user_kinds
 from areal_flow.spec import Graph
@@ -230,11 +233,17 @@ def _wire(edge: ResolvedEdge, port: str, addresses: list[str], producers: int) -
 
 
 def assign_cores(graph: Graph) -> dict[tuple[str, int], list[int]]:
-    """Dedicated cores for replicas asking for whole CPUs (≥ 1), in node order."""
+    """Dedicated cores for replicas asking for whole CPUs (≥ 1), in node order; under
+    colocated placement the generator and the trainer each get every core instead."""
     available = sorted(os.sched_getaffinity(0))
     assigned: dict[tuple[str, int], list[int]] = {}
+    shared = colocated_nodes(graph)
+    for node in shared:
+        assigned.update({(node.name, r): available for r in range(node.replicas)})
     cursor = 0
     for node in graph.nodes:
+        if node in shared:
+            continue
         want = math.floor(node.resources.cpus)
         if want < 1:
             continue

@@ -433,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format=f"%(asctime)s {replica.key} %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger(__name__).info(
+        "cores %s, %s threads",
+        sorted(os.sched_getaffinity(0)) if replica.cpus else "unpinned",
+        os.environ["OMP_NUM_THREADS"],
+    )
     try:
         return asyncio.run(run_replica(plan, node_name, int(index), hard_exit=True))
     except Exception:
