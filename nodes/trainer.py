@@ -82,6 +82,7 @@ class Trainer(Streaming[TrainerConfig]):
             weights_dtype=_weights_dtype(cfg.name, ctx.graph),
             resume_from=Path(resume) if resume else None,
             cpus=ctx.cpus,
+            ranks=ctx.ranks,
         )
         self.steplog = StepLog(ctx.run_dir, samples_every=cfg.samples_every)
         self.failed = False
