@@ -209,8 +209,9 @@ class Trainer(Streaming[TrainerConfig]):
         """Checkpoint on a clean stop (not after an error): waits for a step still running and
         for the weights write in flight, then stops the writer."""
         session = getattr(self, "session", None)
-        if self.feeder is not None:
-            self.feeder.cancel()
+        feeder = getattr(self, "feeder", None)  # a failed setup did not get that far
+        if feeder is not None:
+            feeder.cancel()
         if session is None:
             return
         if self.failed:

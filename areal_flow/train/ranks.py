@@ -276,8 +276,6 @@ class RankGroup:
                 time.sleep(POLL_S)
         self.abort()
         self.destroy()
-        if self._monitor is not None:
-            self._monitor.starter.close()
 
     def abort(self) -> None:
         """Kill every other rank now (any thread); a collective waiting on them then fails."""
@@ -286,11 +284,15 @@ class RankGroup:
             self._monitor.kill_all()
 
     def destroy(self) -> None:
+        """Leave the process group; rank 0 also releases what starting the ranks took (after
+        ``abort`` or ``stop``, when they are gone)."""
         import torch.distributed as dist
 
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+        if self._monitor is not None:
+            self._monitor.starter.close()
 
     # -- ranks 1..N−1 -------------------------------------------------------------------------
 
