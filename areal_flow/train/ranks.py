@@ -378,6 +378,7 @@ class LocalRank:
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process
+        self.pid = process.pid
         self.label = f"pid {process.pid}"
 
     def poll(self) -> int | None:
