@@ -268,12 +268,10 @@ class RankGroup:
                 self._monitor.stopping = True
             with contextlib.suppress(Exception):
                 self.send("stop")
-            deadline = time.monotonic() + STOP_S
-            while any(p.poll() is None for p in self.children.values()):
-                if time.monotonic() > deadline:
+            if self._monitor is not None:  # it ends once every rank it started is gone
+                self._monitor.join(STOP_S)
+                if self._monitor.is_alive():
                     log.warning("trainer ranks outlived 'stop' by %g s: killing", STOP_S)
-                    break
-                time.sleep(POLL_S)
         self.abort()
         self.destroy()
 
@@ -444,6 +442,7 @@ class _Monitor(threading.Thread):
         self.started = threading.Event()
         self.stopping = False
         self.failure: str | None = None
+        self.lock = threading.RLock()  # one thread at a time polls or kills a rank's handle
 
     def run(self) -> None:
         try:
@@ -458,12 +457,13 @@ class _Monitor(threading.Thread):
             self.started.set()
         while True:  # any exit before 'stop' (or abort) is a failure of the group
             alive = False
-            for rank, process in list(self.children.items()):
-                code = process.poll()
-                if code is None:
-                    alive = True
-                elif not self.stopping and self.failure is None:
-                    self._fail(rank, process, code)
+            with self.lock:
+                for rank, process in list(self.children.items()):
+                    code = process.poll()
+                    if code is None:
+                        alive = True
+                    elif not self.stopping and self.failure is None:
+                        self._fail(rank, process, code)
             if not alive:
                 return
             time.sleep(POLL_S)
@@ -487,5 +487,6 @@ class _Monitor(threading.Thread):
         self.kill_all()
 
     def kill_all(self) -> None:
-        for process in list(self.children.values()):
-            process.kill()
+        with self.lock:
+            for process in list(self.children.values()):
+                process.kill()
