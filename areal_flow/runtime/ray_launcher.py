@@ -30,7 +30,8 @@ Rules:
 - A handle's ``poll``/``kill`` mean what they mean for a local process: the exit code comes
   once every process of the replica is gone, and ``kill`` has the actor end them and wait for
   that (``STOP_WAIT_S``) before the actor itself is killed. An actor that died (killed, its node
-  lost) reads as an exit by SIGKILL (-9), with the reason appended to the log; its replica's
+  lost, Ray's memory monitor: any ``RayError`` of its task) reads as an exit by SIGKILL (-9),
+  with the reason appended to the log; its replica's
   reaper then clears the replica's processes on its own, which the driver does not wait for
   (it has no one left on that node to ask).
 - ``import ray`` happens only here, inside functions; without it, ``launcher: ray`` is a graph
@@ -123,7 +124,7 @@ class RayHandle:
             return None
         try:
             code = int(self._ray.get(self._done))
-        except self._ray.exceptions.RayActorError as err:
+        except self._ray.exceptions.RayError as err:  # its actor died, or Ray's OOM killer
             self._note(f"the Ray actor of {self.key} died: {_first_line(err)}")
             code = KILLED
         else:
@@ -143,10 +144,10 @@ class RayHandle:
         exceptions = self._ray.exceptions
         try:
             gone = self._ray.get(self.actor.stop.remote(STOP_WAIT_S), timeout=STOP_WAIT_S + 5)
-        except exceptions.RayActorError:
-            return  # the actor is gone, and its replica's reaper had its parent-death signal
         except exceptions.GetTimeoutError:
             gone = False
+        except exceptions.RayError:
+            return  # the actor is gone, and its replica's reaper had its parent-death signal
         if not gone:
             self._note(f"the processes of {self.key} were not gone {STOP_WAIT_S:g} s after stop")
 
@@ -173,11 +174,11 @@ class RayHandle:
         exceptions = self._ray.exceptions
         try:
             start, data = self._ray.get(ref, timeout=timeout)
-        except exceptions.RayActorError:
-            return  # the exit code reports the death, with its reason
         except exceptions.GetTimeoutError:
             self._note(f"the last output of {self.key} did not arrive within {timeout:g} s")
             return
+        except exceptions.RayError:
+            return  # the exit code reports the death, with its reason
         with self._log.open("ab") as out:
             if start > self._offset:
                 out.write(f"[areal-flow] {start - self._offset} bytes of output lost\n".encode())
