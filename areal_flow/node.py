@@ -26,11 +26,14 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar
 
 import pyarrow as pa
 
 from areal_flow.spec import Graph, NodeSpec
+
+if TYPE_CHECKING:
+    from areal_flow.runtime.plan import RankPlacement
 
 Output: TypeAlias = pa.RecordBatch | dict[str, pa.RecordBatch] | None
 ConfigT = TypeVar("ConfigT", bound=NodeSpec, covariant=True)
@@ -68,6 +71,7 @@ class NodeContext:
     metrics: Metrics = field(default_factory=Metrics)
     resume_state: dict[str, Any] | None = None  # the node's saved state when resuming a run
     graph: Graph | None = None  # the whole spec, for run-wide settings (staleness, seed)
+    ranks: RankPlacement | None = None  # where ranks 1..N−1 start (None: as child processes)
 
     @property
     def name(self) -> str:

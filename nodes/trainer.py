@@ -83,6 +83,7 @@ class Trainer(Streaming[TrainerConfig]):
             weights_dtype=_weights_dtype(cfg.name, ctx.graph),
             resume_from=Path(resume) if resume else None,
             cpus=ctx.cpus,
+            ranks=ctx.ranks,
         )
         self.steplog = StepLog(ctx.run_dir, samples_every=cfg.samples_every)
         self.failed = False
@@ -209,8 +210,9 @@ class Trainer(Streaming[TrainerConfig]):
         """Checkpoint on a clean stop (not after an error): waits for a step still running and
         for the weights write in flight, then stops the writer."""
         session = getattr(self, "session", None)
-        if self.feeder is not None:
-            self.feeder.cancel()
+        feeder = getattr(self, "feeder", None)  # a failed setup did not get that far
+        if feeder is not None:
+            feeder.cancel()
         if session is None:
             return
         if self.failed:

@@ -63,6 +63,22 @@ class Wire(BaseModel):
     producers: int = 0  # inputs: producer replicas feeding this edge (for end-of-stream)
 
 
+class RankPlacement(BaseModel):
+    """Where ranks 1..N−1 of a replica of several ranks start when not as rank 0's children
+    (the Ray launcher): Ray actors in the run's placement group, and the rendezvous they meet
+    at (rank 0's ``TCPStore``, bound on rank 0's host, its port from ``ray.data_ports``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rendezvous_host: str
+    rendezvous_port: int
+    ray_address: str  # the cluster rank 0 connects to, to start the rank actors
+    placement_group: str  # its id (hex)
+    bundles: list[int]  # bundle index of rank 1, 2, ...
+    bundle: dict[str, float]  # what each rank's bundle holds (Ray's resource names)
+    actor_prefix: str  # rank r's actor is named "<actor_prefix>:rank<r>"
+
+
 class ReplicaPlan(BaseModel):
     """Everything one replica process needs besides the graph spec."""
 
@@ -77,6 +93,7 @@ class ReplicaPlan(BaseModel):
     outputs: list[Wire]
     resume_state: dict[str, Any] | None = None  # the node's saved state (a resumed run)
     skip_groups: list[str] = []  # a resumed source: groups already resolved, not to issue again
+    ranks: RankPlacement | None = None  # None: ranks 1..N−1 are rank 0's child processes
 
     @property
     def key(self) -> str:

@@ -17,6 +17,9 @@ Rules:
   shared or written by another replica of this node, must hold the same keys), where the
   replica loads them as on the driver's machine. The keys never go on a command line or into
   the environment.
+- ``RankHost`` is the same actor for rank r ≥ 1 of a trainer group: started by rank 0 (not the
+  driver) in the rank's own bundle, it runs ``areal_flow.train.rank_main`` under a reaper as a
+  replica's worker is run, and writes the group's spec (the one other file) at rank 0's path.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ReplicaHost:
             "node_id": ray.get_runtime_context().get_node_id(),
             "ip": ray.util.get_node_ip_address(),
             "gpus": [int(g) for g in ray.get_gpu_ids()],
+            "pid": os.getpid(),
         }
 
     def reserve(self, host: str, count: int, low: int, high: int, exclude: list[int]) -> list[int]:
@@ -78,16 +82,20 @@ class ReplicaHost:
     ) -> int:
         """Run the replica to its end; its exit code. ``keys``: the run's CurveZMQ key
         material (``curve.key_material``) when the plan has curve on."""
-        _write_plan(Path(plan_path), plan_json)
+        _write_file(Path(plan_path), plan_json)
         install_keys(plan_json, keys)
         worker = [sys.executable, "-m", "areal_flow.runtime.worker", plan_path, node, str(replica)]
+        return self._run_reaped(worker, env, cwd)
+
+    def _run_reaped(self, argv: list[str], env: dict[str, str], cwd: str) -> int:
+        """Run ``argv`` under a reaper to its end, collecting its output; its exit code."""
         with self.process_lock:
             if self.stopped.is_set():
                 return KILLED  # stopped before it started
             # This thread forks the stand-by and waits for it: Linux's parent-death signal
             # follows the forking thread, so it must outlive the stand-by (it does).
             process = subprocess.Popen(
-                reaper.command(os.getpid(), worker),
+                reaper.command(os.getpid(), argv),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -148,14 +156,29 @@ class ReplicaHost:
             return self.base, bytes(self.buffer)
 
 
-def _write_plan(path: Path, text: str) -> None:
-    """The plan at the driver's path on this node (a shared folder already has it)."""
+def _write_file(path: Path, text: str) -> None:
+    """The plan (or a rank group's spec) at the driver's path on this node (a shared folder
+    already has it)."""
     if path.exists() and path.read_text() == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(text)
     partial.replace(path)
+
+
+class RankHost(ReplicaHost):
+    """The actor behind rank r ≥ 1 of a trainer group (started by rank 0, in its own bundle):
+    runs ``areal_flow.train.rank_main`` under a reaper as ``ReplicaHost`` runs a worker."""
+
+    def run_rank(
+        self, spec_json: str, spec_path: str, rank: int, env: dict[str, str], cwd: str
+    ) -> int:
+        """Run the rank to its end; its exit code. The group's spec is written at rank 0's
+        path on this node first (rank 0's folder may not be shared)."""
+        _write_file(Path(spec_path), spec_json)
+        argv = [sys.executable, "-m", "areal_flow.train.rank_main", spec_path, str(rank), "0"]
+        return self._run_reaped(argv, env, cwd)
 
 
 def install_keys(plan_json: str, keys: list[str] | None) -> None:

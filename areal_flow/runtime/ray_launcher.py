@@ -3,14 +3,20 @@
 Rules:
 - Placement comes first: before anything starts, the graph is checked against the alive Ray
   nodes (``ray_placement.cluster_problems``: which node, which resource), then one placement
-  group is created with a bundle per replica (``graph.ray.strategy``, default PACK) and must be
-  granted within ``graph.ray.placement_timeout_s``. Both failures raise ``GraphInvalid``.
+  group is created with a bundle per replica, and one more per rank 1..N−1 of a trainer of N
+  ranks (``graph.ray.strategy``, default PACK), and must be granted within
+  ``graph.ray.placement_timeout_s``. Both failures raise ``GraphInvalid``.
 - Address exchange: ``prepare`` starts one idle ``ReplicaHost`` actor per replica in its
   bundle and asks where it landed. When every actor shares the driver's Ray node, all sockets
   stay on 127.0.0.1; otherwise each binds its own node's IP (and the driver its own). Each
   node's ports are reserved by one of its actors, from ``graph.ray.data_ports``; the plan the
   driver saves and every actor reads carries the result. A restarted replica's new actor lands
   in the same bundle, hence the same node, and binds the same address.
+- A trainer of several ranks gets a ``RankPlacement`` in its replica plan: its rank bundles,
+  the cluster's address, and the rendezvous its rank 0 binds — one more port reserved with its
+  node's data ports, on that node's address (loopback when the whole run, rank bundles
+  included, is on the driver's machine). Rank 0 starts the rank actors itself
+  (``ray_ranks``); the driver sees one replica.
 - Off one node the run needs CurveZMQ: the plan gets ``curve`` (the driver then makes the run's
   keys in its run folder). Actors on other hosts cannot read that folder, so ``start`` hands
   each actor the key material with its ``run`` call (four Z85 strings, as Ray task arguments:
@@ -24,7 +30,8 @@ Rules:
 - A handle's ``poll``/``kill`` mean what they mean for a local process: the exit code comes
   once every process of the replica is gone, and ``kill`` has the actor end them and wait for
   that (``STOP_WAIT_S``) before the actor itself is killed. An actor that died (killed, its node
-  lost) reads as an exit by SIGKILL (-9), with the reason appended to the log; its replica's
+  lost, Ray's memory monitor: any ``RayError`` of its task) reads as an exit by SIGKILL (-9),
+  with the reason appended to the log; its replica's
   reaper then clears the replica's processes on its own, which the driver does not wait for
   (it has no one left on that node to ask).
 - ``import ray`` happens only here, inside functions; without it, ``launcher: ray`` is a graph
@@ -41,11 +48,12 @@ from typing import Any
 
 from areal_flow.graph import GraphInvalid, Problem
 from areal_flow.runtime.launcher import Handle, log_path
-from areal_flow.runtime.plan import ReplicaPlan, RunPlan
+from areal_flow.runtime.plan import RankPlacement, ReplicaPlan, RunPlan
 from areal_flow.runtime.ray_actor import ReplicaHost
 from areal_flow.runtime.ray_placement import (
     RESOURCES,
     cluster_problems,
+    rank_bundles,
     replica_bundles,
     reserve_ports,
     rewire,
@@ -116,7 +124,7 @@ class RayHandle:
             return None
         try:
             code = int(self._ray.get(self._done))
-        except self._ray.exceptions.RayActorError as err:
+        except self._ray.exceptions.RayError as err:  # its actor died, or Ray's OOM killer
             self._note(f"the Ray actor of {self.key} died: {_first_line(err)}")
             code = KILLED
         else:
@@ -136,10 +144,10 @@ class RayHandle:
         exceptions = self._ray.exceptions
         try:
             gone = self._ray.get(self.actor.stop.remote(STOP_WAIT_S), timeout=STOP_WAIT_S + 5)
-        except exceptions.RayActorError:
-            return  # the actor is gone, and its replica's reaper had its parent-death signal
         except exceptions.GetTimeoutError:
             gone = False
+        except exceptions.RayError:
+            return  # the actor is gone, and its replica's reaper had its parent-death signal
         if not gone:
             self._note(f"the processes of {self.key} were not gone {STOP_WAIT_S:g} s after stop")
 
@@ -166,11 +174,11 @@ class RayHandle:
         exceptions = self._ray.exceptions
         try:
             start, data = self._ray.get(ref, timeout=timeout)
-        except exceptions.RayActorError:
-            return  # the exit code reports the death, with its reason
         except exceptions.GetTimeoutError:
             self._note(f"the last output of {self.key} did not arrive within {timeout:g} s")
             return
+        except exceptions.RayError:
+            return  # the exit code reports the death, with its reason
         with self._log.open("ab") as out:
             if start > self._offset:
                 out.write(f"[areal-flow] {start - self._offset} bytes of output lost\n".encode())
@@ -231,10 +239,14 @@ class RayLauncher:
             raise GraphInvalid(problems)
         self.bundles = replica_bundles(self.graph)
         self.bundle_index = {f"{n}/{r}": i for i, (n, r, _) in enumerate(self.bundles)}
+        ranks = rank_bundles(self.graph)
+        self.rank_bundles: dict[str, list[int]] = {}  # replica key -> bundles of rank 1, 2, ...
+        for i, (n, r, _, _) in enumerate(ranks, start=len(self.bundles)):
+            self.rank_bundles.setdefault(f"{n}/{r}", []).append(i)
         from ray.util.placement_group import placement_group
 
         self.pg = placement_group(
-            [b for *_, b in self.bundles],
+            [b for *_, b in self.bundles] + [b for *_, b in ranks],
             strategy=self.options.strategy,
             name=f"areal-flow:{self.run_name}",
         )
@@ -246,7 +258,8 @@ class RayLauncher:
                 [
                     Problem(
                         "resources",
-                        f"Ray did not grant the {len(self.bundles)} bundles within {timeout:g} s "
+                        f"Ray did not grant the {len(self.pg.bundle_specs)} bundles within "
+                        f"{timeout:g} s "
                         f"(free now: {_describe(free)}); other jobs hold what the graph needs — "
                         "wait for them, or raise ray.placement_timeout_s",
                     )
@@ -282,7 +295,10 @@ class RayLauncher:
         answers = ray.get([a.where.remote() for a in self.fresh.values()])
         places = dict(zip(self.fresh, answers, strict=True))
         here = ray.get_runtime_context().get_node_id()
-        spread = any(p["node_id"] != here for p in places.values())
+        rank_nodes = self._bundle_nodes()
+        spread = any(p["node_id"] != here for p in places.values()) or any(
+            rank_nodes[i] != here for bundles in self.rank_bundles.values() for i in bundles
+        )
         low, high = self.options.data_ports
         control_host = ray.util.get_node_ip_address() if spread else LOOPBACK
         (control_port,) = reserve_ports(control_host, 1, low, high)
@@ -290,17 +306,47 @@ class RayLauncher:
         for replica in plan.replicas:
             by_node.setdefault(places[replica.key]["node_id"], []).append(replica)
         inputs: dict[str, list[str]] = {}
+        ranks: dict[str, RankPlacement] = {}
         for node_id, replicas in by_node.items():
             host = places[replicas[0].key]["ip"] if spread else LOOPBACK
-            count = sum(len(r.inputs) for r in replicas)
+            grouped = [r for r in replicas if r.key in self.rank_bundles]  # one rendezvous each
+            count = sum(len(r.inputs) for r in replicas) + len(grouped)
             exclude = [control_port] if node_id == here else []
             actor = self.fresh[replicas[0].key]
             ports = iter(ray.get(actor.reserve.remote(host, count, low, high, exclude)))
             for replica in replicas:
                 inputs[replica.key] = [f"tcp://{host}:{next(ports)}" for _ in replica.inputs]
+            for replica in grouped:
+                ranks[replica.key] = self._rank_placement(replica.key, host, next(ports))
         gpus = {key: place["gpus"] for key, place in places.items()}
         wired = rewire(plan, inputs, f"tcp://{control_host}:{control_port}", gpus)
+        wired = wired.model_copy(
+            update={
+                "replicas": [
+                    r.model_copy(update={"ranks": ranks.get(r.key)}) for r in wired.replicas
+                ]
+            }
+        )
         return wired.model_copy(update={"curve": plan.curve or spread})
+
+    def _bundle_nodes(self) -> dict[int, str]:
+        """The Ray node of every bundle of the granted placement group."""
+        from ray.util.placement_group import placement_group_table
+
+        table = placement_group_table(self.pg)
+        return {int(i): str(node) for i, node in table["bundles_to_node_id"].items()}
+
+    def _rank_placement(self, key: str, host: str, port: int) -> RankPlacement:
+        bundles = self.rank_bundles[key]
+        return RankPlacement(
+            rendezvous_host=host,
+            rendezvous_port=port,
+            ray_address=str(self.ray.get_runtime_context().gcs_address),
+            placement_group=self.pg.id.hex(),
+            bundles=bundles,
+            bundle=self.pg.bundle_specs[bundles[0]],
+            actor_prefix=f"{self.run_name}:{key}",
+        )
 
     def start(self, plan: RunPlan, plan_path: Path, replica: ReplicaPlan) -> Handle:
         actor = self.fresh.pop(replica.key, None) or self._new_host(replica.key)

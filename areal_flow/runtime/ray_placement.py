@@ -5,6 +5,10 @@ Rules:
   ``GPU`` and ``memory`` (bytes). Ray rejects empty bundles, so a replica asking for nothing
   (a light node: ``cpus: 0``, no GPU, no memory) reserves ``LIGHT_MEMORY_BYTES`` of memory —
   it still takes no CPU, exactly as light replicas share cores under the local launcher.
+- A node of several ranks (a data-parallel trainer, ``ranks = N``) gets one bundle per rank,
+  each an equal share of its resources (one GPU each when ``gpus = ranks``): the replica's
+  bundle is rank 0's, and the bundles of ranks 1..N−1 follow every replica's, in order
+  (``rank_bundles``), so ranks may land on other Ray nodes.
 - ``cluster_problems`` is checked before the placement group exists: every request the
   cluster can never hold is named with its node and resource (a replica larger than the
   largest Ray node, a total beyond the cluster, a STRICT_* strategy it cannot satisfy).
@@ -21,7 +25,7 @@ from collections.abc import Iterable
 
 from areal_flow.graph import Problem
 from areal_flow.runtime.plan import RunPlan, Wire
-from areal_flow.spec import Graph, Resources
+from areal_flow.spec import Graph, NodeSpec, Resources
 
 GIB = 1024**3
 LIGHT_MEMORY_BYTES = 256 * 1024**2
@@ -44,17 +48,43 @@ def bundle(resources: Resources) -> dict[str, float]:
     return kept or {"memory": float(LIGHT_MEMORY_BYTES)}
 
 
+def ranks_of(node: NodeSpec) -> int:
+    """How many processes one replica of ``node`` is (a data-parallel trainer's ranks)."""
+    return int(getattr(node, "ranks", 1))
+
+
+def rank_share(resources: Resources, ranks: int) -> Resources:
+    """One rank's equal share of a replica's resources."""
+    memory = resources.memory / ranks if resources.memory else None
+    return Resources(cpus=resources.cpus / ranks, gpus=resources.gpus / ranks, memory=memory)
+
+
 def replica_bundles(graph: Graph) -> list[tuple[str, int, dict[str, float]]]:
-    """(node, replica, bundle) for every replica, in the run plan's order."""
+    """(node, replica, bundle) for every replica, in the run plan's order; a replica of
+    several ranks: rank 0's bundle."""
     return [
-        (node.name, r, bundle(node.resources)) for node in graph.nodes for r in range(node.replicas)
+        (node.name, r, bundle(rank_share(node.resources, ranks_of(node))))
+        for node in graph.nodes
+        for r in range(node.replicas)
+    ]
+
+
+def rank_bundles(graph: Graph) -> list[tuple[str, int, int, dict[str, float]]]:
+    """(node, replica, rank, bundle) for ranks 1..N−1 of every replica of several ranks, in
+    plan order; these bundles follow the replicas' in the placement group."""
+    return [
+        (node.name, r, rank, bundle(rank_share(node.resources, ranks_of(node))))
+        for node in graph.nodes
+        for r in range(node.replicas)
+        for rank in range(1, ranks_of(node))
     ]
 
 
 def cluster_problems(graph: Graph, nodes: list[dict[str, float]]) -> list[Problem]:
     """Requests the Ray cluster (``nodes``: each alive node's total resources) cannot hold."""
-    wanted = replica_bundles(graph)
+    wanted = replica_bundles(graph) + [(n, r, b) for n, r, _, b in rank_bundles(graph)]
     problems: list[Problem] = []
+    unit_of = {n.name: "per rank" if ranks_of(n) > 1 else "per replica" for n in graph.nodes}
     for resource, (field, unit, label) in RESOURCES.items():
         largest = max((n.get(resource, 0.0) for n in nodes), default=0.0)
         total = sum(n.get(resource, 0.0) for n in nodes)
@@ -67,7 +97,7 @@ def cluster_problems(graph: Graph, nodes: list[dict[str, float]]) -> list[Proble
         too_big = [
             Problem(
                 f"nodes.{name}.resources.{field}",
-                f"asks for {amount / unit:g} {label} per replica but the largest Ray node has "
+                f"asks for {amount / unit:g} {label} {unit_of[name]} but the largest Ray node has "
                 f"{largest / unit:g}; lower it or add a Ray node that large",
             )
             for name, amount in each.items()

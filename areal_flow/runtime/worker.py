@@ -96,6 +96,7 @@ class Worker:
             cpus=replica.cpus,
             resume_state=replica.resume_state,
             graph=Graph.model_validate(plan.graph),
+            ranks=replica.ranks,
         )
         self.hard_exit = hard_exit  # a process (not a task of the driver's loop)
         self.ledger = False  # the driver follows prompt groups (told at start)

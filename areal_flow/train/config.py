@@ -51,7 +51,9 @@ class TrainingConfig(TrainerSpec):
         description="Data-parallel ranks: processes in one torch.distributed group (gloo on "
         "CPU, NCCL on GPU) training one model sharded by FSDP2; each gets a token-balanced "
         "share of every minibatch. resources are the whole group's: each rank gets an equal "
-        "share of the cores, and one GPU (resources.gpus = ranks).",
+        "share of the cores, and one GPU (resources.gpus = ranks); under Ray each rank is a "
+        "placement-group bundle of its own (ranks 1..N−1 Ray actors), so ranks may span "
+        "machines.",
     )
     rank_timeout_s: float = Field(
         120.0,

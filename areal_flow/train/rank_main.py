@@ -1,11 +1,13 @@
 """Ranks 1..N−1 of a data-parallel trainer: ``python -m areal_flow.train.rank_main SPEC RANK
-PARENT`` (started by ``ranks.RankGroup.start``, never by hand).
+PARENT`` (started by a ``ranks.RankStarter`` for ``ranks.RankGroup.start``, never by hand).
 
-Rules: the process dies with the thread of rank 0 that started it (parent-death signal, armed
-before anything else; a parent already gone ends it at once), pins itself to its cores before
-torch is imported, builds the same ``ShardedPolicy`` as rank 0 (restoring its optimizer shard
-from the checkpoint rank 0 resumes from) and serves rank 0's commands until 'stop'. Any error
-is printed with its traceback to the rank's log (which rank 0 quotes) and exits 1.
+Rules: the process dies with the thread that started it (parent-death signal, armed before
+anything else): rank 0's monitor, whose PID is PARENT (a parent already gone ends it at once),
+or, PARENT 0, the reaper of its Ray actor (``ray_actor.RankHost``). It pins itself to its
+cores before torch is imported, builds the same ``ShardedPolicy`` as rank 0 (restoring its
+optimizer shard from the checkpoint rank 0 resumes from) and serves rank 0's commands until
+'stop'. Any error is printed with its traceback to the rank's log (which rank 0 quotes) and
+exits 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from areal_flow.train.ranks import GroupSpec, RankGroup
 def main(argv: list[str]) -> int:
     spec_path, rank_text, parent = argv
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != int(parent):
+    if int(parent) and os.getppid() != int(parent):
         return 1  # rank 0 died before the signal was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
     rank = int(rank_text)

@@ -2,15 +2,21 @@
 
 Rules:
 - Rank 0 is the trainer node's own process, the one trainer the graph sees. It starts ranks
-  1..N−1 as child processes (``python -m areal_flow.train.rank_main``), hosts the rendezvous
-  (a ``TCPStore`` on 127.0.0.1, port chosen by the kernel) and joins them in one
+  1..N−1 (``python -m areal_flow.train.rank_main``) through a ``RankStarter``, hosts the
+  rendezvous (a ``TCPStore`` bound on the starter's host and port only) and joins them in one
   torch.distributed group: NCCL on CUDA, gloo on CPU, plus a gloo group for the small
-  collectives of metrics and log-probs. Children are local, so the same holds under Ray (the
-  actor's bundle holds the whole group).
-- Tied to rank 0: a child dies with the thread of rank 0 that started it (parent-death
+  collectives of metrics and log-probs.
+- Two starters. ``LocalRanks`` (the local launcher): child processes of rank 0, the store on
+  127.0.0.1 with a port the kernel picks. ``ray_ranks.RayRanks`` (the Ray launcher, which
+  gives the replica a ``RankPlacement``): one Ray actor per rank in the rank's own bundle of
+  the run's placement group, the store on the address and port the launcher reserved on rank
+  0's Ray node (127.0.0.1 when the run stays on the driver's machine), as it does data ports.
+- Tied to rank 0: a local child dies with the thread of rank 0 that started it (parent-death
   signal; that thread is the group's monitor, which lives as long as the group), and it is in
-  rank 0's process tree, which the replica's reaper clears. Each child pins itself to its cores
-  and sets one thread budget before torch is imported.
+  rank 0's process tree, which the replica's reaper clears. A rank actor belongs to rank 0's
+  Ray job, which ends with rank 0's process, and runs its rank under a reaper tied to it.
+  Each rank pins itself to its cores (none under Ray, which owns them) and sets one thread
+  budget before torch is imported.
 - Commands: rank 0 writes a JSON header to the store (``cmd/<seq>``) and each rank's payload
   (Arrow IPC bytes, never pickle) under ``cmd/<seq>/<rank>``; every rank then runs the same
   collective code. A child marks ``at/<rank>`` with the sequence number it took up, so a
@@ -18,9 +24,11 @@ Rules:
   without a timeout (the trainer may idle while generation runs); collectives time out after
   ``timeout_s``. Start-up (imports, model loading, sharding) is not a collective: the ranks
   meet at store rendezvous points (``STARTUP_S``), where rank 0 fails as soon as a child dies.
-- Failure: the monitor polls the children; one that exits before 'stop' makes ``failure`` the
-  rank's name, exit status and last log lines, and the monitor kills the others at once. Rank 0
-  reads ``failure`` (the trainer node watches it) and stops the whole trainer.
+- Failure: the monitor polls the ranks it started (processes or actors: a dead actor reads
+  as SIGKILL); one that exits before 'stop' makes ``failure`` the rank's name, exit status and
+  last log lines (a rank actor's output is pulled into the same log file), and the monitor
+  kills the others at once. Rank 0 reads ``failure`` (the trainer node watches it) and stops
+  the whole trainer; stopping the trainer stops every rank it started.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +46,10 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from areal_flow.runtime.plan import RankPlacement
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,8 @@ class GroupSpec:
     policy: dict[str, Any]  # Policy keyword arguments (model_dir, optimizer, ...)
     seed: int
     resume: str | None  # a checkpoint folder every rank restores its optimizer shard from
+    host: str = "127.0.0.1"  # where rank 0's store listens
+    own_gpu: bool = False  # each rank sees only its own GPU (a Ray bundle's), as cuda:0
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__))
@@ -79,7 +93,9 @@ class GroupSpec:
         return Path(self.run_dir) / "logs" / f"{self.name}.rank{rank}.log"
 
     def rank_device(self, rank: int) -> str:
-        return f"cuda:{rank}" if self.device == "cuda" else "cpu"
+        if self.device != "cuda":
+            return "cpu"
+        return "cuda:0" if self.own_gpu else f"cuda:{rank}"
 
 
 def core_shares(cpus: list[int], world: int) -> list[list[int]]:
@@ -109,7 +125,7 @@ class RankGroup:
         if spec.device == "cuda":
             import torch
 
-            torch.cuda.set_device(rank)
+            torch.cuda.set_device(spec.rank_device(rank))
         dist.init_process_group(
             "nccl" if spec.device == "cuda" else "gloo",
             store=store,
@@ -122,25 +138,48 @@ class RankGroup:
     # -- rank 0 -------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, spec_without_port: GroupSpec, spec_path: Path) -> RankGroup:
-        """Rank 0: host the rendezvous, start ranks 1..N−1, join them (blocks until all did,
-        or fails naming a child that died meanwhile)."""
+    def start(
+        cls, spec_without_port: GroupSpec, spec_path: Path, starter: RankStarter | None = None
+    ) -> RankGroup:
+        """Rank 0: host the rendezvous, start ranks 1..N−1 (``starter``, default local child
+        processes), join them (blocks until all did, or fails naming a rank that died
+        meanwhile)."""
         import torch.distributed as dist
 
+        starter = starter or LocalRanks()
         timeout = timedelta(seconds=spec_without_port.timeout_s)
-        store = dist.TCPStore(
-            "127.0.0.1", 0, spec_without_port.world, True, timeout, wait_for_workers=False
+        try:
+            listener = listen(starter.host, starter.port)
+            store = dist.TCPStore(
+                starter.host,
+                listener.getsockname()[1],
+                spec_without_port.world,
+                True,
+                timeout,
+                wait_for_workers=False,
+                master_listen_fd=listener.detach(),
+            )
+        except BaseException:
+            starter.close()
+            raise
+        spec = GroupSpec(
+            **{
+                **spec_without_port.__dict__,
+                "host": starter.host,
+                "port": store.port,
+                "own_gpu": starter.own_gpu,
+            }
         )
-        spec = GroupSpec(**{**spec_without_port.__dict__, "port": store.port})
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec.save(spec_path)
-        monitor = _Monitor(spec, spec_path)
+        monitor = _Monitor(spec, spec_path, starter)
         monitor.start()
         try:
             return cls(spec, 0, store, monitor)
         except Exception as err:
             monitor.stopping = True
             monitor.kill_all()
+            starter.close()
             if isinstance(err, RankFailed):
                 raise
             raise RankFailed(monitor.failure or f"the trainer group did not form: {err}") from err
@@ -222,34 +261,36 @@ class RankGroup:
             return 0
 
     def stop(self) -> None:
-        """Rank 0: tell the children to exit and wait for them (kill after ``STOP_S``)."""
+        """Rank 0: tell the other ranks to exit and wait for them (kill after ``STOP_S``)."""
         if self.failure is None and not self.stopping:
             self.stopping = True
             if self._monitor is not None:
                 self._monitor.stopping = True
             with contextlib.suppress(Exception):
                 self.send("stop")
-            deadline = time.monotonic() + STOP_S
-            while any(p.poll() is None for p in self.children.values()):
-                if time.monotonic() > deadline:
+            if self._monitor is not None:  # it ends once every rank it started is gone
+                self._monitor.join(STOP_S)
+                if self._monitor.is_alive():
                     log.warning("trainer ranks outlived 'stop' by %g s: killing", STOP_S)
-                    break
-                time.sleep(POLL_S)
         self.abort()
         self.destroy()
 
     def abort(self) -> None:
-        """Kill every child now (any thread); a collective waiting on them then fails."""
+        """Kill every other rank now (any thread); a collective waiting on them then fails."""
         if self._monitor is not None:
             self._monitor.stopping = True
             self._monitor.kill_all()
 
     def destroy(self) -> None:
+        """Leave the process group; rank 0 also releases what starting the ranks took (after
+        ``abort`` or ``stop``, when they are gone)."""
         import torch.distributed as dist
 
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+        if self._monitor is not None:
+            self._monitor.starter.close()
 
     # -- ranks 1..N−1 -------------------------------------------------------------------------
 
@@ -258,7 +299,7 @@ class RankGroup:
         import torch.distributed as dist
 
         timeout = timedelta(seconds=spec.timeout_s)
-        store = dist.TCPStore("127.0.0.1", spec.port, spec.world, False, timeout)
+        store = dist.TCPStore(spec.host, spec.port, spec.world, False, timeout)
         return cls(spec, rank, store)
 
     def receive(self) -> tuple[str, dict[str, Any], bytes | None]:
@@ -284,32 +325,145 @@ class RankGroup:
         return header["op"], header["args"], payload
 
 
-class _Monitor(threading.Thread):
-    """Starts the children and watches them (the children die with this thread)."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host`` only (a ``TCPStore`` given none listens on every
+    interface); ``port`` 0: the kernel picks one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise RankFailed(
+            f"the trainer group's rendezvous cannot listen on {host}:{port}: {err}"
+        ) from err
+    return sock
 
-    def __init__(self, spec: GroupSpec, spec_path: Path) -> None:
+
+class RankProcess(Protocol):
+    """One started rank r ≥ 1 as the monitor sees it."""
+
+    @property
+    def label(self) -> str:
+        """How the failure report names it ("pid 123", "Ray actor run:trainer/0:rank1")."""
+        ...
+
+    def poll(self) -> int | None:
+        """Its exit code (negative: killed by that signal), or None while it runs."""
+        ...
+
+    def kill(self) -> None:
+        """End it now and wait (a few seconds at most) until it is gone."""
+        ...
+
+
+class RankStarter(Protocol):
+    """How ranks 1..N−1 start, and where rank 0's rendezvous listens so that they reach it."""
+
+    host: str
+    port: int  # 0: the kernel picks
+    own_gpu: bool  # each rank sees only its own GPU (as cuda:0)
+
+    def launch(self, spec: GroupSpec, spec_path: Path, rank: int) -> RankProcess: ...
+
+    def close(self) -> None:
+        """Release what starting ranks took (rank 0's side), after they are gone."""
+        ...
+
+
+class LocalRank:
+    """A rank that is a child process of rank 0's monitor thread."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.label = f"pid {process.pid}"
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+
+class LocalRanks:
+    """Ranks 1..N−1 as child processes of rank 0, meeting on 127.0.0.1 (the local launcher)."""
+
+    host = "127.0.0.1"
+    port = 0
+    own_gpu = False
+
+    def launch(self, spec: GroupSpec, spec_path: Path, rank: int) -> LocalRank:
+        path = spec.log_path(rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        threads = str(spec.threads)
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+        }
+        argv = [sys.executable, "-m", "areal_flow.train.rank_main"]
+        argv += [str(spec_path), str(rank), str(os.getpid())]
+        with path.open("ab") as out:
+            return LocalRank(
+                subprocess.Popen(
+                    argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                )
+            )
+
+    def close(self) -> None:
+        pass
+
+
+def rank_starter(placement: RankPlacement | None) -> RankStarter:
+    """The starter for a replica's ranks: Ray actors where the launcher placed them, else
+    local child processes."""
+    if placement is None:
+        return LocalRanks()
+    from areal_flow.runtime.ray_ranks import RayRanks
+
+    return RayRanks(placement)
+
+
+class _Monitor(threading.Thread):
+    """Starts the other ranks and watches them (local children die with this thread)."""
+
+    def __init__(self, spec: GroupSpec, spec_path: Path, starter: RankStarter) -> None:
         super().__init__(name=f"{spec.name}-ranks", daemon=True)
         self.spec = spec
         self.spec_path = spec_path
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.starter = starter
+        self.children: dict[int, RankProcess] = {}
         self.started = threading.Event()
         self.stopping = False
         self.failure: str | None = None
+        self.lock = threading.RLock()  # one thread at a time polls or kills a rank's handle
 
     def run(self) -> None:
         try:
             for rank in range(1, self.spec.world):
-                self.children[rank] = self._launch(rank)
+                self.children[rank] = self.starter.launch(self.spec, self.spec_path, rank)
+        except Exception as err:
+            self.failure = f"trainer {self.spec.name!r}: starting its ranks failed: {err}"
+            log.error("%s", self.failure)
+            self.stopping = True
+            self.kill_all()
         finally:
             self.started.set()
         while True:  # any exit before 'stop' (or abort) is a failure of the group
             alive = False
-            for rank, process in self.children.items():
-                code = process.poll()
-                if code is None:
-                    alive = True
-                elif not self.stopping and self.failure is None:
-                    self._fail(rank, process, code)
+            with self.lock:
+                for rank, process in list(self.children.items()):
+                    code = process.poll()
+                    if code is None:
+                        alive = True
+                    elif not self.stopping and self.failure is None:
+                        self._fail(rank, process, code)
             if not alive:
                 return
             time.sleep(POLL_S)
@@ -318,31 +472,14 @@ class _Monitor(threading.Thread):
         super().start()
         self.started.wait()
 
-    def _launch(self, rank: int) -> subprocess.Popen[bytes]:
-        path = self.spec.log_path(rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        threads = str(self.spec.threads)
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-        }
-        argv = [sys.executable, "-m", "areal_flow.train.rank_main"]
-        argv += [str(self.spec_path), str(rank), str(os.getpid())]
-        with path.open("ab") as out:
-            return subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-
-    def _fail(self, rank: int, process: subprocess.Popen[bytes], code: int) -> None:
+    def _fail(self, rank: int, process: RankProcess, code: int) -> None:
         from areal_flow.runtime.launcher import last_lines
 
         path = self.spec.log_path(rank)
         status = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         lines = "\n".join(last_lines(path, LOG_LINES)) or "(empty)"
         self.failure = (
-            f"trainer {self.spec.name!r} rank {rank} (pid {process.pid}) died: {status}; the "
+            f"trainer {self.spec.name!r} rank {rank} ({process.label}) died: {status}; the "
             f"trainer group stops. Last lines of {path}:\n{lines}"
         )
         log.error("%s", self.failure)
@@ -350,10 +487,6 @@ class _Monitor(threading.Thread):
         self.kill_all()
 
     def kill_all(self) -> None:
-        for process in self.children.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-        for process in self.children.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
+        with self.lock:
+            for process in list(self.children.values()):
+                process.kill()

@@ -49,6 +49,7 @@ from areal_flow.train.weight_writer import Published, WeightWriter
 from areal_flow.train.weights import Store, weights_root
 
 if TYPE_CHECKING:
+    from areal_flow.runtime.plan import RankPlacement
     from areal_flow.train.config import TrainingConfig
     from areal_flow.train.policy import Policy
 
@@ -68,7 +69,10 @@ class TrainingSession:
         weights_dtype: str | None = None,
         resume_from: Path | None = None,
         cpus: list[int] | None = None,
+        ranks: RankPlacement | None = None,
     ) -> None:
+        """``ranks``: where ranks 1..N−1 start (the Ray launcher's placement); None: as child
+        processes of this one."""
         import torch
         from transformers import AutoTokenizer
 
@@ -93,7 +97,7 @@ class TrainingSession:
         }
         if cfg.ranks > 1:
             self.policy: Policy = start_ranks(
-                cfg, model_dir, options, run_dir, device, seed, cpus or [], checkpoint
+                cfg, model_dir, options, run_dir, device, seed, cpus or [], checkpoint, ranks
             )
         else:
             self.policy = Policy(
@@ -359,12 +363,13 @@ def start_ranks(
     seed: int,
     cpus: list[int],
     checkpoint: Any,
+    placement: RankPlacement | None = None,
 ) -> Policy:
     """Rank 0 of a data-parallel trainer: start the other ranks, join them, shard the model.
     This process keeps an equal share of the threads and pinned cores it was given."""
     import torch
 
-    from areal_flow.train.ranks import GroupSpec, RankGroup, core_shares
+    from areal_flow.train.ranks import GroupSpec, RankGroup, core_shares, rank_starter
     from areal_flow.train.sharded import ShardedPolicy
 
     threads = max(1, torch.get_num_threads() // cfg.ranks)
@@ -392,7 +397,9 @@ def start_ranks(
         seed=seed,
         resume=str(resume) if resume is not None else None,
     )
-    group = RankGroup.start(spec, Path(run_dir) / "ranks" / f"{cfg.name}.json")
+    group = RankGroup.start(
+        spec, Path(run_dir) / "ranks" / f"{cfg.name}.json", rank_starter(placement)
+    )
     try:
         return ShardedPolicy(
             model_dir,

@@ -16,6 +16,7 @@ from areal_flow.runtime.ray_placement import (
     LIGHT_MEMORY_BYTES,
     bundle,
     cluster_problems,
+    rank_bundles,
     replica_bundles,
     reserve_ports,
     rewire,
@@ -23,6 +24,7 @@ from areal_flow.runtime.ray_placement import (
 from areal_flow.spec import Graph, Resources
 from areal_flow.testing import CollectSinkConfig, FunctionConfig, ListSourceConfig
 
+ROOT = Path(__file__).resolve().parents[2]
 NODE = {"CPU": 4.0, "GPU": 1.0, "memory": 16.0 * GIB}
 
 
@@ -97,6 +99,23 @@ def test_reserved_ports_are_distinct_free_and_in_range() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=r"only 0 of the 1 ports .* widen the range"):
             reserve_ports("127.0.0.1", 1, port, port)
+
+
+def test_a_trainer_of_ranks_gets_a_bundle_per_rank_each_with_its_share() -> None:
+    from areal_flow.loader import load_graph
+
+    sets = ["ranks=2", "resources.cpus=4", "resources.gpus=2", "resources.memory=8"]
+    g = load_graph(ROOT / "graphs" / "math_rl.py", [f"nodes.trainer.{s}" for s in sets])
+    share = {"CPU": 2.0, "GPU": 1.0, "memory": 4 * GIB}
+    assert dict(((n, r), b) for n, r, b in replica_bundles(g))[("trainer", 0)] == share
+    assert rank_bundles(g) == [("trainer", 0, 1, share)]  # after the replicas' bundles
+    assert rank_bundles(graph(Resources(cpus=1))) == []
+    one_gpu = cluster_problems(g, [{"CPU": 8.0, "GPU": 1.0, "memory": 64 * GIB}])
+    assert [p.where for p in one_gpu] == ["resources"]
+    assert "2 GPU(s) in all (trainer=2)" in one_gpu[0].message
+    no_gpu = cluster_problems(g, [{"CPU": 8.0, "GPU": 0.0, "memory": 64 * GIB}])
+    assert no_gpu[0].where == "nodes.trainer.resources.gpus"
+    assert "asks for 1 GPU(s) per rank but the largest Ray node has 0" in no_gpu[0].message
 
 
 def test_rewire_moves_every_address_consistently(tmp_path: Path) -> None:
