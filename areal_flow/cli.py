@@ -277,12 +277,17 @@ def _both(*callbacks: Any) -> Any:
 
 def _finish_run(graph: Graph, result: Any, tracker: Any) -> None:
     """Summary (and held-out evaluation) of a finished run, MLflow closed, exit code set."""
+    import time
+
+    import psutil
+
     from areal_flow.report import build_summary, eval_settings, evaluate_run, summary_table
     from areal_flow.runtime.tracking import latest_checkpoint
 
     folder = result.run_dir
     checkpoint = latest_checkpoint(folder)
-    summary = build_summary(result, checkpoint)
+    # Start-up is timed from this command's own start, as a user waiting for it counts it.
+    summary = build_summary(result, checkpoint, launched_at=psutil.Process().create_time())
     settings = eval_settings(graph) if result.ok else None
     if settings is not None and checkpoint is not None:
         console.print(
@@ -290,9 +295,11 @@ def _finish_run(graph: Graph, result: Any, tracker: Any) -> None:
             f"({settings.samples} samples each, T={settings.temperature}) ..."
         )
         summary.eval_settings = dataclasses.asdict(settings)
+        began = time.monotonic()
         summary.base, summary.final, summary.base_cached = evaluate_run(
             settings, checkpoint, base=graph.evaluation.base if graph.evaluation else True
         )
+        summary.eval_s = time.monotonic() - began
     saved = summary.save(folder)
     if result.ok or summary.steps:
         console.print(summary_table(summary))

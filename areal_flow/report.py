@@ -84,6 +84,8 @@ class Summary:
     weight_path_s: dict[str, float] = field(default_factory=dict)  # see weight_path()
     #: the reward and its named metrics (``reward/<name>``), mean of the last steps
     training: dict[str, float] = field(default_factory=dict)
+    startup_s: dict[str, float] = field(default_factory=dict)  # see startup()
+    eval_s: float | None = None  # the end-of-run evaluation, start to scores
 
     def save(self, run_dir: Path) -> Path:
         path = run_dir / "summary.json"
@@ -177,11 +179,15 @@ def _scores(result: Any) -> dict[str, dict[str, float]]:
     return scores
 
 
-def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
-    """Totals from the step log and the replicas' final metrics (evaluation added later)."""
+def build_summary(
+    result: RunResult, checkpoint: Path | None, launched_at: float | None = None
+) -> Summary:
+    """Totals from the step log and the replicas' final metrics (evaluation added later).
+    ``launched_at``: when the command started (epoch seconds), the origin of ``startup_s``."""
     from areal_flow.train.steplog import lineage, read_steps
 
-    steps, redone = lineage(read_steps(result.run_dir))
+    records = read_steps(result.run_dir)
+    steps, redone = lineage(records)
     rates: dict[str, float] = {}
     for key, values in result.metrics.items():
         if "gen_tokens_per_s" in values:
@@ -202,7 +208,35 @@ def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
         redone_trajectories=_trajectories(redone),
         weight_path_s=weight_path(steps, result.metrics),
         training=final_rewards(steps),
+        startup_s=startup(result, records, launched_at),
     )
+
+
+FIRST_STEP = "first optimizer step"
+
+
+def startup(
+    result: RunResult, records: list[dict[str, Any]], launched_at: float | None = None
+) -> dict[str, float]:
+    """Where start-up went, in seconds: ``setup/<node>`` (launch → ready, the slowest
+    replica), ``all nodes ready`` and ``first optimizer step``, both from ``launched_at`` (the
+    command's start; the driver's start without it). A resumed run counts its own first step,
+    not the earlier run's records."""
+    origin = launched_at if launched_at is not None else result.started_at
+    lead = result.started_at - origin  # the command's own start: imports, loading the graph
+    out: dict[str, float] = {}
+    if launched_at is not None:
+        out["command → driver"] = lead
+    for key, seconds in sorted(result.setup_s.items()):
+        name = f"setup/{key.rsplit('/', 1)[0]}"
+        out[name] = max(out.get(name, 0.0), seconds)
+    if result.all_ready_s is not None:
+        out["all nodes ready"] = lead + result.all_ready_s
+    times = [float(r["time"]) for r in records if "time" in r]
+    mine = [t for t in times if t >= result.started_at]
+    if mine:
+        out[FIRST_STEP] = mine[0] - origin
+    return out
 
 
 def final_rewards(steps: list[dict[str, Any]], last: int = 5) -> dict[str, float]:
@@ -281,6 +315,14 @@ def summary_table(summary: Summary) -> Table:
             f"{summary.redone_steps} steps, {summary.redone_trajectories} trajectories",
         )
     totals.add_row("policy version", str(summary.version))
+    if FIRST_STEP in summary.startup_s:
+        ready = summary.startup_s.get("all nodes ready")
+        detail = f" (nodes ready at {ready:,.0f} s)" if ready is not None else ""
+        totals.add_row(
+            "time to first optimizer step", f"{summary.startup_s[FIRST_STEP]:,.0f} s{detail}"
+        )
+    if summary.eval_s is not None:
+        totals.add_row("held-out evaluation", f"{summary.eval_s:,.0f} s")
     for node, rate in summary.tokens_per_s.items():
         totals.add_row(f"{node} tokens/s", f"{rate:,.0f}")
     for name, seconds in summary.weight_path_s.items():
