@@ -29,6 +29,7 @@ from areal_flow.roles import GeneratorSpec, SourceSpec, TrainerSpec
 from areal_flow.spec import Graph
 
 if TYPE_CHECKING:
+    from areal_flow.eval_progress import EvalProgress
     from areal_flow.runtime.driver import RunResult
 
 ALL = "all"
@@ -49,6 +50,9 @@ class EvalSettings:
     seed: int
     prompt_format: dict[str, Any] = field(default_factory=dict)  # PromptFormat fields
     episode: EpisodePlan = field(default_factory=EpisodePlan)
+    #: the generator's engine settings (``GeneratorSpec.engine_settings``): how the engine
+    #: runs, not what it scores, so only a dtype other than float32 is part of the cache key
+    engine_settings: dict[str, Any] = field(default_factory=dict)
 
     def cache_key(self) -> str:
         from areal_flow.models import prepare_model
@@ -59,7 +63,11 @@ class EvalSettings:
         stamp = [(p.name, p.stat().st_size) for p in weights]
         # The verifier's rules are part of the score: a change to them must miss the cache.
         verifier = RewardConfig().model_dump()
-        text = json.dumps([asdict(self), str(folder), stamp, verifier], sort_keys=True)
+        scored = {k: v for k, v in asdict(self).items() if k != "engine_settings"}
+        dtype = self.engine_settings.get("dtype", "float32")
+        if dtype != "float32":  # a lower precision changes the scores (float32: keys as before)
+            scored["dtype"] = dtype
+        text = json.dumps([scored, str(folder), stamp, verifier], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -109,6 +117,7 @@ def eval_settings(graph: Graph) -> EvalSettings | None:
         )
     sampling = generator.sampling if generator is not None else None
     prompt_format = next((f for s in sources if (f := s.prompt_format()) is not None), None)
+    engine = str(_pick(spec.engine, generator and generator.eval_engine(), "vllm"))
     return EvalSettings(
         model=trainer.model,
         data=data,
@@ -117,11 +126,19 @@ def eval_settings(graph: Graph) -> EvalSettings | None:
         k=spec.k,
         temperature=_pick(spec.temperature, sampling and sampling.temperature, 0.7),
         max_tokens=int(_pick(spec.max_tokens, sampling and sampling.max_tokens, 256)),
-        engine=str(_pick(spec.engine, generator and generator.eval_engine(), "vllm")),
+        engine=engine,
         seed=graph.seed,
         prompt_format=(prompt_format or PromptFormat()).model_dump(),
         episode=EpisodePlan.of(generator) if generator is not None else EpisodePlan(),
+        engine_settings=_same_engine_settings(generator, engine),
     )
+
+
+def _same_engine_settings(generator: GeneratorSpec | None, engine: str) -> dict[str, Any]:
+    """The generator's engine settings when the evaluation runs the generator's engine."""
+    if generator is None or generator.eval_engine() != engine:
+        return {}
+    return generator.engine_settings()
 
 
 def _pick(*values: Any) -> Any:
@@ -134,7 +151,10 @@ def eval_cache_dir() -> Path:
 
 
 def evaluate_run(
-    settings: EvalSettings, checkpoint: Path, base: bool = True
+    settings: EvalSettings,
+    checkpoint: Path,
+    base: bool = True,
+    progress: EvalProgress | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any], bool]:
     """(base scores or None, final scores, base came from the cache)."""
     from areal_flow.evaluate import evaluate_models
@@ -156,6 +176,8 @@ def evaluate_run(
         settings.seed,
         prompt_format=PromptFormat.model_validate(settings.prompt_format),
         episode=settings.episode,
+        engine_settings=settings.engine_settings,
+        progress=progress,
     )
     scores = [_scores(r) for r in results]
     final = scores[-1]
