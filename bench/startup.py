@@ -1,7 +1,7 @@
 """Start-up costs of a run: model conversion, and whether vLLM's torch.compile pays for itself.
 
 Usage: ``python bench/startup.py [--prompts 16] [--n 4] [--max-tokens 128] [--rounds 2]
-[--cpus 0] [--arms cold warm eager]``
+[--cpus 0] [--arms cold warm cold-noaot warm-noaot eager]``
 
 Model: SmolLM2-135M-Instruct (``prepare_model("smollm2")``), fp32, as the generator runs it.
 
@@ -12,6 +12,11 @@ Model: SmolLM2-135M-Instruct (``prepare_model("smollm2")``), fp32, as the genera
    - ``cold``: vLLM with torch.compile on empty compile caches (``VLLM_CACHE_ROOT`` and
      ``TORCHINDUCTOR_CACHE_DIR`` in a new temporary folder): a fresh install's first run;
    - ``warm``: the same, on the caches ``cold`` just filled: every later run on this machine;
+   - ``cold-noaot``, ``warm-noaot``: the same pair with ``VLLM_USE_AOT_COMPILE=0`` (their own
+     caches). vLLM 0.32's AOT artifact fails to load on CPU ("Compiling model again due to a
+     load failure ... 'function' object has no attribute 'finalize_loading'", vLLM issue
+     #45447), so ``warm`` compiles again, only faster through Inductor's own cache; without
+     AOT, vLLM's older per-graph compile cache is used;
    - ``eager``: ``enforce_eager`` (the generator's ``eager: true``): no compilation at all.
 
    Each arm times ``engine.start()`` (start-up), then ``--rounds`` rounds of the same work:
@@ -37,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ARMS = ("cold", "warm", "eager")
+ARMS = ("cold", "warm", "cold-noaot", "warm-noaot", "eager")
 
 
 def conversion_times() -> dict[str, float]:
@@ -95,8 +100,10 @@ def arm_in_subprocess(arm: str, args: argparse.Namespace, caches: Path) -> dict[
     """Run ``arm`` in a fresh interpreter; compiled arms share ``caches`` (cold fills them)."""
     env = dict(os.environ)
     if arm != "eager":
-        env["VLLM_CACHE_ROOT"] = str(caches / "vllm")
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / "inductor")
+        pair = "noaot" if arm.endswith("-noaot") else "aot"
+        env["VLLM_CACHE_ROOT"] = str(caches / pair / "vllm")
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / pair / "inductor")
+        env["VLLM_USE_AOT_COMPILE"] = "0" if pair == "noaot" else "1"
     command = [sys.executable, __file__, "--arm", arm, *_passed(args)]
     began = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -126,17 +133,17 @@ def _rate(run: list[float]) -> float:
 def report(conversion: dict[str, float], arms: dict[str, dict[str, Any]]) -> None:
     print(f"\nmodel conversion: {conversion['convert_cold_s']:.1f} s into an empty cache, "
           f"{conversion['convert_cached_s'] * 1000:.0f} ms when cached")  # fmt: skip
-    print(f"\n{'arm':<8}{'start s':>10}{'first tok/s':>14}{'steady tok/s':>14}{'process s':>12}")
+    print(f"\n{'arm':<12}{'start s':>10}{'first tok/s':>14}{'steady tok/s':>14}{'process s':>12}")
     for name, arm in arms.items():
         first, last = _rate(arm["rounds"][0]), _rate(arm["rounds"][-1])
-        print(f"{name:<8}{arm['start_s']:>10.1f}{first:>14.1f}{last:>14.1f}"
+        print(f"{name:<12}{arm['start_s']:>10.1f}{first:>14.1f}{last:>14.1f}"
               f"{arm['process_s']:>12.1f}")  # fmt: skip
     if "eager" not in arms:
         return
     eager = arms["eager"]
     eager_rate = _rate(eager["rounds"][-1])
     print("\nagainst eager (same run):")
-    for name in ("cold", "warm"):
+    for name in ("cold", "warm", "cold-noaot", "warm-noaot"):
         if name not in arms:
             continue
         arm = arms[name]
@@ -167,8 +174,9 @@ def main() -> None:
     if args.arm:
         print(json.dumps(asyncio.run(run_arm(args))), flush=True)
         return
-    if "warm" in args.arms and "cold" not in args.arms:
-        parser.error("--arms: 'warm' reuses the caches 'cold' fills; run 'cold' before it")
+    for warm in ("warm", "warm-noaot"):
+        if warm in args.arms and warm.replace("warm", "cold") not in args.arms:
+            parser.error(f"--arms: '{warm}' reuses the caches its cold arm fills; add that arm")
     conversion = conversion_times()
     print(f"[bench] conversion {conversion}", flush=True)
     arms: dict[str, dict[str, Any]] = {}
