@@ -8,8 +8,10 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -279,12 +281,18 @@ def _both(*callbacks: Any) -> Any:
 
 def _finish_run(graph: Graph, result: Any, tracker: Any) -> None:
     """Summary (and held-out evaluation) of a finished run, MLflow closed, exit code set."""
+    import time
+
+    import psutil
+
+    from areal_flow.eval_progress import EvalProgress
     from areal_flow.report import build_summary, eval_settings, evaluate_run, summary_table
     from areal_flow.runtime.tracking import latest_checkpoint
 
     folder = result.run_dir
     checkpoint = latest_checkpoint(folder)
-    summary = build_summary(result, checkpoint)
+    # Start-up is timed from this command's own start, as a user waiting for it counts it.
+    summary = build_summary(result, checkpoint, launched_at=psutil.Process().create_time())
     settings = eval_settings(graph) if result.ok else None
     if settings is not None and checkpoint is not None:
         console.print(
@@ -292,9 +300,16 @@ def _finish_run(graph: Graph, result: Any, tracker: Any) -> None:
             f"({settings.samples} samples each, T={settings.temperature}) ..."
         )
         summary.eval_settings = dataclasses.asdict(settings)
-        summary.base, summary.final, summary.base_cached = evaluate_run(
-            settings, checkpoint, base=graph.evaluation.base if graph.evaluation else True
-        )
+        began = time.monotonic()
+        log = folder / "logs" / "evaluation.log"
+        with _engine_log_on_failure(log), EvalProgress(log) as progress:
+            summary.base, summary.final, summary.base_cached = evaluate_run(
+                settings,
+                checkpoint,
+                base=graph.evaluation.base if graph.evaluation else True,
+                progress=progress,
+            )
+        summary.eval_s = time.monotonic() - began
     saved = summary.save(folder)
     if result.ok or summary.steps:
         console.print(summary_table(summary))
@@ -311,6 +326,16 @@ def _finish_run(graph: Graph, result: Any, tracker: Any) -> None:
         f"[green]completed[/] in {result.wall_s:.1f} s, policy version {result.version}; "
         f"run folder {folder}"
     )
+
+
+@contextlib.contextmanager
+def _engine_log_on_failure(log: Path) -> Iterator[None]:
+    """Name the engine's log (where an ``EvalProgress`` sent its output) if the block raises."""
+    try:
+        yield
+    except BaseException:
+        errors.print(f"[red]✗[/] evaluation failed; the engine's output is in {log}")
+        raise
 
 
 @app.command("eval")
@@ -334,6 +359,9 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Seed of the arithmetic split and sampling.")] = 0,
 ) -> None:
     """pass@1 and pass@k of a model on held-out problems, with the training verifier."""
+    import tempfile
+
+    from areal_flow.eval_progress import EvalProgress
     from areal_flow.evaluate import evaluate
 
     if engine not in ("vllm", "hf"):
@@ -342,17 +370,21 @@ def eval_(
     if k > samples:
         errors.print(f"[red]✗[/] --k {k} needs --samples ≥ {k}")
         raise typer.Exit(1)
-    result = evaluate(
-        model,
-        data,
-        problems=problems,
-        samples=samples,
-        k=k,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        engine=engine,
-        seed=seed,
-    )
+    log = Path(tempfile.mkstemp(prefix="areal-flow-eval-", suffix=".log")[1])
+    with _engine_log_on_failure(log), EvalProgress(log) as progress:
+        result = evaluate(
+            model,
+            data,
+            problems=problems,
+            samples=samples,
+            k=k,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            engine=engine,
+            seed=seed,
+            progress=progress,
+        )
+    log.unlink()
     table = Table(title=f"{model} on {data}: {samples} samples per problem, T={temperature}")
     for column in ("level", "problems", "pass@1", f"pass@{k}", "format"):
         table.add_column(column, justify="right" if column != "level" else "left")

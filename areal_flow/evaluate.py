@@ -23,13 +23,16 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from areal_flow.data.prompting import PromptFormat
 from areal_flow.episodes.runner import EpisodeOutcome, EpisodePlan
+
+if TYPE_CHECKING:
+    from areal_flow.eval_progress import EvalProgress
 
 ALL = "all"
 
@@ -87,11 +90,15 @@ def evaluate_models(
     *,
     prompt_format: PromptFormat | None = None,
     episode: EpisodePlan | None = None,
+    engine_settings: dict[str, Any] | None = None,
+    progress: EvalProgress | None = None,
 ) -> list[EvalResult]:
     """Score several checkpoints of one model family with one engine: it starts on the first
     and loads each next one's weights in place (an engine start costs far more than a load).
     The tokenizer is the first model's. ``prompt_format`` and ``episode`` default to one answer
-    to the default prompt."""
+    to the default prompt. ``engine_settings``: further fields of the engine's config (the
+    generator's, see ``GeneratorSpec.engine_settings``). ``progress`` is told each stage and
+    each finished episode."""
     if k > samples:
         raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {samples}")
     if not models:
@@ -99,9 +106,9 @@ def evaluate_models(
     names = [str(m) for m in models]
     settings = _Settings(
         data, problems, samples, k, temperature, max_tokens, engine, seed,
-        prompt_format or PromptFormat(), episode or EpisodePlan(),
+        prompt_format or PromptFormat(), episode or EpisodePlan(), dict(engine_settings or {}),
     )  # fmt: skip
-    return asyncio.run(_evaluate(names, settings))
+    return asyncio.run(_evaluate(names, settings, progress))
 
 
 @dataclass(frozen=True)
@@ -116,9 +123,12 @@ class _Settings:
     seed: int
     prompt_format: PromptFormat
     episode: EpisodePlan
+    engine_settings: dict[str, Any]
 
 
-async def _evaluate(models: list[str], settings: _Settings) -> list[EvalResult]:
+async def _evaluate(
+    models: list[str], settings: _Settings, progress: EvalProgress | None
+) -> list[EvalResult]:
     from transformers import AutoTokenizer
 
     from areal_flow.engine.adapter import adapter_base, is_adapter
@@ -133,11 +143,20 @@ async def _evaluate(models: list[str], settings: _Settings) -> list[EvalResult]:
     items = load_eval_problems(settings.data, settings.problems, settings.seed)
     rows = eval_rows(tokenizer, items, settings.prompt_format)
     results = []
+    if progress is not None:
+        progress.add_total(len(models) * len(rows) * settings.samples)
+        progress.stage(f"starting the {settings.engine} engine")
     engine = await _start_engine(
-        settings.engine, str(start), settings.seed, settings.episode.max_model_len
+        settings.engine,
+        str(start),
+        settings.seed,
+        {"max_model_len": settings.episode.max_model_len, **settings.engine_settings},
     )
     try:
         for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
+            if progress is not None:
+                label = "base model" if version == 0 and len(models) > 1 else Path(model).name
+                progress.stage(f"scoring {label} ({version + 1}/{len(models)})")
             if version or folder != start:  # the first model is loaded here if an adapter
                 await engine.update_weights(version + 1, folder)
             outcomes = await run_episodes(
@@ -148,6 +167,7 @@ async def _evaluate(models: list[str], settings: _Settings) -> list[EvalResult]:
                 settings.temperature,
                 settings.max_tokens,
                 settings.episode,
+                on_done=progress.advance if progress is not None else None,
             )
             with math_pool(workers=2) as pool:
                 results.append(
@@ -190,8 +210,10 @@ async def run_episodes(
     temperature: float,
     max_tokens: int,
     episode: EpisodePlan,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[int, list[EpisodeOutcome]]:
-    """``samples`` episodes per row on a started engine, their outcomes by row index."""
+    """``samples`` episodes per row on a started engine, their outcomes by row index;
+    ``on_done`` is called as each episode finishes."""
     from areal_flow.engine.base import SamplingConfig
     from areal_flow.episodes import EngineClient
 
@@ -202,7 +224,10 @@ async def run_episodes(
 
     async def one(index: int) -> tuple[int, EpisodeOutcome]:
         async with concurrency:
-            return index, await runner.run(rows[index])
+            outcome = await runner.run(rows[index])
+        if on_done is not None:
+            on_done()
+        return index, outcome
 
     reader = asyncio.create_task(client.serve())
     try:
@@ -269,9 +294,9 @@ def _tally(
     return result
 
 
-async def _start_engine(kind: str, model: str, seed: int, max_model_len: int) -> Any:
+async def _start_engine(kind: str, model: str, seed: int, settings: dict[str, Any]) -> Any:
     from areal_flow.engine import create_engine
 
-    engine = create_engine(kind, model=model, seed=seed, max_model_len=max_model_len)
+    engine = create_engine(kind, model=model, seed=seed, **settings)
     await engine.start()
     return engine

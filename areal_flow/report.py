@@ -29,6 +29,7 @@ from areal_flow.roles import GeneratorSpec, SourceSpec, TrainerSpec
 from areal_flow.spec import Graph
 
 if TYPE_CHECKING:
+    from areal_flow.eval_progress import EvalProgress
     from areal_flow.runtime.driver import RunResult
 
 ALL = "all"
@@ -49,6 +50,9 @@ class EvalSettings:
     seed: int
     prompt_format: dict[str, Any] = field(default_factory=dict)  # PromptFormat fields
     episode: EpisodePlan = field(default_factory=EpisodePlan)
+    #: the generator's engine settings (``GeneratorSpec.engine_settings``): how the engine
+    #: runs, not what it scores, so only a dtype other than float32 is part of the cache key
+    engine_settings: dict[str, Any] = field(default_factory=dict)
 
     def cache_key(self) -> str:
         from areal_flow.models import prepare_model
@@ -59,7 +63,11 @@ class EvalSettings:
         stamp = [(p.name, p.stat().st_size) for p in weights]
         # The verifier's rules are part of the score: a change to them must miss the cache.
         verifier = RewardConfig().model_dump()
-        text = json.dumps([asdict(self), str(folder), stamp, verifier], sort_keys=True)
+        scored = {k: v for k, v in asdict(self).items() if k != "engine_settings"}
+        dtype = self.engine_settings.get("dtype", "float32")
+        if dtype != "float32":  # a lower precision changes the scores (float32: keys as before)
+            scored["dtype"] = dtype
+        text = json.dumps([scored, str(folder), stamp, verifier], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -84,6 +92,8 @@ class Summary:
     weight_path_s: dict[str, float] = field(default_factory=dict)  # see weight_path()
     #: the reward and its named metrics (``reward/<name>``), mean of the last steps
     training: dict[str, float] = field(default_factory=dict)
+    startup_s: dict[str, float] = field(default_factory=dict)  # see startup()
+    eval_s: float | None = None  # the end-of-run evaluation, start to scores
 
     def save(self, run_dir: Path) -> Path:
         path = run_dir / "summary.json"
@@ -107,6 +117,7 @@ def eval_settings(graph: Graph) -> EvalSettings | None:
         )
     sampling = generator.sampling if generator is not None else None
     prompt_format = next((f for s in sources if (f := s.prompt_format()) is not None), None)
+    engine = str(_pick(spec.engine, generator and generator.eval_engine(), "vllm"))
     return EvalSettings(
         model=trainer.model,
         data=data,
@@ -115,11 +126,19 @@ def eval_settings(graph: Graph) -> EvalSettings | None:
         k=spec.k,
         temperature=_pick(spec.temperature, sampling and sampling.temperature, 0.7),
         max_tokens=int(_pick(spec.max_tokens, sampling and sampling.max_tokens, 256)),
-        engine=str(_pick(spec.engine, generator and generator.eval_engine(), "vllm")),
+        engine=engine,
         seed=graph.seed,
         prompt_format=(prompt_format or PromptFormat()).model_dump(),
         episode=EpisodePlan.of(generator) if generator is not None else EpisodePlan(),
+        engine_settings=_same_engine_settings(generator, engine),
     )
+
+
+def _same_engine_settings(generator: GeneratorSpec | None, engine: str) -> dict[str, Any]:
+    """The generator's engine settings when the evaluation runs the generator's engine."""
+    if generator is None or generator.eval_engine() != engine:
+        return {}
+    return generator.engine_settings()
 
 
 def _pick(*values: Any) -> Any:
@@ -132,7 +151,10 @@ def eval_cache_dir() -> Path:
 
 
 def evaluate_run(
-    settings: EvalSettings, checkpoint: Path, base: bool = True
+    settings: EvalSettings,
+    checkpoint: Path,
+    base: bool = True,
+    progress: EvalProgress | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any], bool]:
     """(base scores or None, final scores, base came from the cache)."""
     from areal_flow.evaluate import evaluate_models
@@ -154,6 +176,8 @@ def evaluate_run(
         settings.seed,
         prompt_format=PromptFormat.model_validate(settings.prompt_format),
         episode=settings.episode,
+        engine_settings=settings.engine_settings,
+        progress=progress,
     )
     scores = [_scores(r) for r in results]
     final = scores[-1]
@@ -177,11 +201,15 @@ def _scores(result: Any) -> dict[str, dict[str, float]]:
     return scores
 
 
-def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
-    """Totals from the step log and the replicas' final metrics (evaluation added later)."""
+def build_summary(
+    result: RunResult, checkpoint: Path | None, launched_at: float | None = None
+) -> Summary:
+    """Totals from the step log and the replicas' final metrics (evaluation added later).
+    ``launched_at``: when the command started (epoch seconds), the origin of ``startup_s``."""
     from areal_flow.train.steplog import lineage, read_steps
 
-    steps, redone = lineage(read_steps(result.run_dir))
+    records = read_steps(result.run_dir)
+    steps, redone = lineage(records)
     rates: dict[str, float] = {}
     for key, values in result.metrics.items():
         if "gen_tokens_per_s" in values:
@@ -202,7 +230,35 @@ def build_summary(result: RunResult, checkpoint: Path | None) -> Summary:
         redone_trajectories=_trajectories(redone),
         weight_path_s=weight_path(steps, result.metrics),
         training=final_rewards(steps),
+        startup_s=startup(result, records, launched_at),
     )
+
+
+FIRST_STEP = "first optimizer step"
+
+
+def startup(
+    result: RunResult, records: list[dict[str, Any]], launched_at: float | None = None
+) -> dict[str, float]:
+    """Where start-up went, in seconds: ``setup/<node>`` (launch → ready, the slowest
+    replica), ``all nodes ready`` and ``first optimizer step``, both from ``launched_at`` (the
+    command's start; the driver's start without it). A resumed run counts its own first step,
+    not the earlier run's records."""
+    origin = launched_at if launched_at is not None else result.started_at
+    lead = result.started_at - origin  # the command's own start: imports, loading the graph
+    out: dict[str, float] = {}
+    if launched_at is not None:
+        out["command → driver"] = lead
+    for key, seconds in sorted(result.setup_s.items()):
+        name = f"setup/{key.rsplit('/', 1)[0]}"
+        out[name] = max(out.get(name, 0.0), seconds)
+    if result.all_ready_s is not None:
+        out["all nodes ready"] = lead + result.all_ready_s
+    times = [float(r["time"]) for r in records if "time" in r]
+    mine = [t for t in times if t >= result.started_at]
+    if mine:
+        out[FIRST_STEP] = mine[0] - origin
+    return out
 
 
 def final_rewards(steps: list[dict[str, Any]], last: int = 5) -> dict[str, float]:
@@ -281,6 +337,14 @@ def summary_table(summary: Summary) -> Table:
             f"{summary.redone_steps} steps, {summary.redone_trajectories} trajectories",
         )
     totals.add_row("policy version", str(summary.version))
+    if FIRST_STEP in summary.startup_s:
+        ready = summary.startup_s.get("all nodes ready")
+        detail = f" (nodes ready at {ready:,.0f} s)" if ready is not None else ""
+        totals.add_row(
+            "time to first optimizer step", f"{summary.startup_s[FIRST_STEP]:,.0f} s{detail}"
+        )
+    if summary.eval_s is not None:
+        totals.add_row("held-out evaluation", f"{summary.eval_s:,.0f} s")
     for node, rate in summary.tokens_per_s.items():
         totals.add_row(f"{node} tokens/s", f"{rate:,.0f}")
     for name, seconds in summary.weight_path_s.items():

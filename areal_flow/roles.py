@@ -18,7 +18,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, JsonValue, model_validator
 
@@ -128,6 +128,13 @@ class GeneratorSpec(NodeSpec):
         """The inference engine (``vllm``/``hf``) evaluation should use to match this
         generator; None when it uses neither (evaluation then takes its own default)."""
         return None
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The fields of ``eval_engine()``'s config this generator runs its engine with,
+        besides the model, seed, cores and version. The end-of-run evaluation starts its engine
+        with the same ones: vLLM keys its compile cache on them (batch size included), so the
+        evaluation then reuses the compilation the run already paid for."""
+        return {}
 
     def weights_dtype(self) -> str | None:
         """The dtype its engine holds weights in ('bfloat16', 'float32'); None when unknown.

@@ -74,6 +74,11 @@ class GeneratorConfig(GeneratorSpec):
         description="vLLM on CUDA: the share of the GPU's memory the engine takes (weights and "
         "KV cache); leave room for a trainer on the same GPU.",
     )
+    eager: bool = Field(
+        False,
+        description="vLLM: run without torch.compile (vLLM's enforce_eager): no compilation "
+        "at start-up, slower decoding; see bench/startup.py for when compiling pays off.",
+    )
     lora: Literal["merge", "vllm"] = Field(
         "merge",
         description="How a LoRA trainer's adapter versions are served: 'merge' them into the "
@@ -92,6 +97,20 @@ class GeneratorConfig(GeneratorSpec):
 
     def eval_engine(self) -> str | None:
         return self.engine
+
+    def engine_settings(self) -> dict[str, Any]:
+        if self.engine == "hf":
+            return {"dtype": self.dtype, "max_model_len": self.max_model_len,
+                    "max_batch": self.max_running}  # fmt: skip
+        return {
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_running,
+            "kv_cache_gib": self.kv_cache_gib,
+            "preload": self.preload,
+            "gpu_memory_utilization": self.gpu_memory,
+            "enforce_eager": self.eager,
+        }
 
     def weights_dtype(self) -> str | None:
         return self.dtype
@@ -300,24 +319,15 @@ async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
     seed = ctx.seed * 1000 + ctx.replica
     settings: dict[str, Any] = {
         "model": model,
-        "dtype": cfg.dtype,
-        "max_model_len": cfg.max_model_len,
         "seed": seed,
         "cpus": cpus,
         "initial_version": ctx.version,
+        **cfg.engine_settings(),
     }
     if cfg.engine == "vllm":
-        settings.update(
-            max_num_seqs=cfg.max_running,
-            interrupt_mode=cfg.interrupt_mode,
-            kv_cache_gib=cfg.kv_cache_gib,
-            preload=cfg.preload,
-            gpu_memory_utilization=cfg.gpu_memory,
-        )
+        settings.update(interrupt_mode=cfg.interrupt_mode)
         if cfg.lora == "vllm":
             settings.update(max_lora_rank=lora_rank(ctx.graph))
-    else:
-        settings.update(max_batch=cfg.max_running)
     engine = create_engine(cfg.engine, **settings)
     await engine.start()
     return engine

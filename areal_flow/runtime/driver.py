@@ -119,6 +119,7 @@ class Replica:
     trace: str = ""  # the traceback the replica reported with its error
     loaded: int | None = None  # policy version a weights consumer has loaded (None: unknown)
     pid: int | None = None  # the worker's process id, from its hello (on the replica's host)
+    setup_s: float | None = None  # launch → first ready: this replica's start-up
 
     @property
     def serves_weights(self) -> bool:
@@ -156,6 +157,11 @@ class RunResult:
     metrics: dict[str, dict[str, float]]  # per replica key
     staleness: dict[str, float]
     restarts: dict[str, int]
+    #: start-up: the driver's start (epoch seconds), each replica's launch → ready, and the
+    #: driver's start → every replica ready (None if they never all were)
+    started_at: float = 0.0
+    setup_s: dict[str, float] = field(default_factory=dict)
+    all_ready_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -222,6 +228,8 @@ class Driver:
         self._interrupted = False
         self._drain_deadline: float | None = None
         self.started = time.monotonic()
+        self.started_at = time.time()
+        self.all_ready_s: float | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -334,6 +342,8 @@ class Driver:
                 replica.pid = message.pid
             case Ready():
                 replica.status = "ready"
+                if replica.setup_s is None:
+                    replica.setup_s = time.monotonic() - replica.started_at
             case Heartbeat():
                 replica.metrics = message.metrics
             case Admit():
@@ -409,6 +419,8 @@ class Driver:
             return
         initial = all(r.status in ("ready", "finished") for r in self.replicas.values())
         already_running = any(r.status == "running" for r in self.replicas.values())
+        if initial and self.all_ready_s is None:
+            self.all_ready_s = time.monotonic() - self.started
         if initial or already_running:
             for ident, replica in ready:
                 replica.status = "running"
@@ -533,4 +545,7 @@ class Driver:
             metrics={r.key: dict(r.metrics) for r in self.replicas.values()},
             staleness=self.gate.metrics() if self.gate is not None else {},
             restarts={r.key: r.restarts for r in self.replicas.values() if r.restarts},
+            started_at=self.started_at,
+            setup_s={r.key: r.setup_s for r in self.replicas.values() if r.setup_s is not None},
+            all_ready_s=self.all_ready_s,
         )

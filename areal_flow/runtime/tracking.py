@@ -404,9 +404,14 @@ def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def summary_totals(summary: dict[str, Any]) -> dict[str, float]:
-    """``summary/<total>``: the final lineage's steps and trajectories, and what a resume redid."""
+    """``summary/<total>``: the final lineage's steps and trajectories, what a resume redid,
+    and the seconds to the first optimizer step (``summary/first_step_s``)."""
     keys = ("steps", "trajectories", "redone_steps", "redone_trajectories")
-    return {f"summary/{key}": float(summary[key]) for key in keys if key in summary}
+    totals = {f"summary/{key}": float(summary[key]) for key in keys if key in summary}
+    first = summary.get("startup_s", {}).get("first optimizer step")
+    if first is not None:
+        totals["summary/first_step_s"] = float(first)
+    return totals
 
 
 def _metric_name(key: str) -> str:

@@ -66,6 +66,11 @@ def test_process_pipeline_with_dropping_transform(tmp_path: Path) -> None:
     assert result.ok, result.failure
     assert ids(tmp_path) == list(range(0, 60, 2))
     assert (tmp_path / "logs" / "fn.0.log").exists()
+    # Start-up is timed: each replica's launch → ready, then all of them ready.
+    assert set(result.setup_s) == {"src/0", "fn/0", "sink/0"}
+    assert result.all_ready_s is not None
+    assert 0 < max(result.setup_s.values()) <= result.all_ready_s < result.wall_s
+    assert abs(result.started_at + result.wall_s - time.time()) < 30
 
 
 @pytest.mark.slow

@@ -61,3 +61,31 @@ def test_the_summary_reports_every_reward_metric_by_name(tmp_path: Path) -> None
     assert summary.training["reward/brevity"] == pytest.approx(0.1)
     assert summary.training["reward/correct"] == pytest.approx(sum(range(3, 8)) / 7 / 5)
     assert summary.training["reward_mean"] == pytest.approx(0.5)
+
+
+def test_the_summary_times_start_up_to_the_first_optimizer_step(tmp_path: Path) -> None:
+    """Start-up is counted from the command's start; a resumed run's earlier records (before
+    this driver started) are not its first step."""
+    path = steps_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    with path.open("w") as out:
+        for step, at in ((1, 500.0), (2, 520.0), (2, 1075.0), (3, 1090.0)):  # resumed at 1000
+            out.write(json.dumps({"step": step, "time": at, "sequences": 4}) + "\n")
+    result = RunResult(
+        "completed", tmp_path, 100.0, 3, None, {}, {}, {},
+        started_at=1000.0,
+        setup_s={"gen/0": 40.0, "trainer/0": 20.0, "gen/1": 45.0},
+        all_ready_s=46.0,
+    )  # fmt: skip
+    summary = build_summary(result, None, launched_at=998.0)
+    assert summary.startup_s == {
+        "command → driver": 2.0,
+        "setup/gen": 45.0,
+        "setup/trainer": 20.0,
+        "all nodes ready": 48.0,
+        "first optimizer step": 77.0,
+    }
+    saved = json.loads(summary.save(tmp_path).read_text())
+    assert summary_totals(saved)["summary/first_step_s"] == 77.0
+    # Without the command's start, the driver's start is the origin.
+    assert build_summary(result, None).startup_s["first optimizer step"] == 75.0
