@@ -13,6 +13,8 @@ Rules:
   ``on_weights`` and producers that already finished count as ended.
 - A replica whose driver has been silent for ``DRIVER_SILENT_S`` stops (no orphan waits on a
   dead driver); as a process it exits after ``STOP_GRACE_S`` more, whatever its node is doing.
+  Such a stop is a failure (``DriverSilent``, exit 1), never a finish: a driver that was only
+  stalled and wakes up must not count its abandoned run as completed.
 - Any exception is reported to the driver (type, message, traceback) and the process exits 1.
 - A plan with ``curve`` on: the control link and every data socket use the run's CurveZMQ keys,
   loaded from ``run_dir/keys`` of this host (the driver's folder, or the copy the Ray actor
@@ -70,6 +72,10 @@ TRAJECTORY_RECORDS = ("rollout", "scored")
 GROUP_RECORDS = ("prompt", *TRAJECTORY_RECORDS)  # records whose groups the ledger follows
 
 
+class DriverSilent(RuntimeError):
+    """This replica stopped because its driver fell silent for ``DRIVER_SILENT_S``."""
+
+
 class Worker:
     """Runs one replica of one node until its inputs end, the run stops, or it fails."""
 
@@ -107,6 +113,7 @@ class Worker:
         self.outbox = Outbox(zctx, replica.outputs, replica.key, keys)
         self.stats = {"batches_in": 0.0, "batches_out": 0.0, "rows_in": 0.0, "rows_out": 0.0}
         self.busy_s = 0.0
+        self.driver_silent_s: float | None = None  # set when this replica gave up on the driver
 
     def _set_version(self, version: int) -> None:
         self.ctx.version = max(self.ctx.version, version)
@@ -121,6 +128,11 @@ class Worker:
             await _first(self.link.started.wait(), self.link.stopping.wait())
             if not self.link.stopping.is_set():
                 await _first(self._main(), self.link.stopping.wait())
+            if self.driver_silent_s is not None:
+                raise DriverSilent(
+                    f"stopped: the driver was silent for {self.driver_silent_s:.0f} s (it died, "
+                    "or its machine was too loaded to answer)"
+                )
             await self.link.send(Finished(metrics=self._metrics()))
             return 0
         except Exception as err:
@@ -301,6 +313,7 @@ class Worker:
         self.ctx.log.error(
             "the driver has been silent for %.0f s (it died?): stopping", self.link.heard_s
         )
+        self.driver_silent_s = self.link.heard_s
         self.link.stopping.set()
         self.link.draining.set()
         if self.hard_exit:  # a wedged node must not keep the process alive

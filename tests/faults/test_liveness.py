@@ -100,3 +100,57 @@ def worker_pids(run_dir: Path) -> list[int]:
         if b"areal_flow.runtime.worker" in command and str(run_dir).encode() in b" ".join(command):
             pids.append(int(entry.name))
     return pids
+
+
+def test_a_driver_that_wakes_after_its_replicas_gave_up_reports_the_run_failed(
+    tmp_path: Path,
+) -> None:
+    """Replicas that stopped on a silent driver failed, they did not finish: a driver that was
+    only stalled (a loaded machine) and wakes up ends the run 'failed', naming the silence,
+    never 'completed'."""
+    graph_file = tmp_path / "slow.yaml"
+    graph_file.write_text(
+        "name: slow\n"
+        "nodes:\n"
+        "  - {kind: list_source, name: src, count: 1000000}\n"
+        "  - {kind: collect_sink, name: sink, delay_s: 0.01}\n"
+        "edges: ['src -> sink']\n"
+        "tracking: {enabled: false}\n"
+    )
+    run_dir = tmp_path / "run"
+    command = [
+        "areal_flow.cli",
+        "run",
+        str(graph_file),
+        "-q",
+        "--no-web",
+        "--run-dir",
+        str(run_dir),
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "AREAL_FLOW_DRIVER_SILENT_S": "3"},
+    )
+    try:
+        sink = run_dir / "sinks" / "sink.0.arrow"
+        deadline = time.monotonic() + 60
+        while not (sink.exists() and sink.stat().st_size > 0):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        workers = worker_pids(run_dir)
+        driver.send_signal(signal.SIGSTOP)
+        silenced = time.monotonic()
+        while any(alive(pid) for pid in workers) and time.monotonic() - silenced < 20:
+            time.sleep(0.1)
+        driver.send_signal(signal.SIGCONT)
+        output, _ = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+        driver.wait(10)
+    text = output.decode(errors="replace")
+    assert driver.returncode != 0, text[-2000:]
+    assert "the driver was silent for" in text, text[-2000:]
+    assert '"status": "failed"' in (run_dir / "summary.json").read_text()
