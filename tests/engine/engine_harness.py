@@ -123,9 +123,9 @@ class Reference:
         ids = [*sample.prompt_token_ids, *sample.response_token_ids]
         old_kv = len(sample.prompt_token_ids) + switch - 1
         cache = DynamicCache()
-        self.model(torch.tensor([ids[:old_kv]]), past_key_values=cache, use_cache=True)
+        self.model(torch.tensor([ids[:old_kv]]), cache=cache, use_cache=True)
         tail = torch.tensor([ids[old_kv:-1]])
-        logits = new.model(tail, past_key_values=cache, use_cache=True).logits[0].float()
+        logits = new.model(tail, cache=cache, use_cache=True).logits[0].float()
         chosen = torch.tensor(sample.response_token_ids[switch:])[:, None]
         return torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1)
 
