@@ -12,10 +12,8 @@ import torch
 
 from areal_flow.engine.base import GenerationRequest, Sample, SamplingConfig
 from areal_flow.engine.vllm_engine import VLLMEngine
-from tests.engine.engine_cases import fresh_id, interrupted_pair, prompts
+from tests.engine.engine_cases import LONG_TOKENS, fresh_id, interrupted_pair, prompts
 from tests.engine.engine_harness import Reference, collect, generate
-
-LONG_TOKENS = 160
 
 
 def long_prompt(length: int = 300) -> list[int]:
@@ -32,7 +30,7 @@ async def case_inflight_continues_over_old_kv(
     KV the old weights computed, and not a fresh forward of the new weights: nothing was
     recomputed."""
     v0 = engine.version
-    sample = await interrupted_pair(engine, v0 + 1, perturbed, long_tokens=LONG_TOKENS)
+    sample = await interrupted_pair(engine, v0 + 1, perturbed)
     assert sample.finish_reason == "length" and len(sample.response_token_ids) == LONG_TOKENS
     assert set(sample.versions) == {v0, v0 + 1}, sample.versions
     switch = sample.versions.index(v0 + 1)
