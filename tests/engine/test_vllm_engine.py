@@ -137,7 +137,7 @@ def test_drain_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
         loop.run(
             modes.case_no_stale_prefix_after_update(engine, tiny_model_dir, *weights, VLLM_TOL)
         )
-        loop.run(cases.case_many_interrupts(engine, *weights, interrupts=6))
+        loop.run(cases.case_many_interrupts(engine, *weights, 6, one_version_each=True))
     finally:
         _stop(loop, engine)
 
