@@ -156,7 +156,9 @@ class Staleness(Spec):
     )
     interrupt: bool = Field(
         True,
-        description="Interrupt in-flight generation when new weights arrive (off = sync baseline).",
+        description="Interrupt in-flight generation when new weights arrive (how: the "
+        "generator's interrupt_mode). Off: new weights wait until no episode is running (the "
+        "sync baseline).",
     )
 
 

@@ -112,8 +112,24 @@ def train(name: str, settings: list[str], args: argparse.Namespace, folder: Path
         "lag_mean": sum(s["lag_mean"] for s in steps) / len(steps),
         "lag_max": max(s["lag_max"] for s in steps),
         "trainer_wait_s": sum(s.get("wait_s", 0.0) for s in steps),
+        "off_policy": off_policy_stats(steps),
         "checkpoints": [(str(p), at[int(p.name.split("_")[1])]) for p in checkpoints],
     }
+
+
+def off_policy_stats(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """How far behind the trained data was: means over steps of the trainer's per-step token
+    lag, share of trajectories spanning several versions, importance weight π_prox/π_behav and
+    KL(π_behav ‖ π_prox) (k3 estimator), and the largest importance weight of the run."""
+    means = ("token_lag_mean", "interrupted_frac", "iw_mean", "iw_capped_frac", "kl_behav_k3")
+    stats = {k: sum(float(s.get(k, 0.0)) for s in steps) / len(steps) for k in means}
+    stats["iw_max"] = max(float(s.get("iw_max", 0.0)) for s in steps)
+    return stats
+
+
+def generator_tokens_per_s(summary: dict[str, Any]) -> float:
+    """Generated tokens/s of the run: every node rate but the trainer's."""
+    return float(sum(v for k, v in summary["tokens_per_s"].items() if "train" not in k))
 
 
 def score_all(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> float:
@@ -208,7 +224,7 @@ def main() -> None:
                 LABELS.get(mode, mode),
                 f"{s['wall_s']:.0f}",
                 f"{s['trajectories'] / s['wall_s']:.2f}",
-                f"{sum(v for k, v in rates.items() if 'train' not in k):.0f}",
+                f"{generator_tokens_per_s(s):.0f}",
                 f"{rates.get('trainer (training)', 0):.0f}",
                 f"{run['final_acc']:.3f}",
             )

@@ -1,8 +1,9 @@
 """Generation throughput and interrupt latency: the generator node vs raw vLLM vs HF generate.
 
 Usage: ``python bench/generation.py [--prompts 16] [--n 4] [--max-tokens 256]
-[--max-running 64] [--rounds 3] [--interrupts 4] [--interrupt-rounds 3] [--cpus 0 1]
-[--hf-engine] [--preload [tcmalloc] [iomp]] [--dtype float32|bfloat16]``
+[--max-running 64] [--rounds 3] [--interrupts 4] [--interrupt-rounds 3]
+[--modes inflight recompute abort drain] [--cpus 0 1] [--hf-engine]
+[--preload [tcmalloc] [iomp]] [--dtype float32|bfloat16]``
 
 Every row generates the same work: ``--prompts`` GSM8K questions (the first ones of
 /work/shared/data/gsm8k/train.jsonl when present, else built-in questions) under SmolLM2-135M-
@@ -23,13 +24,17 @@ that the rest wait. The model is fp32 everywhere (``--dtype bfloat16``: bf16 eve
 These rows run in ``--rounds`` rounds, in an order rotated each round, in one process: vLLM
 stays up but idle while HF runs (its processes then use ~0.01 cores). Then the node with
 ``--interrupts`` weight updates (``Generator.on_weights``, 135M fp32 from /dev/shm) spread
-evenly over what an uninterrupted run takes, alternating the two interrupt modes over
-``--interrupt-rounds`` rounds: ``keep`` (vLLM pauses and keeps the requests, recomputing their
-prefixes on resume) and ``abort`` (abort and resubmit prompt + partial response). Reported:
-tokens/s, the interrupt→resumed latency (how long ``on_weights`` holds generation: pause, load,
-resume), the wall time lost per interrupt at equal work (that plus recomputing every in-flight
-prefix), and the idle update latency. Tokens/s counts generated tokens (EOS included);
-start-up is not counted. Ratios are medians of per-round ratios.
+evenly over what an uninterrupted run takes, rotating the interrupt modes ``--modes``
+(``engine.vllm_engine``) over ``--interrupt-rounds`` rounds: ``recompute`` (the default: pause,
+drop the KV cache, recompute every prefix on resume), ``inflight`` (pause and continue over the
+kept KV), ``abort`` (abort and resubmit prompt + partial response) and ``drain`` (finish running
+sequences before loading). Reported per mode: tokens/s, the interrupt→resumed latency (how long
+``on_weights`` holds generation: pause — for ``drain`` the wait for running sequences —, load,
+resume), the wall time lost per interrupt at equal work (that plus any recompute), the share of
+samples spanning several versions, and tokens/s against ``recompute``; then the idle update
+latency. Every update loads the same weights, so this measures cost only: what each mode does
+to off-policyness shows in bench/staleness_sweep.py ``--modes``. Tokens/s counts generated
+tokens (EOS included); start-up is not counted. Ratios are medians of per-round ratios.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from typing import Any, get_args
 import pyarrow as pa
 
 from areal_flow.engine.base import GenerationRequest, SamplingConfig
-from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
+from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, InterruptMode, PreloadLibrary
 from areal_flow.models import prepare_smollm2
 from areal_flow.node import NodeContext
 from areal_flow.nodes.generator import Generator, GeneratorConfig
@@ -63,6 +68,8 @@ FALLBACK_QUESTIONS = [
     "Write a short poem about rivers.",
 ]
 Run = tuple[int, float]  # generated tokens, seconds
+# generated tokens, seconds, update latencies, share of samples with several versions
+InterruptedRun = tuple[int, float, list[float], float]
 LENGTHS: list[int] = []  # response lengths of every uninterrupted and interrupted node run
 
 
@@ -118,9 +125,10 @@ async def run_node(
     node: Generator,
     batch: pa.RecordBatch,
     interrupt: tuple[int, float, Path] | None = None,
-) -> tuple[int, float, list[float]]:
+) -> InterruptedRun:
     """One prompt batch through the node; ``interrupt = (count, every, path)`` sends ``count``
-    weight notices, one every ``every`` seconds. Returns (tokens, seconds, update latencies)."""
+    weight notices, one every ``every`` seconds. Returns (tokens, seconds, update latencies,
+    share of samples spanning several versions)."""
 
     async def inputs() -> AsyncIterator[pa.RecordBatch]:
         yield batch
@@ -140,15 +148,17 @@ async def run_node(
     start = time.perf_counter()
     task = asyncio.create_task(interrupter(*interrupt)) if interrupt else None
     lengths: list[int] = []
+    multi_version = 0
     async for out in node.run(inputs()):
         assert isinstance(out, pa.RecordBatch)
         lengths += [len(ids) for ids in out.column("response_token_ids").to_pylist()]
+        multi_version += sum(len(set(v)) > 1 for v in out.column("versions").to_pylist())
     elapsed = time.perf_counter() - start
     done.set()
     if task is not None:
         await task
     LENGTHS.extend(lengths)
-    return sum(lengths), elapsed, latencies
+    return sum(lengths), elapsed, latencies, multi_version / max(len(lengths), 1)
 
 
 async def run_raw(llm: Any, prompts: list[list[int]], n: int, max_tokens: int, tag: str) -> Run:
@@ -305,10 +315,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     out["idle_update_s"] = statistics.median(idle)
 
     every = statistics.median(secs for _, secs in runs["node"]) / (args.interrupts + 1)
-    modes: dict[str, list[tuple[int, float, list[float]]]] = {"keep": [], "abort": []}
+    modes: dict[str, list[InterruptedRun]] = {mode: [] for mode in args.modes}
     for r in range(args.interrupt_rounds):
-        for mode in ("keep", "abort") if r % 2 == 0 else ("abort", "keep"):
-            # The engine reads the mode at each pause, so one engine serves both.
+        shift = r % len(args.modes)
+        for mode in args.modes[shift:] + args.modes[:shift]:
+            # The engine reads the mode at each pause and submission: one engine serves all.
             engine = node.engine
             engine.config = engine.config.model_copy(update={"interrupt_mode": mode})
             batch = prompt_batch(prompts, args.n, f"{mode}{r}")
@@ -361,19 +372,25 @@ def print_tables(res: dict[str, Any], args: argparse.Namespace) -> None:
         f", p90 {cuts[-1]:.0f}, max {max(LENGTHS)}; {capped:.0%} stopped at max tokens"
     )
     node_rate = statistics.median(rate(r) for r in runs["node"])
-    for mode in ("keep", "abort") if modes["keep"] else ():
-        lat = [x for run in modes[mode] for x in run[2]]
-        # Extra wall time per interrupt at equal work: pause + load + the prefix recompute.
-        lost = statistics.median((s - t / node_rate) / max(len(r), 1) for t, s, r in modes[mode])
-        mode_rate = statistics.median(rate(r) for r in modes[mode])
+    for mode, mode_runs in modes.items():
+        if not mode_runs:
+            continue
+        lat = [x for run in mode_runs for x in run[2]] or [0.0]
+        # Extra wall time per interrupt at equal work: pause + load + any prefix recompute.
+        lost = statistics.median((s - t / node_rate) / max(len(r), 1) for t, s, r, _ in mode_runs)
+        mode_rate = statistics.median(rate(r) for r in mode_runs)
+        multi = statistics.median(r[3] for r in mode_runs)
+        vs = (
+            f"; {paired(mode_runs, modes['recompute']):.2f}x recompute"
+            if "recompute" in modes
+            else ""
+        )
         print(
             f"node + interrupts, {mode}: {mode_rate:.1f} tok/s ({mode_rate / node_rate:.2f}x "
-            f"uninterrupted); {len(lat)} interrupts; interrupt→resumed median "
+            f"uninterrupted{vs}); {len(lat)} interrupts; interrupt→resumed median "
             f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
-            f"wall time lost per interrupt incl. recompute {lost:.2f} s"
+            f"wall time lost per interrupt {lost:.2f} s; {multi:.0%} of samples multi-version"
         )
-    if modes["keep"]:
-        print(f"keep / abort tokens/s: {paired(modes['keep'], modes['abort']):.2f}x")
     print(f"idle weight update (135M fp32, /dev/shm): {res['idle_update_s'] * 1000:.0f} ms")
     print(f"generator start-up (vLLM engine): {res['startup_s']:.1f} s")
     print(
@@ -393,6 +410,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interrupts", type=int, default=4, help="weight updates per run")
     parser.add_argument("--interrupt-rounds", type=int, default=3)
+    parser.add_argument(
+        "--modes", nargs="+", default=list(get_args(InterruptMode)),
+        choices=get_args(InterruptMode), help="interrupt modes compared (engine.vllm_engine)",
+    )  # fmt: skip
     parser.add_argument(
         "--cpus", type=int, nargs="+", default=sorted(os.sched_getaffinity(0)), help="cores"
     )

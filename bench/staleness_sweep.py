@@ -1,18 +1,25 @@
-"""Choosing η: the same graph and trajectory budget at several staleness bounds.
+"""Choosing η and the interrupt mode: the same graph and trajectory budget at several settings.
 
 For each η in ``--etas``, ``graphs/math_rl.py`` trains ``--steps`` steps through the real CLI
 with ``--set staleness.max_lag=η`` (η = 0 also turns interruption off: the synchronous
 baseline); then the base model and the final checkpoint of every run are scored on the same
-held-out problems with one engine. Prints per η: wall time, trajectories/s, the trainer's
-total time waiting for data, mean and max version lag of the trained trajectories, final
-held-out accuracy. The smallest η at which the trainer no longer waits gives the throughput of
-asynchrony with the freshest data.
+held-out problems with one engine. Prints per run: wall time, trajectories/s, generated tokens/s,
+the trainer's total time waiting for data, mean and max version lag of the trained trajectories,
+the off-policy statistics the trainer logs per step (mean token lag, share of trajectories
+spanning several versions, mean and max importance weight π_prox/π_behav, KL(π_behav ‖ π_prox)),
+final held-out accuracy. The smallest η at which the trainer no longer waits gives the
+throughput of asynchrony with the freshest data.
 
     python bench/staleness_sweep.py [--etas 0 1 2 4] [--steps 12] [--problems 100]
-        [--no-interrupt] [--out bench/results]
+        [--modes inflight recompute abort drain] [--no-interrupt]
+        [--workload default|longtail] [--out bench/results]
 
-``--no-interrupt`` runs every η > 0 with ``staleness.interrupt=false``: new weights wait until
-the generator has nothing in flight instead of interrupting it (η = 0 always runs that way).
+``--modes`` runs every η > 0 once per generator interrupt mode (``nodes.gen.interrupt_mode``:
+what new weights do to running sequences; ``engine.vllm_engine``), so the modes are compared on
+the same workload; without it each η runs the graph's own mode. ``--no-interrupt`` adds, for
+every η > 0, a run with ``staleness.interrupt=false``: new weights wait until the generator has
+no episode running (η = 0 always runs that way). ``--workload longtail`` is
+bench/async_vs_sync.py's long-tail workload (max tokens 512, easy and hard levels mixed).
 """
 
 from __future__ import annotations
@@ -20,11 +27,30 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from async_vs_sync import MODES, ROOT, score_all, train
+from async_vs_sync import MODES, ROOT, WORKLOADS, generator_tokens_per_s, score_all, train
 from rich.console import Console
 from rich.table import Table
+
+from areal_flow.engine.vllm_engine import InterruptMode
+
+
+def runs_to_make(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Run name -> ``--set`` items, in the order they run."""
+    workload = WORKLOADS[args.workload]
+    runs: dict[str, list[str]] = {}
+    for eta in args.etas:
+        if eta == 0:
+            runs["eta0"] = [*workload, *MODES["sync"]]
+            continue
+        base = [*workload, f"staleness.max_lag={eta}"]
+        for mode in args.modes or [None]:
+            name = f"eta{eta}" + (f"-{mode}" if mode else "")
+            runs[name] = base + ([f"nodes.gen.interrupt_mode={mode}"] if mode else [])
+        if args.no_interrupt:
+            runs[f"eta{eta}-nointerrupt"] = [*base, "staleness.interrupt=false"]
+    return runs
 
 
 def main() -> None:
@@ -32,39 +58,57 @@ def main() -> None:
     parser.add_argument("--etas", type=int, nargs="+", default=[0, 1, 2, 4])
     parser.add_argument("--steps", type=int, default=12, help="Optimizer steps per run.")
     parser.add_argument("--problems", type=int, default=100, help="Held-out problems scored.")
-    parser.add_argument("--no-interrupt", action="store_true", help="interruption off for η > 0")
+    parser.add_argument(
+        "--modes", nargs="+", choices=get_args(InterruptMode), default=None,
+        help="generator interrupt modes, one run each per η > 0 (default: the graph's own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-interrupt", action="store_true", help="also run each η > 0 uninterrupted"
+    )
+    parser.add_argument("--workload", choices=WORKLOADS, default="default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     args.eval_every = args.steps  # one checkpoint per run: the final one
     args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.workload == "default" else f"-{args.workload}"
+    saved = args.out / f"staleness_sweep{suffix}.json"
     console = Console()
     runs: dict[str, Any] = {}
-    for eta in args.etas:
-        sets = MODES["sync"] if eta == 0 else [f"staleness.max_lag={eta}"]
-        if args.no_interrupt and eta > 0:
-            sets = [*sets, "staleness.interrupt=false"]
-        console.print(f"[bold]η = {eta}[/]: training {args.steps} steps ...")
-        name = f"eta{eta}" + ("-nointerrupt" if args.no_interrupt and eta > 0 else "")
-        runs[name] = train(name, sets, args, args.out)
-        (args.out / "staleness_sweep.json").write_text(json.dumps(runs, indent=2))
+    for name, sets in runs_to_make(args).items():
+        console.print(f"[bold]{name}[/] ({args.workload}): training {args.steps} steps ...")
+        runs[name] = train(f"{name}{suffix}", sets, args, args.out)
+        saved.write_text(json.dumps(runs, indent=2))  # a later failure loses no finished run
     console.print("scoring the base model and every final checkpoint (one engine) ...")
     base = score_all({"sweep": runs}, args)
-    table = Table(title=f"staleness bound η, {args.steps} steps each (base accuracy {base:.3f})")
-    for column in ("run", "wall s", "traj/s", "trainer waiting s", "lag mean", "lag max", "acc"):
-        table.add_column(column, justify="right")
+    table = Table(
+        title=f"staleness bound η and interrupt mode, {args.workload} workload, {args.steps} "
+        f"steps each (base accuracy {base:.3f})"
+    )
+    columns = (
+        "run", "wall s", "traj/s", "gen tok/s", "trainer waiting s", "lag mean", "lag max",
+        "token lag", "multi-version", "iw mean", "iw max", "KL behav", "acc",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "run" else "right")
     for name, run in runs.items():
-        s = run["summary"]
+        s, off = run["summary"], run["off_policy"]
         table.add_row(
             name,
             f"{s['wall_s']:.0f}",
             f"{s['trajectories'] / s['wall_s']:.3f}",
+            f"{generator_tokens_per_s(s):.0f}",
             f"{run['trainer_wait_s']:.0f}",
             f"{run['lag_mean']:.2f}",
             f"{run['lag_max']:.0f}",
+            f"{off['token_lag_mean']:.2f}",
+            f"{off['interrupted_frac']:.2f}",
+            f"{off['iw_mean']:.4f}",
+            f"{off['iw_max']:.2f}",
+            f"{off['kl_behav_k3']:.2e}",
             f"{run['final_acc']:.3f}",
         )
     console.print(table)
-    (args.out / "staleness_sweep.json").write_text(json.dumps(runs, indent=2))
+    saved.write_text(json.dumps(runs, indent=2))
 
 
 if __name__ == "__main__":

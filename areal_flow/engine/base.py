@@ -12,8 +12,11 @@ Rules:
   ``top_p = 1`` (the RL default) it is exactly ``log_softmax(logits / T)``, which is what the
   trainer recomputes.
 - **Versions.** ``Sample.versions[t]`` is the policy version of the weights that produced token
-  ``t``. ``update_weights`` interrupts in-flight sequences: they continue from their prefix under
-  the new weights (KV and prefix caches dropped), so one sample may carry several versions.
+  ``t``. ``update_weights`` interrupts in-flight sequences: by default they continue from their
+  prefix recomputed under the new weights (KV and prefix caches dropped), so one sample may
+  carry several versions. The vLLM engine offers other ways (``interrupt_mode``: continue over
+  the old KV, abort and resubmit, or drain first); no request submitted after an update ever
+  reads KV computed under older weights.
 - **Finish reasons.** ``stop`` (EOS or a stop string; the EOS token / stop string is part of the
   response), ``length`` (``max_tokens`` reached) or ``abort`` (``abort(request_id)``; the partial
   response so far is returned).
@@ -123,7 +126,8 @@ class InferenceEngine(abc.ABC):
 
     @abc.abstractmethod
     async def update_weights(self, version: int, path: str | Path) -> None:
-        """Load the weights in ``path`` as ``version``; in-flight sequences continue on them."""
+        """Load the weights in ``path`` as ``version``; in-flight sequences continue on them
+        (the vLLM engine's ``drain`` mode finishes them first)."""
 
     @abc.abstractmethod
     async def resume(self) -> None:

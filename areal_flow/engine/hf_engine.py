@@ -8,9 +8,9 @@ Rules:
   state change (admit, abort, weight load) happens between steps under ``_step_lock``.
 - Weight updates load the tensors in place (``load_state_dict``), drop the KV cache and put the
   live sequences back at the head of the queue: they continue from their prefix, recomputed
-  under the new weights (the same semantics as vLLM's ``keep`` mode). Tokens keep the version
-  of the step that sampled them. A LoRA version (an adapter folder) loads as merged weights:
-  the base's adapted tensors plus the adapter's update (``engine.adapter``).
+  under the new weights (the semantics of the vLLM engine's ``recompute`` mode). Tokens keep
+  the version of the step that sampled them. A LoRA version (an adapter folder) loads as merged
+  weights: the base's adapted tensors plus the adapter's update (``engine.adapter``).
 - Log-probs follow ``engine.sampling.processed_logprobs`` (the ``engine.base`` definition).
 - The portable fallback where vLLM is missing, and the reference engine in tests.
 """

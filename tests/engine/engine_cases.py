@@ -60,7 +60,7 @@ async def case_greedy_follows_argmax(engine: InferenceEngine, ref: Reference, to
 LONG_TOKENS = 480
 
 
-async def _interrupted_pair(
+async def interrupted_pair(
     engine: InferenceEngine, version: int, weights: Path, long_tokens: int = LONG_TOKENS
 ) -> Sample:
     """A long greedy request interrupted by a weight update once a short one has finished."""
@@ -87,7 +87,7 @@ async def case_interrupt_keeps_versions(
     """After an interrupt a sequence carries two versions, and each token's log-prob is that of
     the weights its version names (so the new weights and a fresh KV cache were used)."""
     v0 = engine.version
-    sample = await _interrupted_pair(engine, v0 + 1, perturbed)
+    sample = await interrupted_pair(engine, v0 + 1, perturbed)
     assert sample.finish_reason == "length" and len(sample.response_token_ids) == LONG_TOKENS
     assert set(sample.versions) == {v0, v0 + 1}, "the update landed after the long request ended"
     switch = sample.versions.index(v0 + 1)
@@ -156,7 +156,7 @@ async def case_adapter_interrupts(
     refs = {v0: Reference(model_dir)}
     for step, adapter in enumerate(adapters, start=1):
         before = engine.version
-        sample = await _interrupted_pair(engine, v0 + step, adapter, long_tokens=600)
+        sample = await interrupted_pair(engine, v0 + step, adapter, long_tokens=600)
         refs[v0 + step] = Reference(model_dir).with_adapter(adapter)
         spans = [(v, sample.versions.count(v)) for v in sorted(set(sample.versions))]
         assert set(sample.versions) == {before, v0 + step}, (spans, sample.finish_reason)
@@ -168,9 +168,14 @@ async def case_adapter_interrupts(
 
 
 async def case_many_interrupts(
-    engine: InferenceEngine, base: Path, perturbed: Path, interrupts: int = 20
+    engine: InferenceEngine,
+    base: Path,
+    perturbed: Path,
+    interrupts: int = 20,
+    one_version_each: bool = False,
 ) -> None:
-    """``interrupts`` weight updates during generation lose and duplicate no sample."""
+    """``interrupts`` weight updates during generation lose and duplicate no sample; samples
+    span several versions (``one_version_each``: none does)."""
     # Staggered lengths: each finished sample triggers an update while longer ones still run.
     requests = [
         GenerationRequest(fresh_id("many"), p, n=2, sampling=SamplingConfig(max_tokens=16 + 6 * i))
@@ -198,7 +203,10 @@ async def case_many_interrupts(
         assert sample.finish_reason == "length"
         assert len(sample.response_token_ids) == lengths[sample.request_id]
         assert sample.versions == sorted(sample.versions)
-    assert max(len(set(s.versions)) for s in samples) >= 3
+    if one_version_each:  # drain mode: updates wait for the running samples
+        assert all(len(set(s.versions)) == 1 for s in samples)
+    else:
+        assert max(len(set(s.versions)) for s in samples) >= 3
 
 
 async def case_abort_returns_partial(engine: InferenceEngine) -> None:

@@ -112,6 +112,23 @@ class Reference:
         start = len(sample.prompt_token_ids) - 1
         return self.model(ids).logits[0, start:-1].float()
 
+    @torch.no_grad()
+    def logprobs_over_old_kv(self, sample: Sample, switch: int, new: Reference) -> torch.Tensor:
+        """Log-probs (T = 1) of response tokens ``switch:`` sampled by ``new``'s weights while
+        attending to KV these weights computed: an in-flight update before token ``switch``.
+        The step sampling token ``switch`` is the first on the new weights, and it computes the
+        KV of its input, token ``switch - 1``; the prompt and tokens before that keep old KV."""
+        from transformers import DynamicCache
+
+        ids = [*sample.prompt_token_ids, *sample.response_token_ids]
+        old_kv = len(sample.prompt_token_ids) + switch - 1
+        cache = DynamicCache()
+        self.model(torch.tensor([ids[:old_kv]]), cache=cache, use_cache=True)
+        tail = torch.tensor([ids[old_kv:-1]])
+        logits = new.model(tail, cache=cache, use_cache=True).logits[0].float()
+        chosen = torch.tensor(sample.response_token_ids[switch:])[:, None]
+        return torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1)
+
     def logprobs(self, sample: Sample, temperature: float, top_k: int = 0, top_p: float = 1.0):
         """The engine-definition log-prob of each response token under these weights."""
         logits = self.logits(sample)

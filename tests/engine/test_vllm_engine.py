@@ -15,6 +15,7 @@ import pytest
 
 from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig, preload_paths
 from tests.engine import engine_cases as cases
+from tests.engine import interrupt_mode_cases as modes
 from tests.engine.engine_harness import (
     LoopThread,
     Reference,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 VLLM_TOL = 5e-4
 
 
-def _engine(model: Path, mode: str = "keep", **extra: object) -> tuple[LoopThread, VLLMEngine]:
+def _engine(model: Path, mode: str = "recompute", **extra: object) -> tuple[LoopThread, VLLMEngine]:
     config = VLLMEngineConfig(
         model=str(model), interrupt_mode=mode, kv_cache_gib=1, max_model_len=1024, **extra
     )
@@ -54,17 +55,17 @@ def weights(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 @pytest.fixture(scope="module")
-def keep_engine(tiny_model_dir: Path) -> Iterator[tuple[LoopThread, VLLMEngine]]:
-    loop, engine = _engine(tiny_model_dir, "keep")
+def recompute_engine(tiny_model_dir: Path) -> Iterator[tuple[LoopThread, VLLMEngine]]:
+    loop, engine = _engine(tiny_model_dir, "recompute")
     yield loop, engine
     _stop(loop, engine)
 
 
 def test_preloaded_libraries_are_in_the_engine_processes(
-    keep_engine: tuple[LoopThread, VLLMEngine],
+    recompute_engine: tuple[LoopThread, VLLMEngine],
 ) -> None:
     """The engine's processes map the libraries ``preload`` names that this machine has."""
-    paths = preload_paths(keep_engine[1].config.preload)
+    paths = preload_paths(recompute_engine[1].config.preload)
     # /proc maps name the files themselves: resolve symlinks (libtcmalloc_minimal.so.4 is one)
     wanted = [os.path.realpath(p) for p in paths]
     if not wanted:
@@ -82,10 +83,12 @@ def test_preloaded_libraries_are_in_the_engine_processes(
 
 
 def test_tiny_model_end_to_end(
-    keep_engine: tuple[LoopThread, VLLMEngine], tiny_model_dir: Path, weights: tuple[Path, Path]
+    recompute_engine: tuple[LoopThread, VLLMEngine],
+    tiny_model_dir: Path,
+    weights: tuple[Path, Path],
 ) -> None:
     """Log-probs, greedy argmax, interrupt versions, update/restore, abort, stop strings."""
-    loop, engine = keep_engine
+    loop, engine = recompute_engine
     ref = Reference(tiny_model_dir)
     loop.run(cases.case_logprobs_match_reference(engine, ref, temperature=0.7, tol=VLLM_TOL))
     loop.run(cases.case_greedy_follows_argmax(engine, ref, tol=VLLM_TOL))
@@ -95,13 +98,66 @@ def test_tiny_model_end_to_end(
     loop.run(cases.case_stop_string(engine))
     adapter = write_adapter(tiny_model_dir, weights[0].parent / "adapter")
     loop.run(cases.case_adapter_matches_peft(engine, tiny_model_dir, adapter, weights[0], VLLM_TOL))
+    loop.run(modes.case_no_stale_prefix_after_update(engine, tiny_model_dir, *weights, VLLM_TOL))
+
+
+def test_inflight_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
+    """In-flight updates: sequences continue on the new weights over their old KV (no
+    recompute), and no request after an update reuses a prefix cached before it."""
+    loop, engine = _engine(tiny_model_dir, "inflight")
+    try:
+        loop.run(
+            modes.case_inflight_continues_over_old_kv(engine, tiny_model_dir, *weights, VLLM_TOL)
+        )
+        loop.run(
+            modes.case_no_stale_prefix_after_update(engine, tiny_model_dir, *weights, VLLM_TOL)
+        )
+        loop.run(cases.case_update_changes_output(engine, *weights))
+        loop.run(cases.case_abort_returns_partial(engine))
+    finally:
+        _stop(loop, engine)
 
 
 @pytest.mark.slow
-def test_keep_mode_many_interrupts(
-    keep_engine: tuple[LoopThread, VLLMEngine], tiny_model_dir: Path, weights: tuple[Path, Path]
+def test_inflight_mode_many_interrupts(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
+    loop, engine = _engine(tiny_model_dir, "inflight")
+    try:
+        loop.run(cases.case_many_interrupts(engine, *weights, interrupts=20))
+        ref = Reference(tiny_model_dir)
+        loop.run(cases.case_logprobs_match_reference(engine, ref, 1.0, VLLM_TOL, top_k=20))
+    finally:
+        _stop(loop, engine)
+
+
+def test_drain_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
+    """Drain: updates wait for running sequences, which keep one version each."""
+    loop, engine = _engine(tiny_model_dir, "drain")
+    try:
+        loop.run(modes.case_drain_finishes_first(engine, *reversed(weights)))
+        loop.run(
+            modes.case_no_stale_prefix_after_update(engine, tiny_model_dir, *weights, VLLM_TOL)
+        )
+        loop.run(cases.case_many_interrupts(engine, *weights, 6, one_version_each=True))
+    finally:
+        _stop(loop, engine)
+
+
+def test_renamed_mode_is_refused_with_its_new_name() -> None:
+    from areal_flow.nodes.generator import GeneratorConfig
+
+    with pytest.raises(ValueError, match="'keep' is now called 'recompute'"):
+        VLLMEngineConfig(model="m", interrupt_mode="keep")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'keep' is now called 'recompute'.*'inflight'"):
+        GeneratorConfig(name="gen", model="m", interrupt_mode="keep")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_recompute_mode_many_interrupts(
+    recompute_engine: tuple[LoopThread, VLLMEngine],
+    tiny_model_dir: Path,
+    weights: tuple[Path, Path],
 ) -> None:
-    loop, engine = keep_engine
+    loop, engine = recompute_engine
     loop.run(cases.case_many_interrupts(engine, *weights, interrupts=20))
     ref = Reference(tiny_model_dir)
     loop.run(cases.case_logprobs_match_reference(engine, ref, 1.0, VLLM_TOL, top_k=20))
@@ -111,7 +167,7 @@ def test_keep_mode_many_interrupts(
 def test_native_lora(tiny_model_dir: Path, weights: tuple[Path, Path], tmp_path: Path) -> None:
     """vLLM's own LoRA (``max_lora_rank``): adapters replace one slot in place, mid-sequence."""
     adapters = [write_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i) for i in range(3)]
-    loop, engine = _engine(tiny_model_dir, "keep", max_lora_rank=4)
+    loop, engine = _engine(tiny_model_dir, "recompute", max_lora_rank=4)
     try:
         pair = (adapters[0], adapters[1])
         loop.run(cases.case_adapter_interrupts(engine, tiny_model_dir, pair, VLLM_TOL))
@@ -126,7 +182,7 @@ def test_native_lora(tiny_model_dir: Path, weights: tuple[Path, Path], tmp_path:
 
 @pytest.mark.slow
 def test_abort_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
-    """Interrupts by abort + resubmission: same guarantees as keep mode."""
+    """Interrupts by abort + resubmission: same guarantees as recompute mode."""
     loop, engine = _engine(tiny_model_dir, "abort")
     try:
         loop.run(
@@ -142,7 +198,7 @@ def test_abort_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
 @pytest.mark.slow
 def test_smollm2_logprobs_match_transformers(smollm2_dir: Path) -> None:
     """Real model: engine log-probs = log_softmax(logits / T) of a transformers forward pass."""
-    loop, engine = _engine(smollm2_dir, "keep")
+    loop, engine = _engine(smollm2_dir, "recompute")
     try:
         ref = Reference(smollm2_dir)
         loop.run(cases.case_logprobs_match_reference(engine, ref, temperature=0.8, tol=VLLM_TOL))
@@ -158,7 +214,7 @@ def test_cuda_engine(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU and the CUDA vllm wheel")
-    loop, engine = _engine(tiny_model_dir, "keep", gpu_memory_utilization=0.3)
+    loop, engine = _engine(tiny_model_dir, "recompute", gpu_memory_utilization=0.3)
     # fp32 GPU kernels may reduce in another order than the CPU reference.
     tol = 5e-3
     try:
