@@ -20,7 +20,8 @@ Rules:
   tokens, log-probs and versions (a stop string straddling the seam is not detected); caches
   dropped. ``drain`` lets them finish under the old weights (``mode="wait"``: requests
   submitted meanwhile queue in vLLM), then loads, so every request carries one version. The
-  old name ``keep`` is refused with the new one (it was ``recompute``). ``recompute`` is the
+  old name ``keep`` still reads as ``recompute`` (graph files and run folders written before
+  the rename load as they ran), with a warning naming the new one. ``recompute`` is the
   default; bench/generation.py and bench/staleness_sweep.py ``--modes`` compare all four.
 - Stale prefixes: in ``inflight`` mode the prefix cache survives an update, so every segment
   carries ``cache_salt`` = the version it will run on (bumped once an update has paused the
@@ -49,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +71,7 @@ from areal_flow.engine.vllm_worker import WORKER_EXTENSION
 
 InterruptMode = Literal["inflight", "recompute", "abort", "drain"]
 INTERRUPT_MODES: tuple[InterruptMode, ...] = get_args(InterruptMode)
-RENAMED_MODES = {"keep": "recompute"}  # old name -> new, refused with the new name
+RENAMED_MODES = {"keep": "recompute"}  # old name -> new: read as the new, with a warning
 # vLLM's pause mode per interrupt mode, and whether the pause drops the KV and prefix caches.
 _VLLM_PAUSE: dict[str, tuple[str, bool]] = {
     "inflight": ("keep", False),
@@ -126,12 +128,17 @@ class VLLMEngineConfig(BaseModel):
 
 
 def check_interrupt_mode(value: object) -> object:
-    """Refuse a renamed interrupt mode with its new name (pydantic checks the rest)."""
+    """A renamed interrupt mode reads as its new name, with a warning that names it (old graph
+    files and run folders still load and resume); pydantic checks the rest."""
     if isinstance(value, str) and value in RENAMED_MODES:
-        raise ValueError(
-            f"interrupt_mode {value!r} is now called {RENAMED_MODES[value]!r} (same behaviour); "
-            f"the modes are {', '.join(repr(m) for m in INTERRUPT_MODES)}"
+        new = RENAMED_MODES[value]
+        warnings.warn(
+            f"interrupt_mode {value!r} is now called {new!r} (same behaviour); the modes are "
+            f"{', '.join(repr(m) for m in INTERRUPT_MODES)}",
+            FutureWarning,
+            stacklevel=2,
         )
+        return new
     return value
 
 

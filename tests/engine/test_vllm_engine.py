@@ -142,13 +142,18 @@ def test_drain_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
         _stop(loop, engine)
 
 
-def test_renamed_mode_is_refused_with_its_new_name() -> None:
+def test_renamed_mode_reads_as_its_new_name_with_a_warning() -> None:
+    """Graph files and run folders written before the rename ('keep') still load, as they ran."""
     from areal_flow.nodes.generator import GeneratorConfig
 
-    with pytest.raises(ValueError, match="'keep' is now called 'recompute'"):
-        VLLMEngineConfig(model="m", interrupt_mode="keep")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"'keep' is now called 'recompute'.*'inflight'"):
-        GeneratorConfig(name="gen", model="m", interrupt_mode="keep")  # type: ignore[arg-type]
+    with pytest.warns(FutureWarning, match="'keep' is now called 'recompute'"):
+        engine = VLLMEngineConfig(model="m", interrupt_mode="keep")  # type: ignore[arg-type]
+    assert engine.interrupt_mode == "recompute"
+    with pytest.warns(FutureWarning, match=r"'keep' is now called 'recompute'.*'inflight'"):
+        gen = GeneratorConfig(name="gen", model="m", interrupt_mode="keep")  # type: ignore[arg-type]
+    assert gen.interrupt_mode == "recompute"
+    with pytest.raises(ValueError, match="interrupt_mode"):
+        GeneratorConfig(name="gen", model="m", interrupt_mode="pause")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
