@@ -47,42 +47,61 @@ def test_a_replica_blocking_its_event_loop_is_reported_stuck_by_name(
     assert time.monotonic() - began < 60
 
 
-def test_replicas_stop_when_their_driver_goes_silent(tmp_path: Path) -> None:
-    """A driver that is alive but silent (hung; or, under Ray, on another host) gets no
-    parent-death signal to its replicas: they stop on their own after DRIVER_SILENT_S."""
+SLOW_GRAPH = (
+    "name: slow\n"
+    "nodes:\n"
+    "  - {kind: list_source, name: src, count: 1000000}\n"
+    "  - {kind: collect_sink, name: sink, delay_s: 0.01}\n"
+    "edges: ['src -> sink']\n"
+    "tracking: {enabled: false}\n"
+)
+
+
+def start_slow_run(tmp_path: Path, output: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """A CLI run of a long source → sink graph whose replicas give up on a driver silent for
+    3 s; returns once the sink has written data."""
     graph_file = tmp_path / "slow.yaml"
-    graph_file.write_text(
-        "name: slow\n"
-        "nodes:\n"
-        "  - {kind: list_source, name: src, count: 1000000}\n"
-        "  - {kind: collect_sink, name: sink, delay_s: 0.01}\n"
-        "edges: ['src -> sink']\n"
-        "tracking: {enabled: false}\n"
-    )
+    graph_file.write_text(SLOW_GRAPH)
     run_dir = tmp_path / "run"
-    command = ["areal_flow.cli", "run", str(graph_file), "-q", "--run-dir", str(run_dir)]
+    command = ["areal_flow.cli", "run", str(graph_file), "-q", "--no-web"]
+    command += ["--run-dir", str(run_dir)]
     driver = subprocess.Popen(
         [sys.executable, "-m", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
         cwd=ROOT,
         env={**os.environ, "AREAL_FLOW_DRIVER_SILENT_S": "3"},
     )
+    sink = run_dir / "sinks" / "sink.0.arrow"
+    deadline = time.monotonic() + 60
+    while not (sink.exists() and sink.stat().st_size > 0):
+        if time.monotonic() > deadline:
+            driver.kill()
+            raise AssertionError("the run never started")
+        time.sleep(0.05)
+    return driver, run_dir
+
+
+def silence(driver: subprocess.Popen[bytes], workers: list[int]) -> float:
+    """SIGSTOP the driver (silent, and alive: no parent-death signal) and wait up to 20 s for
+    its replicas to exit; returns the seconds they took."""
+    driver.send_signal(signal.SIGSTOP)
+    silenced = time.monotonic()
+    while any(alive(pid) for pid in workers) and time.monotonic() - silenced < 20:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), "replicas outlived their driver"
+    return time.monotonic() - silenced
+
+
+def test_replicas_stop_when_their_driver_goes_silent(tmp_path: Path) -> None:
+    """A driver that is alive but silent (hung; or, under Ray, on another host) gets no
+    parent-death signal to its replicas: they stop on their own after DRIVER_SILENT_S."""
+    driver, run_dir = start_slow_run(tmp_path, subprocess.DEVNULL)
     try:
-        sink = run_dir / "sinks" / "sink.0.arrow"
-        deadline = time.monotonic() + 60
-        while not (sink.exists() and sink.stat().st_size > 0):
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.05)
         workers = worker_pids(run_dir)
         assert len(workers) == 2 * 3  # a stand-by, a reaper and a worker per replica
-        driver.send_signal(signal.SIGSTOP)  # silent, and alive: no parent-death signal
-        silenced = time.monotonic()
         # 3 s of silence, then a stop with 3 s of grace before a forced exit.
-        while any(alive(pid) for pid in workers) and time.monotonic() - silenced < 20:
-            time.sleep(0.1)
-        assert not any(alive(pid) for pid in workers), "replicas outlived their driver"
-        assert time.monotonic() - silenced < 3 + 3 + 4
+        assert silence(driver, workers) < 3 + 3 + 4
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
@@ -108,43 +127,9 @@ def test_a_driver_that_wakes_after_its_replicas_gave_up_reports_the_run_failed(
     """Replicas that stopped on a silent driver failed, they did not finish: a driver that was
     only stalled (a loaded machine) and wakes up ends the run 'failed', naming the silence,
     never 'completed'."""
-    graph_file = tmp_path / "slow.yaml"
-    graph_file.write_text(
-        "name: slow\n"
-        "nodes:\n"
-        "  - {kind: list_source, name: src, count: 1000000}\n"
-        "  - {kind: collect_sink, name: sink, delay_s: 0.01}\n"
-        "edges: ['src -> sink']\n"
-        "tracking: {enabled: false}\n"
-    )
-    run_dir = tmp_path / "run"
-    command = [
-        "areal_flow.cli",
-        "run",
-        str(graph_file),
-        "-q",
-        "--no-web",
-        "--run-dir",
-        str(run_dir),
-    ]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-        env={**os.environ, "AREAL_FLOW_DRIVER_SILENT_S": "3"},
-    )
+    driver, run_dir = start_slow_run(tmp_path, subprocess.PIPE)
     try:
-        sink = run_dir / "sinks" / "sink.0.arrow"
-        deadline = time.monotonic() + 60
-        while not (sink.exists() and sink.stat().st_size > 0):
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.05)
-        workers = worker_pids(run_dir)
-        driver.send_signal(signal.SIGSTOP)
-        silenced = time.monotonic()
-        while any(alive(pid) for pid in workers) and time.monotonic() - silenced < 20:
-            time.sleep(0.1)
+        silence(driver, worker_pids(run_dir))
         driver.send_signal(signal.SIGCONT)
         output, _ = driver.communicate(timeout=60)
     finally:
