@@ -40,6 +40,8 @@ Rules:
   runs such an engine without ``torch.compile``.
 - Resources: with ``cpus`` the engine's processes are spawned with that CPU affinity and
   ``VLLM_CPU_OMP_THREADS_BIND`` set to it; ``VLLM_CPU_KVCACHE_SPACE`` comes from the config.
+- Compilation on CPU uses vLLM's per-graph compile cache (``VLLM_USE_AOT_COMPILE=0`` unless the
+  user set it): vLLM-CPU's AOT artifact does not load back, so with it every start compiled.
 - ``preload``: libraries put in ``LD_PRELOAD`` of the engine's processes (vLLM-CPU's advice:
   tcmalloc for its many small allocations, Intel's OpenMP runtime); each only where it is
   installed, else skipped (and logged), so a machine without them still runs.
@@ -463,6 +465,7 @@ def _engine_process_environment(cfg: VLLMEngineConfig) -> Iterator[None]:
         # vLLM reserves one core for its scheduler unless told otherwise; the scheduler
         # then shares the given cores (it is mostly idle waiting on the worker).
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    env.update(_compile_cache_environment())
     preload = preload_paths(cfg.preload)
     if preload:
         env["LD_PRELOAD"] = ":".join([*preload, os.environ.get("LD_PRELOAD", "")]).rstrip(":")
@@ -480,6 +483,19 @@ def _engine_process_environment(cfg: VLLMEngineConfig) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _compile_cache_environment() -> dict[str, str]:
+    """On CPU, vLLM's per-graph compile cache instead of its AOT artifact, unless the user
+    chose (``VLLM_USE_AOT_COMPILE`` set). vLLM-CPU 0.32 fails to load its own AOT artifact
+    ("Compiling model again due to a load failure", vLLM issue #45447), so every start compiled
+    again: bench/startup.py measured a start of 68.6 s with it against 35.5 s without, on a warm
+    cache, at the same decoding speed (docs/benchmarks.md "Start-up")."""
+    import torch
+
+    if torch.cuda.is_available() or "VLLM_USE_AOT_COMPILE" in os.environ:
+        return {}
+    return {"VLLM_USE_AOT_COMPILE": "0"}
 
 
 def preload_paths(wanted: tuple[PreloadLibrary, ...]) -> list[str]:
