@@ -5,7 +5,7 @@ Rules:
 - Each trajectory is one *episode*: the configured episode function (default: one sampled
   answer, ``single_turn``) run on the row, its turns on this replica's engine. Up to
   ``max_running`` episodes run at once; a weight update interrupts their turns as
-  ``interrupt_mode`` says (``engine.vllm_engine``: ``recompute``, ``inflight``, ``abort``, or
+  ``interrupt_mode`` says (``engine.vllm_engine``: ``inflight``, the default, ``recompute``, ``abort``, or
   ``drain``: running turns finish first), or, with ``staleness.interrupt`` off, waits until no
   episode is running (so a multi-turn episode sees one version, whatever the mode). Every
   sampled token carries the policy version that sampled it; inserted tokens carry
@@ -64,10 +64,10 @@ class GeneratorConfig(GeneratorSpec):
         64, ge=1, le=4096, description="Most episodes running at once in this replica."
     )
     interrupt_mode: InterruptMode = Field(
-        "recompute",
-        description="vLLM: what new weights do to running sequences. 'recompute': pause, drop "
-        "the KV cache, recompute each prefix on the new weights; 'inflight': continue on the new "
-        "weights over the old KV (no recompute); 'abort': abort and resubmit each prefix; "
+        "inflight",
+        description="vLLM: what new weights do to running sequences. 'inflight' (default): "
+        "continue on the new weights over the old KV (no recompute); 'recompute': pause, drop "
+        "the KV cache, recompute each prefix on the new weights; 'abort': abort and resubmit each prefix; "
         "'drain': finish them on the old weights first. staleness.interrupt off waits for whole "
         "episodes instead, whatever the mode.",
     )
