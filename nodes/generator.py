@@ -5,10 +5,10 @@ Rules:
 - Each trajectory is one *episode*: the configured episode function (default: one sampled
   answer, ``single_turn``) run on the row, its turns on this replica's engine. Up to
   ``max_running`` episodes run at once; a weight update interrupts their turns as
-  ``interrupt_mode`` says (``engine.vllm_engine``: ``inflight``, the default, ``recompute``, ``abort``, or
-  ``drain``: running turns finish first), or, with ``staleness.interrupt`` off, waits until no
-  episode is running (so a multi-turn episode sees one version, whatever the mode). Every
-  sampled token carries the policy version that sampled it; inserted tokens carry
+  ``interrupt_mode`` says (``engine.vllm_engine``: ``inflight``, the default, ``recompute``,
+  ``abort``, or ``drain``: running turns finish first), or, with ``staleness.interrupt`` off,
+  waits until no episode is running (so a multi-turn episode sees one version, whatever the
+  mode). Every sampled token carries the policy version that sampled it; inserted tokens carry
   ``loss_mask`` 0.
 - Episode functions are user code: they run under a time limit, failures are counted by reason
   (``episode_failed/<reason>``) and give an empty trajectory; ``max_failed_episodes`` failures
@@ -67,9 +67,9 @@ class GeneratorConfig(GeneratorSpec):
         "inflight",
         description="vLLM: what new weights do to running sequences. 'inflight' (default): "
         "continue on the new weights over the old KV (no recompute); 'recompute': pause, drop "
-        "the KV cache, recompute each prefix on the new weights; 'abort': abort and resubmit each prefix; "
-        "'drain': finish them on the old weights first. staleness.interrupt off waits for whole "
-        "episodes instead, whatever the mode.",
+        "the KV cache, recompute each prefix on the new weights; 'abort': abort and resubmit "
+        "each prefix; 'drain': finish them on the old weights first. staleness.interrupt off "
+        "waits for whole episodes instead, whatever the mode.",
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine weight dtype.")
     kv_cache_gib: int = Field(1, ge=1, le=1024, description="KV cache size in GiB (vLLM CPU).")
