@@ -21,20 +21,20 @@ that the rest wait. The model is fp32 everywhere (``--dtype bfloat16``: bf16 eve
   the same cores with as many threads as vLLM's worker;
 - hf engine (``--hf-engine``): areal-flow's fallback engine (continuous batching), same cores.
 
-These rows run in ``--rounds`` rounds, in an order rotated each round, in one process: vLLM
-stays up but idle while HF runs (its processes then use ~0.01 cores). Then the node with
-``--interrupts`` weight updates (``Generator.on_weights``, 135M fp32 from /dev/shm) spread
-evenly over what an uninterrupted run takes, rotating the interrupt modes ``--modes``
-(``engine.vllm_engine``) over ``--interrupt-rounds`` rounds: ``recompute`` (the default: pause,
-drop the KV cache, recompute every prefix on resume), ``inflight`` (pause and continue over the
-kept KV), ``abort`` (abort and resubmit prompt + partial response) and ``drain`` (finish running
-sequences before loading). Reported per mode: tokens/s, the interrupt→resumed latency (how long
+These rows run in ``--rounds`` rounds, in an order rotated each round, in one process: vLLM stays
+up but idle while HF runs (its processes then use ~0.01 cores). Then the node with ``--interrupts``
+weight updates (``Generator.on_weights``, 135M fp32 from /dev/shm) spread evenly over what an
+uninterrupted run takes, rotating the interrupt modes ``--modes`` (``engine.vllm_engine``) over
+``--interrupt-rounds`` rounds: ``recompute`` (pause, drop the KV cache, recompute every prefix on
+resume; the ratios' baseline), ``inflight`` (the default: pause and continue over the kept KV),
+``abort`` (abort and resubmit prompt + partial response) and ``drain`` (finish running sequences
+before loading). Reported per mode: tokens/s, the interrupt→resumed latency (how long
 ``on_weights`` holds generation: pause — for ``drain`` the wait for running sequences —, load,
 resume), the wall time lost per interrupt at equal work (that plus any recompute), the share of
 samples spanning several versions, and tokens/s against ``recompute``; then the idle update
-latency. Every update loads the same weights, so this measures cost only: what each mode does
-to off-policyness shows in bench/staleness_sweep.py ``--modes``. Tokens/s counts generated
-tokens (EOS included); start-up is not counted. Ratios are medians of per-round ratios.
+latency. Every update loads the same weights, so this measures cost only: what each mode does to
+off-policyness shows in bench/staleness_sweep.py ``--modes``. Tokens/s counts generated tokens (EOS
+included); start-up is not counted. Ratios are medians of per-round ratios.
 """
 
 from __future__ import annotations
