@@ -33,6 +33,7 @@ import pyarrow as pa
 from areal_flow.spec import Graph, NodeSpec
 
 if TYPE_CHECKING:
+    from areal_flow.lending import CoreLoan
     from areal_flow.runtime.plan import RankPlacement
 
 Output: TypeAlias = pa.RecordBatch | dict[str, pa.RecordBatch] | None
@@ -72,6 +73,8 @@ class NodeContext:
     resume_state: dict[str, Any] | None = None  # the node's saved state when resuming a run
     graph: Graph | None = None  # the whole spec, for run-wide settings (staleness, seed)
     ranks: RankPlacement | None = None  # where ranks 1..N−1 start (None: as child processes)
+    idle_flag: str | None = None  # lending placement, a generator: where it says it is idle
+    loans: list[CoreLoan] = field(default_factory=list)  # lending, the trainer: cores to borrow
 
     @property
     def name(self) -> str:

@@ -392,14 +392,16 @@ class Graph(Spec):
     launcher: Literal["local", "ray"] = Field(
         "local", description="'local': one OS process per replica; 'ray': Ray actors."
     )
-    placement: Literal["disaggregated", "colocated"] = Field(
+    placement: Literal["disaggregated", "colocated", "lending"] = Field(
         "disaggregated",
         description="'disaggregated': every node on the cores its resources ask for (the "
         "generator and the trainer on cores of their own, so they run at once). "
         "'colocated': the generator and the trainer each get every core and take turns "
         "(generate a batch, then train on it): the synchronous baseline and the one-device "
         "mode; their resources.cpus are then ignored and it needs staleness.max_lag = 0 "
-        "(areal_flow/colocation.py).",
+        "(areal_flow/colocation.py). "
+        "'lending': as 'disaggregated', and the trainer also computes on a generator's cores "
+        "while that generator is idle (areal_flow/lending.py).",
     )
     ray: RayOptions = Field(
         default_factory=RayOptions, description="Ray launcher settings (launcher 'ray')."

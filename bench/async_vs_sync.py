@@ -1,14 +1,15 @@
 """Asynchronous vs synchronous RL on the same graph, model, machine and trajectory budget.
 
-For each workload, ``graphs/math_rl.py`` runs three times through the real CLI:
+For each workload, ``graphs/math_rl.py`` runs up to four times through the real CLI:
 
-- ``async``: the graph as written — η = staleness.max_lag, interruptible generation, the
-  generator and the trainer on cores of their own (1 + 1 on two cores; today's only
-  asynchronous placement, so its best).
+- ``async``: η = staleness.max_lag, interruptible generation, ``placement=disaggregated``: the
+  generator and the trainer on cores of their own (1 + 1 on two cores).
+- ``async-lending``: the same with ``placement=lending``: the trainer also computes on the
+  generator's core while the generator is idle (``areal_flow/lending.py``).
 - ``sync-colocated``: ``--set staleness.max_lag=0 --set staleness.interrupt=false --set
   placement=colocated``: the generator and the trainer each on every core, taking turns — the
   honest synchronous baseline (AReaL's, veRL's and TRL's sync runs give each phase every
-  device). The headline ratio is async against this one.
+  device). The headline ratios are each async arm against this one.
 - ``sync-split``: η = 0 on the 1 + 1 split (the old baseline), kept as a labelled third row:
   each phase leaves the other's core idle, so async vs this arm partly measures that idle core.
 
@@ -28,9 +29,9 @@ same ``--out`` folder (another workload, or a mode left out of ``--modes``) stay
 and the plot as it was (neither re-run nor re-scored), so runs may be made one at a time.
 ``--set`` items apply to every run and to the scoring (a smoke test on the tiny model).
 
-    python bench/async_vs_sync.py [--workloads default longtail] [--modes async sync-colocated
-        sync-split] [--steps 20] [--eval-every 5] [--problems 100] [--out bench/results]
-        [--set KEY=VALUE ...]
+    python bench/async_vs_sync.py [--workloads default longtail] [--modes async async-lending
+        sync-colocated sync-split] [--steps 20] [--eval-every 5] [--problems 100]
+        [--out bench/results] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -50,17 +51,22 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 GRAPH = ROOT / "graphs" / "math_rl.py"
 SYNC = ["staleness.max_lag=0", "staleness.interrupt=false"]
+ASYNC = {
+    "async": ["placement=disaggregated"],
+    "async-lending": ["placement=lending"],
+}
 MODES = {
-    "async": [],
+    **ASYNC,
     "sync-colocated": [*SYNC, "placement=colocated"],
     "sync-split": SYNC,
 }
 LABELS = {
     "async": "async 1+1",
+    "async-lending": "async 1+1, lending",
     "sync-colocated": "sync colocated",
     "sync-split": "sync 1+1 (old)",
 }
-BASELINE = "sync-colocated"  # the ratio row compares async against this arm
+BASELINE = "sync-colocated"  # the ratio rows compare each async arm against this one
 WORKLOADS = {
     "default": [],
     "longtail": [
@@ -183,6 +189,22 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def ratio_row(mode: str, a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The table row of async arm ``a`` against the baseline ``b``: wall-time and rate ratios,
+    and both accuracies when ``a`` finished."""
+    t = a["summary"]["wall_s"]
+    rate_a = a["summary"]["trajectories"] / t
+    rate_b = b["summary"]["trajectories"] / b["summary"]["wall_s"]
+    return [
+        f"[bold]{LABELS[mode]} / {LABELS[BASELINE]}[/]",
+        f"{b['summary']['wall_s'] / t:.2f}× faster",
+        f"{rate_a / rate_b:.2f}×",
+        "",
+        "",
+        f"at {t:.0f} s: {accuracy_at(a['curve'], t):.3f} vs {accuracy_at(b['curve'], t):.3f}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
@@ -228,21 +250,9 @@ def main() -> None:
                 f"{rates.get('trainer (training)', 0):.0f}",
                 f"{run['final_acc']:.3f}",
             )
-        if "async" not in runs or BASELINE not in runs:
-            continue
-        a, b = runs["async"], runs[BASELINE]
-        t = a["summary"]["wall_s"]
-        rate_a = a["summary"]["trajectories"] / t
-        rate_b = b["summary"]["trajectories"] / b["summary"]["wall_s"]
-        table.add_row(
-            workload,
-            "[bold]async / sync colocated[/]",
-            f"{b['summary']['wall_s'] / t:.2f}× faster",
-            f"{rate_a / rate_b:.2f}×",
-            "",
-            "",
-            f"at {t:.0f} s: {accuracy_at(a['curve'], t):.3f} vs {accuracy_at(b['curve'], t):.3f}",
-        )
+        for mode in ASYNC:
+            if mode in runs and BASELINE in runs:
+                table.add_row(workload, *ratio_row(mode, runs[mode], runs[BASELINE]))
     console.print(table)
     (args.out / "async_vs_sync.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / "async_vs_sync.png")

@@ -17,6 +17,8 @@ Rules:
   replica dies — the runtime restarts it with the newest weights and its source issues the
   lost groups again. A group id may arrive twice (a re-issue racing a copy that survived): each
   copy runs its own episodes.
+- Lending placement (``areal_flow.lending``): the replica's idle flag says idle exactly while
+  no episode runs and no weights load, so the trainer borrows its cores only then.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -36,6 +39,7 @@ from areal_flow.engine.vllm_engine import (
     PreloadLibrary,
     check_interrupt_mode,
 )
+from areal_flow.lending import IdleFlag
 from areal_flow.node import NodeContext, Output, Streaming
 from areal_flow.roles import GeneratorSpec, Sampling, TrainerSpec
 from areal_flow.schema import SCHEMAS, with_extra_columns
@@ -142,6 +146,9 @@ class Generator(Streaming[GeneratorConfig]):
 
         super().setup(ctx)
         cfg = self.config
+        # Lending placement: busy until set up, then idle exactly while nothing runs here.
+        self.idle_flag = IdleFlag(Path(ctx.idle_flag)) if ctx.idle_flag else None
+        self.updating = False
         self.engine = await start_engine(cfg, ctx)
         self.interrupt = ctx.graph.staleness.interrupt if ctx.graph is not None else True
         # Admission: the feeder takes a group's slots before reading on, so the input edge's
@@ -157,18 +164,29 @@ class Generator(Streaming[GeneratorConfig]):
         self.failed_in_a_row = 0
         self.failures_logged = 0
         self.started_at = time.monotonic()
+        self._say_idle()
+
+    def _say_idle(self) -> None:
+        if self.idle_flag is not None:
+            self.idle_flag.set(self.running == 0 and not self.updating)
 
     async def on_weights(self, version: int, ref: dict[str, Any]) -> None:
         assert self.ctx is not None
         if version <= self.engine.version:
             return
         began = time.monotonic()
-        if self.interrupt:
-            await self.engine.update_weights(version, ref["path"])
-        else:
-            async with self.client.submit_lock, self.quiet:
-                await self.quiet.wait_for(lambda: self.running == 0)
+        self.updating = True
+        self._say_idle()
+        try:
+            if self.interrupt:
                 await self.engine.update_weights(version, ref["path"])
+            else:
+                async with self.client.submit_lock, self.quiet:
+                    await self.quiet.wait_for(lambda: self.running == 0)
+                    await self.engine.update_weights(version, ref["path"])
+        finally:
+            self.updating = False
+            self._say_idle()
         metrics = self.ctx.metrics
         metrics.count("weight_updates")
         metrics.gauge("update_s", time.monotonic() - began)
@@ -231,11 +249,13 @@ class Generator(Streaming[GeneratorConfig]):
         async with self.episode_slots:
             async with self.quiet:
                 self.running += 1
+                self._say_idle()
             try:
                 outcome = await self.runner.run(prompt)
             finally:
                 async with self.quiet:
                     self.running -= 1
+                    self._say_idle()
                     self.quiet.notify_all()
         self._count(outcome)
         return outcome
@@ -267,6 +287,10 @@ class Generator(Streaming[GeneratorConfig]):
             )
 
     async def teardown(self) -> None:
+        flag = getattr(self, "idle_flag", None)
+        if flag is not None:
+            flag.set(False)  # no more to lend: a stopping engine still runs
+            flag.close()
         if hasattr(self, "engine"):
             await self.engine.close()
 

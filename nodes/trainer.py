@@ -10,6 +10,8 @@ graph never imports torch); this module holds the config and the async loop.
 Ranks: with ``ranks`` > 1 this process is rank 0 of a data-parallel trainer
 (``areal_flow.train.ranks``, ``areal_flow.train.sharded``) and still the one trainer the graph
 sees; a rank that dies fails this node within ``WATCH_S``, idle or not, naming the rank.
+Lending placement (``areal_flow.lending``): the compute thread adds idle generators' cores to
+its own before each layer, and holds its own again after each step (``borrowed_s``).
 Truncated responses: the filter's ``truncated`` option drops them; ``truncated='mask'`` here
 keeps them in the group baseline without loss tokens (the filter must then 'keep' them).
 """
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from areal_flow.checks import trainer_temperature
+from areal_flow.lending import Borrower
 from areal_flow.node import NodeContext, Output, Streaming
 from areal_flow.roles import GeneratorSpec, PublisherSpec
 from areal_flow.spec import Graph
@@ -85,6 +88,10 @@ class Trainer(Streaming[TrainerConfig]):
             cpus=ctx.cpus,
             ranks=ctx.ranks,
         )
+        self.borrower = Borrower(torch.get_num_threads(), ctx.loans) if ctx.loans else None
+        if self.borrower is not None:  # lending placement
+            self.borrower.attach(self.session.policy.model)
+            ctx.log.info("may borrow the cores of %s", [loan.lender for loan in ctx.loans])
         self.steplog = StepLog(ctx.run_dir, samples_every=cfg.samples_every)
         self.failed = False
         self.feeder: asyncio.Task[None] | None = None
@@ -153,11 +160,13 @@ class Trainer(Streaming[TrainerConfig]):
                         "input ended after %d of %d steps", session.step, cfg.steps
                     )
                     return
-                batch_metrics = await self._compute(session.prepare, groups)
+                batch_metrics = await self._compute(self._lending, session.prepare, groups)
                 batch_metrics["wait_s"] = wait_s
                 self._gauges(batch_metrics)
                 self.steplog.maybe_write_samples(session.step + 1, pa.Table.from_batches(groups))
-            future, step_metrics = await self._compute(session.train_next)
+            future, step_metrics = await self._compute(self._lending, session.train_next)
+            if self.borrower is not None:
+                step_metrics["borrowed_s"] = self.borrower.take_borrowed_s()
             self._gauges(step_metrics)
             self.steplog.write(session.step, {**batch_metrics, **step_metrics})
             metrics.count("steps")
@@ -197,6 +206,15 @@ class Trainer(Streaming[TrainerConfig]):
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="trainer-compute")
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    def _lending(self, fn: Any, *args: Any) -> Any:
+        """``fn`` on the compute thread; under lending placement it holds only its own
+        threads afterwards (the borrowed ones go back between steps)."""
+        try:
+            return fn(*args)
+        finally:
+            if self.borrower is not None:
+                self.borrower.release()
+
     def _gauges(self, values: dict[str, float]) -> None:
         assert self.ctx is not None
         for name, value in values.items():
@@ -222,6 +240,9 @@ class Trainer(Streaming[TrainerConfig]):
                 await self._compute(session.checkpoint, session.snapshot())
         finally:
             await self._compute(session.close)
+            borrower = getattr(self, "borrower", None)
+            if borrower is not None:
+                borrower.close()
 
 
 async def _unless(watch: asyncio.Task[None], awaitable: Any) -> Any:

@@ -9,6 +9,8 @@ Rules:
 - Whole-CPU requests get dedicated cores, assigned in node order; 0 or fractional requests get
   no pinning and share what is left. Colocated placement (``areal_flow.colocation``) pins the
   generator and the trainer to every core, both, and places the other nodes as before.
+  Lending placement (``areal_flow.lending``) places as disaggregated and gives each
+  generator replica an idle flag and the trainer a loan of each one's cores.
   Whole-GPU requests get GPUs of their own in node order; fractional ones share a GPU
   (``graph.pack_gpus``); ids follow the driver's visible devices.
 - The plan is plain JSON in the run folder (``plan.json``): workers read it, tests inspect it.
@@ -37,7 +39,9 @@ from pydantic import BaseModel, ConfigDict
 from areal_flow.checks import function_refs
 from areal_flow.colocation import colocated_nodes
 from areal_flow.graph import ResolvedEdge, pack_gpus, resolved_edges
+from areal_flow.lending import CoreLoan, plan_loans
 from areal_flow.registry import user_kinds
+from areal_flow.roles import TrainerSpec
 from areal_flow.spec import Graph
 from areal_flow.transport.curve import needs_curve
 from areal_flow.usercode import graph_modules
@@ -94,6 +98,8 @@ class ReplicaPlan(BaseModel):
     resume_state: dict[str, Any] | None = None  # the node's saved state (a resumed run)
     skip_groups: list[str] = []  # a resumed source: groups already resolved, not to issue again
     ranks: RankPlacement | None = None  # None: ranks 1..N−1 are rank 0's child processes
+    idle_flag: str | None = None  # lending placement, a generator: the flag it keeps
+    loans: list[CoreLoan] = []  # lending placement, the trainer: cores it may borrow
 
     @property
     def key(self) -> str:
@@ -194,6 +200,7 @@ def make_plan(
             inbound[(edge.index, r)] = free_tcp_address(taken=planned)
             planned.add(inbound[(edge.index, r)])
     cores = assign_cores(graph)
+    flags, loans = plan_loans(graph, cores, run_dir)
     gpus = assign_gpus(graph)
     kinds = user_kinds(graph)
     plans = []
@@ -223,6 +230,8 @@ def make_plan(
                     gpus=gpus.get((node.name, r), []),
                     inputs=ins,
                     outputs=outs,
+                    idle_flag=flags.get((node.name, r)),
+                    loans=loans if isinstance(node, TrainerSpec) else [],
                 )
             )
     return RunPlan(

@@ -103,6 +103,8 @@ class Worker:
             resume_state=replica.resume_state,
             graph=Graph.model_validate(plan.graph),
             ranks=replica.ranks,
+            idle_flag=replica.idle_flag,
+            loans=replica.loans,
         )
         self.hard_exit = hard_exit  # a process (not a task of the driver's loop)
         self.ledger = False  # the driver follows prompt groups (told at start)
@@ -427,9 +429,10 @@ async def run_replica(plan: RunPlan, node_name: str, replica: int, hard_exit: bo
 
 
 def pin_process(replica: ReplicaPlan) -> None:
-    """Pin to the planned cores and size thread pools before heavy imports."""
+    """Pin to the planned cores (and any cores it may borrow) and size thread pools to its
+    own cores before heavy imports."""
     if replica.cpus:
-        os.sched_setaffinity(0, replica.cpus)
+        os.sched_setaffinity(0, [*replica.cpus, *(c for loan in replica.loans for c in loan.cores)])
     threads = str(max(1, len(replica.cpus) or len(os.sched_getaffinity(0))))
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     os.environ.setdefault("MKL_NUM_THREADS", threads)
