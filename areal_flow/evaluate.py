@@ -10,6 +10,8 @@ Rules:
   generator's episode function with its limits (``EpisodePlan``: one answer by default, a
   tool-using conversation when the graph trains one), so a policy is scored the way it was
   trained. Answers are scored by the same verifier, strict extraction.
+- A vLLM engine gets every core of this process unless the settings name ``cpus``
+  (``engine_config``).
 - A LoRA checkpoint (a peft adapter folder) is scored on its base model with the adapter
   merged in.
 - ``episode_metrics`` holds the mean of each named episode metric (tool calls, turns) over all
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,10 +150,7 @@ async def _evaluate(
         progress.add_total(len(models) * len(rows) * settings.samples)
         progress.stage(f"starting the {settings.engine} engine")
     engine = await _start_engine(
-        settings.engine,
-        str(start),
-        settings.seed,
-        {"max_model_len": settings.episode.max_model_len, **settings.engine_settings},
+        settings.engine, str(start), settings.seed, engine_config(settings)
     )
     try:
         for version, (model, folder) in enumerate(zip(models, folders, strict=True)):
@@ -178,6 +178,17 @@ async def _evaluate(
     finally:
         await engine.close()
     return results
+
+
+def engine_config(settings: _Settings) -> dict[str, Any]:
+    """The engine's settings: the generator's (``engine_settings``) and, for vLLM, every core
+    this process may use unless they name cores. An evaluation runs alone, and vLLM's automatic
+    binding keeps one core for its scheduler — on two cores, half the machine
+    (bench/eval_speed.py)."""
+    config = {"max_model_len": settings.episode.max_model_len, **settings.engine_settings}
+    if settings.engine == "vllm":
+        config.setdefault("cpus", tuple(sorted(os.sched_getaffinity(0))))
+    return config
 
 
 def eval_rows(

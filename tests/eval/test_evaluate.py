@@ -69,3 +69,25 @@ def test_tally_scores_real_verdicts_per_level() -> None:
     assert result.pass1 == {"add1": 0.5, "sub1": 0.0, "all": 0.25}
     assert result.pass_k["add1"] == pytest.approx(1 - 1 / 6)  # 2 of 4 correct, k = 2
     assert result.format_rate == {"add1": 0.75, "sub1": 0.75, "all": 0.75}
+
+
+def test_a_vllm_evaluation_gets_every_core_unless_its_settings_name_cores() -> None:
+    import os
+
+    from areal_flow.data.prompting import PromptFormat
+    from areal_flow.episodes.runner import EpisodePlan
+    from areal_flow.evaluate import _Settings, engine_config
+
+    def settings(engine: str, **engine_settings: object) -> _Settings:
+        return _Settings(
+            "arithmetic", 10, 4, 4, 0.7, 96, engine, 0, PromptFormat(), EpisodePlan(),
+            dict(engine_settings),
+        )  # fmt: skip
+
+    every = tuple(sorted(os.sched_getaffinity(0)))
+    config = engine_config(settings("vllm", dtype="float32"))
+    assert config["cpus"] == every and config["dtype"] == "float32"
+    assert config["max_model_len"] == EpisodePlan().max_model_len
+    assert engine_config(settings("vllm", cpus=None))["cpus"] is None  # vLLM's own binding
+    assert engine_config(settings("vllm", cpus=(0,)))["cpus"] == (0,)
+    assert "cpus" not in engine_config(settings("hf"))
