@@ -45,13 +45,15 @@ class WeightPublisher(Transform[WeightPublisherConfig]):
         self.kept: dict[int, str] = {}  # version → folder, oldest first
 
     def process(self, batch: pa.RecordBatch) -> Output:
-        from areal_flow.train.weights import verify_weights
+        from areal_flow.train.weights import HASH_ALL_CORES, verify_weights
 
         assert self.ctx is not None
         metrics = self.ctx.metrics
         for row in batch.to_pylist():
             began = time.perf_counter()
-            verify_weights(row["path"], row["checksum"])
+            # Every core: the check is on the path from publish to generating (the generators
+            # wait for it), and takes a fraction of a second.
+            verify_weights(row["path"], row["checksum"], threads=HASH_ALL_CORES)
             metrics.gauge("verify_s", time.perf_counter() - began)
             metrics.gauge("publish_to_forward_s", time.time() - float(row["created_at"]))
             metrics.gauge("version", row["version"])

@@ -60,6 +60,7 @@ Store = Literal["shm", "run_dir"]
 Algorithm = Literal["blake3", "sha256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("blake3", "sha256")
 PUBLISH_ALGORITHM: Algorithm = "blake3"
+HASH_ALL_CORES = -1  # blake3's AUTO: a thread per core
 
 
 class ChecksumError(ValueError):
@@ -178,19 +179,21 @@ def weights_file(path: str | Path) -> Path:
     )
 
 
-def _hasher(algorithm: str) -> Any:
+def _hasher(algorithm: str, threads: int = 1) -> Any:
     if algorithm == "blake3":
         from blake3 import blake3
 
-        return blake3()  # one thread: the writer shares its cores with training
+        # One thread by default: the writer shares its cores with training.
+        return blake3(max_threads=threads)
     if algorithm == "sha256":
         return hashlib.sha256()
     raise ChecksumError(f"unknown checksum algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
 
 
-def file_checksum(path: Path, algorithm: Algorithm = PUBLISH_ALGORITHM) -> str:
-    """``'<algorithm>:<hex>'`` of a file's bytes."""
-    digest = _hasher(algorithm)
+def file_checksum(path: Path, algorithm: Algorithm = PUBLISH_ALGORITHM, threads: int = 1) -> str:
+    """``'<algorithm>:<hex>'`` of a file's bytes; blake3 hashes on up to ``threads`` threads
+    (``HASH_ALL_CORES``: as many as the machine has), the same digest whatever the count."""
+    digest = _hasher(algorithm, threads)
     if algorithm == "blake3":
         digest.update_mmap(str(path))  # straight from the page cache, without the GIL
     else:
@@ -218,12 +221,12 @@ def checksum_algorithm(checksum: str) -> Algorithm:
     return algorithm
 
 
-def verify_weights(path: str | Path, checksum: str | None = None) -> Path:
+def verify_weights(path: str | Path, checksum: str | None = None, threads: int = 1) -> Path:
     """Raise ChecksumError unless the file's checksum equals ``checksum`` (default: the
     ``.checksum`` file written beside it), in the algorithm it names. Returns the file."""
     file = weights_file(path)
     expected = checksum or _sidecar_checksum(file)
-    _check(file, file_checksum(file, checksum_algorithm(expected)), expected)
+    _check(file, file_checksum(file, checksum_algorithm(expected), threads), expected)
     return file
 
 

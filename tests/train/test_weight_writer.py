@@ -28,7 +28,12 @@ from areal_flow.train.algo import DecoupledPPO, Optimizer
 from areal_flow.train.session import TrainingSession
 from areal_flow.train.steplog import read_steps
 from areal_flow.train.weight_writer import WeightWriter
-from areal_flow.train.weights import ChecksumError, verify_weights
+from areal_flow.train.weights import (
+    HASH_ALL_CORES,
+    ChecksumError,
+    file_checksum,
+    verify_weights,
+)
 from tests.train.scored import load_model, scored_group
 
 REWARDS = [(1.0, 0.0, 0.5, 0.0), (0.0, 1.0, 1.0, 0.0), (0.2, 0.9, 0.0, 0.4)]
@@ -299,3 +304,18 @@ def test_checksums_name_their_algorithm(tmp_path: Path) -> None:
         verify_weights(ref.path, ref.checksum.removeprefix("blake3:"))  # unnamed: refused
     with pytest.raises(ChecksumError, match="must read"):
         verify_weights(ref.path, "md5:" + "0" * 32)
+
+
+def test_blake3_on_every_core_gives_the_one_thread_digest(tmp_path: Path) -> None:
+    # Large enough (16 MiB) for blake3 to split the work over threads.
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(torch.randint(0, 255, (1 << 24,), dtype=torch.uint8).numpy().tobytes())
+    one = file_checksum(file)
+    assert file_checksum(file, threads=HASH_ALL_CORES) == one
+    (tmp_path / "model.safetensors.checksum").write_text(one)
+    verify_weights(tmp_path, threads=HASH_ALL_CORES)
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 1  # one bit of the last byte
+    file.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="corrupt"):
+        verify_weights(tmp_path, threads=HASH_ALL_CORES)
