@@ -21,6 +21,7 @@ from rich.table import Table
 
 from areal_flow.colocation import colocated_nodes
 from areal_flow.graph import GraphInvalid, build, resolved_edges
+from areal_flow.lending import lending_blockers
 from areal_flow.loader import load_graph
 from areal_flow.spec import Graph
 
@@ -92,10 +93,22 @@ def validate(file: GraphFile, set_: SetOption = None) -> None:
     console.print(nodes)
     console.print(edges)
     eta = graph.staleness.max_lag
+    _lending_note(graph)
     console.print(
         f"staleness η = {'∞' if eta is None else eta}, launcher = {graph.launcher}, "
         f"placement = {graph.placement}  [green]✓ valid[/]"
     )
+
+
+def _lending_note(graph: Graph) -> None:
+    """Say so when ``lending`` placement lends nothing in this graph (it is then placed as
+    ``disaggregated``; areal_flow/lending.py)."""
+    if blockers := lending_blockers(graph):
+        console.print(
+            f"[yellow]placement 'lending' lends nothing here ({'; '.join(blockers)}): the "
+            "nodes are placed as under 'disaggregated'[/]",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -154,6 +167,7 @@ def run(
     graph, g = _load(file, overrides)
     folder = _resume_folder(resume, run_dir) if resume else run_dir or new_run_dir(graph)
     console.print(f"{'resuming' if resume else 'run folder:'} {folder}")
+    _lending_note(graph)
     tracker = _tracker(graph, folder, resumed=bool(resume), overrides=set_ or [])
     feed, web = (None, None) if no_web else _web(g, folder)
     try:

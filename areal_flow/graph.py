@@ -24,7 +24,6 @@ import networkx as nx
 
 from areal_flow.checks import path_problems, role_problems
 from areal_flow.colocation import colocated_nodes, colocation_problems
-from areal_flow.lending import lending_problems
 from areal_flow.schema import schema_difference, schema_for
 from areal_flow.spec import Edge, Graph, NodeSpec, Port
 
@@ -267,8 +266,8 @@ def _data_cycles(resolved: list[ResolvedEdge], order: list[str]) -> list[Problem
 
 
 def check_placement(graph: Graph, machine: Machine) -> list[Problem]:
-    """Resource requests the local machine cannot meet (under Ray only the placement rules)."""
-    problems = [Problem(*p) for p in (*colocation_problems(graph), *lending_problems(graph))]
+    """Resource requests the local machine cannot meet (under Ray only colocation's rules)."""
+    problems = [Problem(*p) for p in colocation_problems(graph)]
     if graph.launcher == "ray":
         return problems
     shared = {n.name for n in colocated_nodes(graph)}  # every core each, whatever they ask

@@ -19,10 +19,12 @@ Rules:
   within one layer (tens of milliseconds) once the generator turns busy.
 - Between steps the trainer holds only its own threads; ``borrowed_s`` in each step's metrics
   is the time that step computed on borrowed cores.
-- Needs: launcher 'local' (the flag is a file on this machine); one trainer, ranks = 1, on CPU
-  (resources.gpus = 0); whole CPUs (resources.cpus ≥ 1) for it and for the generators, so
-  each has cores of its own to borrow with and to lend. Any η: at η = 0 the trainer borrows
-  the core the waiting generator leaves idle.
+- Lends where it can: launcher 'local' (the flag is a file on this machine); one trainer,
+  ranks = 1, on CPU (resources.gpus = 0); whole CPUs (resources.cpus ≥ 1) for it and for the
+  generators, so each has cores of its own to borrow with and to lend. Elsewhere (Ray, GPUs,
+  several ranks) the nodes are placed exactly as under ``disaggregated`` and the driver logs
+  why (``lending_blockers``), so one graph file runs everywhere. Any η: at η = 0 the trainer
+  borrows the core the waiting generator leaves idle.
 """
 
 from __future__ import annotations
@@ -50,52 +52,28 @@ class CoreLoan(BaseModel):
     flag: str  # path of the lender's idle flag
 
 
-def lending_problems(graph: Graph) -> list[tuple[str, str]]:
-    """(where, message) for each reason ``lending`` placement cannot run this graph."""
+def lending_blockers(graph: Graph) -> list[str]:
+    """Why ``lending`` placement lends nothing in this graph ([] when it lends; see the module
+    rules). A graph it cannot lend in runs placed exactly as ``disaggregated`` (the driver logs
+    these reasons): the same graph file then runs under Ray or on GPUs unchanged."""
     if graph.placement != "lending":
         return []
-    fix = "or set placement: disaggregated"
-    problems = []
-    if graph.launcher != "local":
-        problems.append(
-            ("placement", f"lending placement needs launcher 'local'; set launcher: local {fix}")
-        )
     trainers = [n for n in graph.nodes if isinstance(n, TrainerSpec)]
     generators = [n for n in graph.nodes if isinstance(n, GeneratorSpec)]
     if len(trainers) != 1 or not generators:
-        problems.append(
-            (
-                "placement",
-                f"lending placement lends generators' cores to one trainer; this graph has "
-                f"{len(generators)} generator(s) and {len(trainers)} trainer(s) {fix}",
-            )
-        )
-        return problems
+        return [f"{len(generators)} generator(s) and {len(trainers)} trainer(s), not one trainer"]
     trainer = trainers[0]
+    why = []
+    if graph.launcher != "local":
+        why.append(f"launcher {graph.launcher!r} (lending needs 'local')")
     if getattr(trainer, "ranks", 1) != 1:
-        problems.append(
-            (
-                f"nodes.{trainer.name}.ranks",
-                f"lending placement borrows for one rank; set ranks: 1 {fix}",
-            )
-        )
+        why.append(f"{trainer.name!r} has ranks = {getattr(trainer, 'ranks', 1)} (lending needs 1)")
     if trainer.resources.gpus > 0:
-        problems.append(
-            (
-                f"nodes.{trainer.name}.resources.gpus",
-                f"lending placement lends CPU cores to a CPU trainer; set resources.gpus: 0 {fix}",
-            )
-        )
+        why.append(f"{trainer.name!r} trains on a GPU")
     for node in (trainer, *generators):
         if node.resources.cpus < 1:
-            problems.append(
-                (
-                    f"nodes.{node.name}.resources.cpus",
-                    f"lending placement needs cores of its own for {node.name!r} (got "
-                    f"{node.resources.cpus:g}); set resources.cpus ≥ 1 {fix}",
-                )
-            )
-    return problems
+            why.append(f"{node.name!r} has no core of its own (resources.cpus < 1)")
+    return why
 
 
 def plan_loans(
@@ -103,7 +81,7 @@ def plan_loans(
 ) -> tuple[dict[tuple[str, int], str], list[CoreLoan]]:
     """Under ``lending``: each generator replica's flag path, and the loans the trainer gets
     (every generator replica that has cores); ({}, []) otherwise."""
-    if graph.placement != "lending":
+    if graph.placement != "lending" or lending_blockers(graph):
         return {}, []
     flags: dict[tuple[str, int], str] = {}
     loans = []

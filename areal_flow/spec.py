@@ -401,7 +401,8 @@ class Graph(Spec):
         "mode; their resources.cpus are then ignored and it needs staleness.max_lag = 0 "
         "(areal_flow/colocation.py). "
         "'lending': as 'disaggregated', and the trainer also computes on a generator's cores "
-        "while that generator is idle (areal_flow/lending.py).",
+        "while that generator is idle; where it cannot lend (Ray, a GPU trainer, several "
+        "ranks) it places as 'disaggregated' and says why (areal_flow/lending.py).",
     )
     ray: RayOptions = Field(
         default_factory=RayOptions, description="Ray launcher settings (launcher 'ray')."

@@ -4,6 +4,8 @@ The built-in arithmetic task feeds prompt groups to a vLLM generator; a math ver
 each answer, a filter drops groups with no learning signal, and the trainer updates the policy
 and publishes new weights, which interrupt generation mid-sequence. Staleness is bounded by
 η = max_lag policy versions (2, chosen with bench/staleness_sweep.py; see docs/benchmarks.md).
+The generator and the trainer have a core each; the trainer also computes on the generator's
+core while the generator has nothing to generate (``placement: lending``).
 
 Run:       areal-flow run graphs/math_rl.py
 Sync baseline (same graph, each phase on both cores): areal-flow run graphs/math_rl.py \
@@ -61,6 +63,8 @@ graph = Graph(
         "publisher -> gen.weights",
     ],
     staleness=Staleness(max_lag=2),  # bench/staleness_sweep.py: trainer waits half as at η = 1
+    # bench/async_vs_sync.py: the fastest arm and the best held-out pass@1 (docs/benchmarks.md)
+    placement="lending",
     tracking=Tracking(experiment="math_rl"),
     evaluation=Evaluation(problems=100, samples=4),
 )
