@@ -179,7 +179,8 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     for ax, (workload, runs) in zip(axes[0], results.items(), strict=True):
         for mode, run in runs.items():
             xs, ys = zip(*run["curve"], strict=True)
-            ax.step(xs, ys, where="post", marker="o", label=LABELS.get(mode, mode))
+            color = f"C{list(MODES).index(mode)}" if mode in MODES else None  # same in each panel
+            ax.step(xs, ys, where="post", marker="o", label=LABELS.get(mode, mode), color=color)
         ax.set_title(f"{workload} workload")
         ax.set_xlabel("wall-clock since launch (s)")
         ax.set_ylabel("held-out accuracy (pass@1)")
