@@ -39,6 +39,9 @@ graph = Graph(
             name="gen",
             model=MODEL,
             engine="vllm",
+            # bf16 decodes ~1.55x faster on AVX-512 BF16 CPUs (bench/eval_speed.py), and the
+            # trainer computes in bf16 autocast anyway; weights then travel as bf16 (half the bytes)
+            dtype="bfloat16",
             sampling=Sampling(temperature=TEMPERATURE, max_tokens=96),
             resources=Resources(cpus=1),
         ),
