@@ -150,21 +150,17 @@ def eval_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "areal-flow" / "evals"
 
 
-def evaluate_run(
+def evaluate_with(
     settings: EvalSettings,
-    checkpoint: Path,
-    base: bool = True,
+    models: list[str],
     progress: EvalProgress | None = None,
-) -> tuple[dict[str, Any] | None, dict[str, Any], bool]:
-    """(base scores or None, final scores, base came from the cache)."""
+    engine_settings: dict[str, Any] | None = None,
+) -> list[Any]:
+    """``evaluate_models`` of ``models`` with every other argument from ``settings``
+    (``engine_settings``: these instead of the settings' own)."""
     from areal_flow.evaluate import evaluate_models
 
-    cached_path = eval_cache_dir() / f"{settings.cache_key()}.json"
-    base_scores = json.loads(cached_path.read_text()) if base and cached_path.exists() else None
-    models = [str(checkpoint)] if base_scores is not None or not base else []
-    if base and base_scores is None:
-        models = [settings.model, str(checkpoint)]
-    results = evaluate_models(
+    return evaluate_models(
         models,
         settings.data,
         settings.problems,
@@ -176,9 +172,24 @@ def evaluate_run(
         settings.seed,
         prompt_format=PromptFormat.model_validate(settings.prompt_format),
         episode=settings.episode,
-        engine_settings=settings.engine_settings,
+        engine_settings=settings.engine_settings if engine_settings is None else engine_settings,
         progress=progress,
     )
+
+
+def evaluate_run(
+    settings: EvalSettings,
+    checkpoint: Path,
+    base: bool = True,
+    progress: EvalProgress | None = None,
+) -> tuple[dict[str, Any] | None, dict[str, Any], bool]:
+    """(base scores or None, final scores, base came from the cache)."""
+    cached_path = eval_cache_dir() / f"{settings.cache_key()}.json"
+    base_scores = json.loads(cached_path.read_text()) if base and cached_path.exists() else None
+    models = [str(checkpoint)] if base_scores is not None or not base else []
+    if base and base_scores is None:
+        models = [settings.model, str(checkpoint)]
+    results = evaluate_with(settings, models, progress)
     scores = [_scores(r) for r in results]
     final = scores[-1]
     if base and base_scores is None:

@@ -5,7 +5,8 @@ Usage: ``python bench/eval_speed.py [--graph graphs/math_rl.py] [--arms auto all
 
 Each arm scores ``--model`` with the evaluation the graph's run ends with (``eval_settings``:
 100 problems × 4 samples for graphs/math_rl.py, the generator's engine settings) through
-``evaluate_models``, as ``areal-flow run`` does, one arm after the other in this process:
+``evaluate_with`` (``evaluate_models``), as ``areal-flow run`` does, one arm after the other in
+this process:
 
 - ``auto``: ``cpus`` unset, vLLM binds its OpenMP threads itself and keeps one core for its
   scheduler (``VLLM_CPU_NUM_OF_RESERVED_CPU``): on two cores the model runs on one. The
@@ -30,10 +31,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from areal_flow.data.prompting import PromptFormat
-from areal_flow.evaluate import evaluate_models
 from areal_flow.loader import load_graph
-from areal_flow.report import eval_settings
+from areal_flow.report import eval_settings, evaluate_with
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = tuple(sorted(os.sched_getaffinity(0)))
@@ -63,20 +62,11 @@ class StageClock:
 def run_arm(arm: str, model: str, settings: Any) -> dict[str, float]:
     clock = StageClock()
     began = time.perf_counter()
-    result = evaluate_models(
+    result = evaluate_with(
+        settings,
         [model],
-        settings.data,
-        settings.problems,
-        settings.samples,
-        settings.k,
-        settings.temperature,
-        settings.max_tokens,
-        settings.engine,
-        settings.seed,
-        prompt_format=PromptFormat.model_validate(settings.prompt_format),
-        episode=settings.episode,
+        clock,  # type: ignore[arg-type]
         engine_settings={**settings.engine_settings, **ARMS[arm]},
-        progress=clock,  # type: ignore[arg-type]
     )[0]
     ended = time.perf_counter()
     scoring = next(t for text, t in clock.stages if text.startswith("scoring"))
