@@ -5,8 +5,10 @@ generator and the trainer on cores of their own, training asynchronously) and ad
 while a generator replica has no episode running and no weights loading, the trainer adds that
 replica's cores to its thread pool. Under the staleness gate a generator that outpaces the
 trainer spends much of each step idle (η versions ahead, nothing admitted), and on CPU the
-trainer is the slow side; lending gives it the idle core instead of leaving it unused.
-``bench/async_vs_sync.py`` measures it against disaggregated async and colocated sync.
+trainer is the slow side; lending gives it the idle core instead of leaving it unused (the
+main job with its bf16 generator: 39 s of the trainer's 250 s on the borrowed core,
+docs/benchmarks.md). ``bench/async_vs_sync.py`` measures it against disaggregated async and
+colocated sync.
 
 Rules:
 - Signal: each lending generator replica keeps one byte in ``run_dir/lending/<node>-<replica>``,
