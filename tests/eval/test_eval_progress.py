@@ -131,10 +131,12 @@ def test_the_run_evaluation_starts_its_engine_like_the_generator(smollm2_dir: Pa
     assert settings.engine_settings == generator.engine_settings()
     assert settings.engine_settings["max_num_seqs"] == generator.max_running
     assert settings.engine_settings["enforce_eager"] is generator.eager
-    bare = type(settings)(**{**settings.__dict__, "engine_settings": {}})
+    dtype_only = {"dtype": settings.engine_settings["dtype"]}
+    bare = type(settings)(**{**settings.__dict__, "engine_settings": dtype_only})
     assert bare.cache_key() == settings.cache_key()
-    bf16 = {**settings.engine_settings, "dtype": "bfloat16"}
-    assert type(settings)(**{**settings.__dict__, "engine_settings": bf16}).cache_key() != (
+    dtype = "float32" if settings.engine_settings["dtype"] == "bfloat16" else "bfloat16"
+    other = {**settings.engine_settings, "dtype": dtype}
+    assert type(settings)(**{**settings.__dict__, "engine_settings": other}).cache_key() != (
         settings.cache_key()
     )
     hf = load_graph(ROOT / "graphs" / "math_rl.py", ["evaluation.engine=hf"])
