@@ -24,9 +24,9 @@ Rules:
 - Lends where it can: launcher 'local' (the flag is a file on this machine); one trainer,
   ranks = 1, on CPU (resources.gpus = 0); whole CPUs (resources.cpus ≥ 1) for it and for the
   generators, so each has cores of its own to borrow with and to lend. Elsewhere (Ray, GPUs,
-  several ranks) the nodes are placed exactly as under ``disaggregated`` and the driver logs
-  why (``lending_blockers``), so one graph file runs everywhere. Any η: at η = 0 the trainer
-  borrows the core the waiting generator leaves idle.
+  several ranks) the nodes are placed exactly as under ``disaggregated`` and ``areal-flow
+  validate`` and ``run`` print why (``lending_blockers``), so one graph file runs everywhere.
+  Any η: at η = 0 the trainer borrows the core the waiting generator leaves idle.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class CoreLoan(BaseModel):
 
 def lending_blockers(graph: Graph) -> list[str]:
     """Why ``lending`` placement lends nothing in this graph ([] when it lends; see the module
-    rules). A graph it cannot lend in runs placed exactly as ``disaggregated`` (the driver logs
+    rules). A graph it cannot lend in runs placed exactly as ``disaggregated`` (the CLI prints
     these reasons): the same graph file then runs under Ray or on GPUs unchanged."""
     if graph.placement != "lending":
         return []
@@ -91,9 +91,9 @@ def plan_loans(
         if not isinstance(node, GeneratorSpec):
             continue
         for r in range(node.replicas):
-            if not cores.get((node.name, r)):
-                continue
             key = (node.name, r)
+            if not cores.get(key):
+                continue
             flags[key] = str(Path(run_dir) / "lending" / f"{node.name}-{r}")
             loans.append(CoreLoan(lender=f"{node.name}/{r}", cores=cores[key], flag=flags[key]))
     return flags, loans
@@ -129,7 +129,6 @@ class Borrower:
         self.own = own_threads
         self.loans = loans
         self.fds: list[int | None] = [None] * len(loans)
-        self.threads = own_threads
         self.since = time.perf_counter()
         self.borrowed_s = 0.0
 
@@ -156,12 +155,12 @@ class Borrower:
         import torch
 
         now = time.perf_counter()
-        if self.threads > self.own:
+        current = torch.get_num_threads()  # this (the computing) thread's count
+        if current > self.own:
             self.borrowed_s += now - self.since
         self.since = now
-        if threads != self.threads or torch.get_num_threads() != threads:
+        if threads != current:
             torch.set_num_threads(threads)
-            self.threads = threads
 
     def take_borrowed_s(self) -> float:
         taken, self.borrowed_s = self.borrowed_s, 0.0
