@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from areal_flow.runtime.driver import RunResult
 
 ALL = "all"
+#: A generator's tokens per second counted only while it had episodes running or loaded weights.
+BUSY = "{node} (while generating)"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Summary:
     #: the reward and its named metrics (``reward/<name>``), mean of the last steps
     training: dict[str, float] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)  # see startup()
+    #: lending placement: seconds the borrower (the trainer) computed on cores lent to it
+    borrowed_s: dict[str, float] = field(default_factory=dict)
     eval_s: float | None = None  # the end-of-run evaluation, start to scores
 
     def save(self, run_dir: Path) -> Path:
@@ -223,9 +227,14 @@ def build_summary(
     steps, redone = lineage(records)
     rates: dict[str, float] = {}
     for key, values in result.metrics.items():
-        if "gen_tokens_per_s" in values:
-            node = key.rsplit("/", 1)[0]
-            rates[node] = rates.get(node, 0.0) + float(values["gen_tokens_per_s"])
+        node = key.rsplit("/", 1)[0]
+        for metric, label in (("gen_tokens_per_s", node), ("gen_busy_tokens_per_s", BUSY)):
+            if metric in values:
+                name = label.format(node=node)
+                rates[name] = rates.get(name, 0.0) + float(values[metric])
+    borrowed: dict[str, float] = {}
+    if any("borrowed_s" in s for s in steps):
+        borrowed["trainer"] = sum(float(s.get("borrowed_s", 0.0)) for s in steps)
     train_s = sum(float(s.get("step_s", 0.0)) for s in steps)
     if train_s > 0:
         rates["trainer (training)"] = sum(float(s.get("tokens", 0.0)) for s in steps) / train_s
@@ -242,6 +251,7 @@ def build_summary(
         weight_path_s=weight_path(steps, result.metrics),
         training=final_rewards(steps),
         startup_s=startup(result, records, launched_at),
+        borrowed_s=borrowed,
     )
 
 
@@ -358,6 +368,8 @@ def summary_table(summary: Summary) -> Table:
         totals.add_row("held-out evaluation", f"{summary.eval_s:,.0f} s")
     for node, rate in summary.tokens_per_s.items():
         totals.add_row(f"{node} tokens/s", f"{rate:,.0f}")
+    for node, seconds in summary.borrowed_s.items():
+        totals.add_row(f"{node} on borrowed cores", f"{seconds:,.0f} s")
     for name, seconds in summary.weight_path_s.items():
         totals.add_row(name.replace("/", " "), f"{seconds * 1000:,.0f} ms")
     for name, value in summary.training.items():

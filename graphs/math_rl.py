@@ -42,6 +42,9 @@ graph = Graph(
             # bf16 decodes ~1.55x faster on AVX-512 BF16 CPUs (bench/eval_speed.py), and the
             # trainer computes in bf16 autocast anyway; weights then travel as bf16 (half the bytes)
             dtype="bfloat16",
+            # No torch.compile: the engine starts ~14 s sooner, and on this trainer-bound job its
+            # slower decoding costs nothing (main job 6:36 against 7:25, docs/benchmarks.md)
+            eager=True,
             sampling=Sampling(temperature=TEMPERATURE, max_tokens=96),
             resources=Resources(cpus=1),
         ),

@@ -149,6 +149,7 @@ class Generator(Streaming[GeneratorConfig]):
         # Lending placement: busy until set up, then idle exactly while nothing runs here.
         self.idle_flag = IdleFlag(Path(ctx.idle_flag)) if ctx.idle_flag else None
         self.updating = False
+        self.busy = BusyClock()
         self.engine = await start_engine(cfg, ctx)
         self.interrupt = ctx.graph.staleness.interrupt if ctx.graph is not None else True
         # Admission: the feeder takes a group's slots before reading on, so the input edge's
@@ -167,8 +168,10 @@ class Generator(Streaming[GeneratorConfig]):
         self._say_idle()
 
     def _say_idle(self) -> None:
+        idle = self.running == 0 and not self.updating
+        self.busy.mark(busy=not idle)
         if self.idle_flag is not None:
-            self.idle_flag.set(self.running == 0 and not self.updating)
+            self.idle_flag.set(idle)
 
     async def on_weights(self, version: int, ref: dict[str, Any]) -> None:
         assert self.ctx is not None
@@ -272,6 +275,11 @@ class Generator(Streaming[GeneratorConfig]):
             metrics.count(f"episode_{name}", value)
         elapsed = max(time.monotonic() - self.started_at, 1e-9)
         metrics.gauge("gen_tokens_per_s", self.client.generated_tokens / elapsed)
+        # The engine's own pace: the staleness gate idles a generator that outruns the trainer,
+        # which lowers the rate above but not this one.
+        busy_s = max(self.busy.seconds(), 1e-9)
+        metrics.gauge("gen_busy_tokens_per_s", self.client.generated_tokens / busy_s)
+        metrics.gauge("gen_busy_frac", min(busy_s / elapsed, 1.0))
         if outcome.failure is None:
             self.failed_in_a_row = 0
             return
@@ -293,6 +301,26 @@ class Generator(Streaming[GeneratorConfig]):
             flag.close()
         if hasattr(self, "engine"):
             await self.engine.close()
+
+
+class BusyClock:
+    """Seconds spent busy: from a mark(busy=True) to the next mark(busy=False)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.since: float | None = None
+
+    def mark(self, busy: bool) -> None:
+        now = time.monotonic()
+        if busy and self.since is None:
+            self.since = now
+        elif not busy and self.since is not None:
+            self.total += now - self.since
+            self.since = None
+
+    def seconds(self) -> float:
+        running = time.monotonic() - self.since if self.since is not None else 0.0
+        return self.total + running
 
 
 def rollout_batch(

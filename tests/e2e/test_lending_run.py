@@ -38,6 +38,10 @@ def test_the_trainer_computes_on_the_idle_generator_s_core(
     assert [int(s["step"]) for s in steps] == list(range(1, STEPS + 1))
     assert all(0 <= s["borrowed_s"] <= s["step_s"] + s["prox_s"] + 1 for s in steps)
     assert sum(s["borrowed_s"] for s in steps) > 0
+    # The idle time lent is time the generator did not count as generating.
+    gen = result.metrics["gen/0"]
+    assert 0 < gen["gen_busy_frac"] < 1
+    assert gen["gen_busy_tokens_per_s"] > gen["gen_tokens_per_s"] > 0
 
     plan = RunPlan.load(tmp_path / "plan.json")
     gen, trainer = plan.replica("gen", 0).cpus, plan.replica("trainer", 0).cpus

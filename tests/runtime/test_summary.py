@@ -89,3 +89,21 @@ def test_the_summary_times_start_up_to_the_first_optimizer_step(tmp_path: Path) 
     assert summary_totals(saved)["summary/first_step_s"] == 77.0
     # Without the command's start, the driver's start is the origin.
     assert build_summary(result, None).startup_s["first optimizer step"] == 75.0
+
+
+def test_the_summary_adds_replicas_rates_and_what_lending_borrowed(tmp_path: Path) -> None:
+    """A generator held back by the staleness gate is slow in wall time but not while it
+    generates; the summary reports both, each the sum over the node's replicas, and the time
+    the trainer computed on lent cores."""
+    path = steps_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"step": i, "borrowed_s": 1.5}) + "\n" for i in (1, 2)))
+    metrics = {
+        "gen/0": {"gen_tokens_per_s": 100.0, "gen_busy_tokens_per_s": 180.0},
+        "gen/1": {"gen_tokens_per_s": 50.0, "gen_busy_tokens_per_s": 90.0},
+        "trainer/0": {"tokens_per_s": 7.0, "borrowed_s": 1.5},
+    }  # fmt: skip
+    result = RunResult("completed", tmp_path, 1.0, 2, None, metrics, {}, {})
+    summary = build_summary(result, None)
+    assert summary.tokens_per_s == {"gen": 150.0, "gen (while generating)": 270.0}
+    assert summary.borrowed_s == {"trainer": 3.0}
