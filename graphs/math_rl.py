@@ -45,6 +45,10 @@ graph = Graph(
             # No torch.compile: the engine starts ~14 s sooner, and on this trainer-bound job its
             # slower decoding costs nothing (main job 6:36 against 7:25, docs/benchmarks.md)
             eager=True,
+            # A weight update waits for the engine step in progress: vLLM's 2048-token steps
+            # made updates take up to 3 s after a burst of prompts, 256-token steps 0.8 s
+            # (bench/step_tokens.py); the trainer-bound run does not miss the ~5 % tokens/s
+            step_tokens=256,
             sampling=Sampling(temperature=TEMPERATURE, max_tokens=96),
             resources=Resources(cpus=1),
         ),

@@ -89,6 +89,14 @@ class GeneratorConfig(GeneratorSpec):
         description="vLLM on CUDA: the share of the GPU's memory the engine takes (weights and "
         "KV cache); leave room for a trainer on the same GPU.",
     )
+    step_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="vLLM: most tokens one engine step computes (running sequences' next tokens "
+        "plus a chunk of new prompts; vLLM's max_num_batched_tokens, default 2048 on CPU). A "
+        "weight update waits for the step in progress, so this bounds its pause "
+        "(bench/step_tokens.py).",
+    )
     eager: bool = Field(
         False,
         description="vLLM: run without torch.compile (vLLM's enforce_eager): no compilation "
@@ -393,7 +401,7 @@ async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
         **cfg.engine_settings(),
     }
     if cfg.engine == "vllm":
-        settings.update(interrupt_mode=cfg.interrupt_mode)
+        settings.update(interrupt_mode=cfg.interrupt_mode, max_batched_tokens=cfg.step_tokens)
         if cfg.lora == "vllm":
             settings.update(max_lora_rank=lora_rank(ctx.graph))
     engine = create_engine(cfg.engine, **settings)

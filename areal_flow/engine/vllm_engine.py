@@ -101,6 +101,13 @@ class VLLMEngineConfig(BaseModel):
     )
     max_model_len: int = Field(2048, ge=16, description="prompt + response tokens per sequence")
     max_num_seqs: int = Field(256, ge=1, description="sequences decoded together")
+    max_batched_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="tokens one engine step computes (decode tokens plus a chunk of prefill; "
+        "vLLM's max_num_batched_tokens); None = vLLM's default. A weight update waits for the "
+        "step in progress, so this bounds its pause",
+    )
     seed: int = Field(0, description="engine-wide sampling seed (per-request seeds crash CPU)")
     interrupt_mode: InterruptMode = Field(
         "inflight",
@@ -209,6 +216,7 @@ class VLLMEngine(InferenceEngine):
             dtype=cfg.dtype,
             max_model_len=cfg.max_model_len,
             max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_batched_tokens,  # None: vLLM's default
             seed=cfg.seed,
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,

@@ -103,9 +103,11 @@ def test_tiny_model_end_to_end(
 
 def test_inflight_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
     """In-flight updates: sequences continue on the new weights over their old KV (no
-    recompute), and no request after an update reuses a prefix cached before it."""
-    loop, engine = _engine(tiny_model_dir, "inflight")
+    recompute), and no request after an update reuses a prefix cached before it. With a small
+    step budget (the generator's ``step_tokens``, as graphs/math_rl.py sets it)."""
+    loop, engine = _engine(tiny_model_dir, "inflight", max_batched_tokens=256)
     try:
+        assert engine._llm.vllm_config.scheduler_config.max_num_batched_tokens == 256
         loop.run(
             modes.case_inflight_continues_over_old_kv(engine, tiny_model_dir, *weights, VLLM_TOL)
         )
