@@ -10,6 +10,9 @@ core while the generator has nothing to generate (``placement: lending``).
 Run:       areal-flow run graphs/math_rl.py
 Sync baseline (same graph, each phase on both cores): areal-flow run graphs/math_rl.py \
            --set staleness.max_lag=0 --set staleness.interrupt=false --set placement=colocated
+On a GPU:  --set nodes.gen.resources.gpus=0.5 --set nodes.trainer.resources.gpus=0.5 \
+           --set nodes.gen.eager=false --set nodes.gen.step_tokens=null (the generator's
+           eager engine and short steps are choices for one CPU core; docs/scale-out.md)
 Draw it:   areal-flow viz graphs/math_rl.py -o math_rl.png
 """
 

@@ -3,12 +3,15 @@ math_rl shortened on the tiny model, the table); without a GPU and without the f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from areal_flow.loader import load_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
@@ -42,3 +45,16 @@ def test_without_a_gpu_it_says_so_and_runs_nothing() -> None:
     done = check()
     assert done.returncode == 2
     assert "no CUDA GPU here" in done.stdout and "--cpu-dry-run" in done.stdout
+
+
+def test_on_cuda_it_undoes_math_rl_s_cpu_choices() -> None:
+    """math_rl's eager engine and 256-token engine steps suit one CPU core; the GPU check runs
+    the graph with CUDA graphs and vLLM's own step budget, on the GPU."""
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    graph = load_graph(ROOT / "graphs" / "math_rl.py", module.overrides(1, 2, 0.3, None))
+    gen = graph.node("gen")
+    assert gen.resources.gpus == 0.5 and graph.node("trainer").resources.gpus == 0.5
+    assert gen.eager is False and gen.step_tokens is None  # type: ignore[attr-defined]
