@@ -11,8 +11,8 @@ Run:       areal-flow run graphs/math_rl.py
 Sync baseline (same graph, each phase on both cores): areal-flow run graphs/math_rl.py \
            --set staleness.max_lag=0 --set staleness.interrupt=false --set placement=colocated
 On a GPU:  --set nodes.gen.resources.gpus=0.5 --set nodes.trainer.resources.gpus=0.5 \
-           --set nodes.gen.eager=false --set nodes.gen.step_tokens=null (the generator's
-           eager engine and short steps are choices for one CPU core; docs/scale-out.md)
+           --set nodes.gen.eager=false (the eager engine is a choice for one CPU core;
+           docs/scale-out.md)
 Draw it:   areal-flow viz graphs/math_rl.py -o math_rl.png
 """
 
@@ -48,10 +48,9 @@ graph = Graph(
             # No torch.compile: the engine starts ~14 s sooner, and on this trainer-bound job its
             # slower decoding costs nothing (main job 6:36 against 7:25, docs/benchmarks.md)
             eager=True,
-            # A weight update waits for the engine step in progress: vLLM's 2048-token steps
-            # made updates take up to 3 s after a burst of prompts, 256-token steps 0.8 s
-            # (bench/step_tokens.py); the trainer-bound run does not miss the ~5 % tokens/s
-            step_tokens=256,
+            # vLLM's 2048-token engine steps: step_tokens=256 bounds publish -> active (0.6-0.8 s
+            # against 1-1.6 s) but delayed the first batch ~12 s and learned less in two runs
+            # (docs/benchmarks.md "The main job")
             sampling=Sampling(temperature=TEMPERATURE, max_tokens=96),
             resources=Resources(cpus=1),
         ),

@@ -80,10 +80,8 @@ def overrides(gpus: int, steps: int, gpu_memory: float, tiny: Path | None) -> li
         f"nodes.gen.resources.gpus={share}",
         f"nodes.trainer.resources.gpus={share}",
         f"nodes.gen.gpu_memory={gpu_memory}",
-        # math_rl's eager engine and 256-token steps are CPU choices; CUDA graphs and vLLM's
-        # own step budget are what a GPU wants
+        # math_rl's eager engine is a CPU choice; a GPU wants CUDA graphs
         "nodes.gen.eager=false",
-        "nodes.gen.step_tokens=null",
         f"nodes.trainer.steps={steps}",
         "evaluation.problems=50",
         "evaluation.samples=4",
