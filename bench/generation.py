@@ -91,13 +91,13 @@ def load_prompts(model_dir: Path, count: int) -> list[list[int]]:
     return prompts
 
 
-def write_weights(model_dir: Path, out: Path) -> Path:
-    """The model's state dict as the trainer would publish it."""
+def write_weights(model_dir: Path, out: Path, dtype: str = "float32") -> Path:
+    """The model's state dict as the trainer would publish it (in ``dtype``)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"))

@@ -9,9 +9,10 @@ chunk of new prompts, up to the budget (vLLM's ``max_num_batched_tokens``; the g
 ``step_tokens``): a burst of new prompts makes long steps. Each arm, in a fresh process:
 SmolLM2-135M-Instruct as ``graphs/math_rl.py``'s generator runs it (one core, max 64 running),
 ``--rounds`` rounds of a burst of 8 GSM8K prompts × 8 samples (T = 0.7, up to 96 tokens); from
-the second round on, ``--updates`` updates 1.5 s apart (the same bf16 weights from /dev/shm),
-each timed from the call to generating again (what ``publish_to_active_s`` counts after the
-publisher). Printed per budget: engine start, tokens/s per round, update latency median and max.
+the second round on, ``--updates`` updates 1.5 s apart (the same weights, in ``--dtype``, from
+/dev/shm), each timed from the call to generating again (what ``publish_to_active_s`` counts
+after the publisher). Printed per budget: engine start, tokens/s per round, update latency
+median and max.
 """
 
 from __future__ import annotations
@@ -29,30 +30,16 @@ from typing import Any
 WEIGHTS = Path("/dev/shm/areal-flow-bench-step-tokens")
 
 
-def bf16_weights(model: Path) -> Path:
-    """The model's weights as a bf16 trainer publishes them (the tied head left out)."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
-    if not (WEIGHTS / "model.safetensors").exists():
-        WEIGHTS.mkdir(parents=True, exist_ok=True)
-        net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16)
-        state = {k: v.contiguous() for k, v in net.state_dict().items() if k != "lm_head.weight"}
-        save_file(state, str(WEIGHTS / "model.safetensors"))
-    return WEIGHTS
-
-
 async def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     from areal_flow.engine import GenerationRequest, SamplingConfig, create_engine
     from areal_flow.models import prepare_smollm2
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from generation import load_prompts  # the same GSM8K prompts as bench/generation.py
+    from generation import load_prompts, write_weights  # as bench/generation.py
 
     model = prepare_smollm2()
     prompts = load_prompts(model, 8)
-    weights = bf16_weights(model)
+    weights = write_weights(model, WEIGHTS, args.dtype)
     engine = create_engine(
         "vllm", model=str(model), dtype=args.dtype, max_num_seqs=64, max_model_len=1024,
         kv_cache_gib=1, cpus=tuple(args.cpus), enforce_eager=args.eager,
