@@ -45,8 +45,8 @@ graph = Graph(
             # bf16 decodes ~1.55x faster on AVX-512 BF16 CPUs (bench/eval_speed.py), and the
             # trainer computes in bf16 autocast anyway; weights then travel as bf16 (half the bytes)
             dtype="bfloat16",
-            # No torch.compile: the engine starts ~14 s sooner, and on this trainer-bound job its
-            # slower decoding costs nothing (main job 6:36 against 7:25, docs/benchmarks.md)
+            # No torch.compile: the engine starts ~14 s sooner (first step at 64-66 s against 84 s),
+            # and on this trainer-bound job its slower decoding costs nothing (docs/benchmarks.md)
             eager=True,
             # vLLM's 2048-token engine steps: step_tokens=256 bounds publish -> active (0.6-0.8 s
             # against 1-1.6 s) but delayed the first batch ~12 s and learned less in two runs

@@ -104,7 +104,7 @@ def test_tiny_model_end_to_end(
 def test_inflight_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
     """In-flight updates: sequences continue on the new weights over their old KV (no
     recompute), and no request after an update reuses a prefix cached before it. With a small
-    step budget (the generator's ``step_tokens``, as graphs/math_rl.py sets it)."""
+    step budget (the generator's ``step_tokens``), which reaches vLLM's scheduler."""
     loop, engine = _engine(tiny_model_dir, "inflight", max_batched_tokens=256)
     try:
         assert engine._llm.vllm_config.scheduler_config.max_num_batched_tokens == 256
