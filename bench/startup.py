@@ -1,7 +1,7 @@
 """Start-up costs of a run: model conversion, and whether vLLM's torch.compile pays for itself.
 
 Usage: ``python bench/startup.py [--prompts 16] [--n 4] [--max-tokens 128] [--rounds 2]
-[--cpus 0] [--arms cold warm cold-noaot warm-noaot eager]``
+[--cpus 0] [--arms cold warm cold-noaot warm-noaot eager eager-worker-process]``
 
 Model: SmolLM2-135M-Instruct (``prepare_model("smollm2")``), fp32, as the generator runs it.
 
@@ -17,7 +17,10 @@ Model: SmolLM2-135M-Instruct (``prepare_model("smollm2")``), fp32, as the genera
      load failure ... 'function' object has no attribute 'finalize_loading'", vLLM issue
      #45447), so ``warm`` compiles again, only faster through Inductor's own cache; without
      AOT, vLLM's older per-graph compile cache is used;
-   - ``eager``: ``enforce_eager`` (the generator's ``eager: true``): no compilation at all.
+   - ``eager``: ``enforce_eager`` (the generator's ``eager: true``): no compilation at all;
+   - ``eager-worker-process``: the same with vLLM's worker in a process of its own
+     (``worker_process``, vLLM-CPU's default) instead of in the engine-core process: one more
+     vLLM import at start-up.
 
    Each arm times ``engine.start()`` (start-up), then ``--rounds`` rounds of the same work:
    ``--prompts`` GSM8K questions × ``--n`` samples, T = 1, until EOS or ``--max-tokens``, all in
@@ -44,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ARMS = ("cold", "warm", "cold-noaot", "warm-noaot", "eager")
+ARMS = ("cold", "warm", "cold-noaot", "warm-noaot", "eager", "eager-worker-process")
 
 
 def conversion_times() -> dict[str, float]:
@@ -93,7 +96,8 @@ async def run_arm(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.prompts * args.n,
         kv_cache_gib=2,
         cpus=tuple(args.cpus),
-        enforce_eager=args.arm == "eager",
+        enforce_eager=args.arm.startswith("eager"),
+        worker_process=args.arm == "eager-worker-process",
     )
     began, cpu = time.perf_counter(), tree_cpu_s()
     await engine.start()
@@ -123,7 +127,7 @@ async def run_arm(args: argparse.Namespace) -> dict[str, Any]:
 def arm_in_subprocess(arm: str, args: argparse.Namespace, caches: Path) -> dict[str, Any]:
     """Run ``arm`` in a fresh interpreter; compiled arms share ``caches`` (cold fills them)."""
     env = dict(os.environ)
-    if arm != "eager":
+    if not arm.startswith("eager"):
         pair = "noaot" if arm.endswith("-noaot") else "aot"
         env["VLLM_CACHE_ROOT"] = str(caches / pair / "vllm")
         env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / pair / "inductor")
@@ -169,7 +173,7 @@ def report(conversion: dict[str, float], arms: dict[str, dict[str, Any]]) -> Non
     eager = arms["eager"]
     eager_rate = _rate(eager["rounds"][-1])
     print("\nagainst eager (same run):")
-    for name in ("cold", "warm", "cold-noaot", "warm-noaot"):
+    for name in ("cold", "warm", "cold-noaot", "warm-noaot", "eager-worker-process"):
         if name not in arms:
             continue
         arm = arms[name]

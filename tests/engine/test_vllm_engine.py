@@ -82,6 +82,35 @@ def test_preloaded_libraries_are_in_the_engine_processes(
     assert not set(paths) & set(preloaded)  # this process's environment is restored
 
 
+def test_cpu_worker_runs_in_the_engine_core_bound_like_vllms_own(tiny_model_dir: Path) -> None:
+    """On CPU the worker runs inside vLLM's engine-core process (one process below the caller,
+    not two: one vLLM import fewer at each start), spawned with the OpenMP binding vLLM's
+    ``mp`` executor gives a worker process of its own: one thread per core of ``cpus``."""
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    others = {p.pid for p in psutil.Process().children(recursive=True)}  # other tests' engines
+    loop, engine = _engine(tiny_model_dir, "inflight", cpus=cpus)
+    try:
+        loop.run(cases.case_abort_returns_partial(engine))  # the worker has computed
+        below = [p for p in psutil.Process().children(recursive=True) if p.pid not in others]
+        vllm = [p for p in below if p.name().startswith("VLLM::")]
+        assert [p.name() for p in vllm] == ["VLLM::EngineCore"], [p.name() for p in below]
+        core = vllm[0]
+        environ = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{core.pid}/environ").read_text().split("\0")
+            if "=" in item
+        )
+        assert environ["OMP_NUM_THREADS"] == str(len(cpus))
+        binding = environ.get("KMP_AFFINITY") or environ.get("GOMP_CPU_AFFINITY") or ""
+        binding = binding or environ["OMP_PLACES"]
+        assert all(str(c) in binding for c in cpus), binding
+        # The engine loop, which now also runs the model, is OpenMP's first thread: bound to
+        # the first core, as the worker's was.
+        assert os.sched_getaffinity(core.pid) == {cpus[0]}
+    finally:
+        _stop(loop, engine)
+
+
 def test_tiny_model_end_to_end(
     recompute_engine: tuple[LoopThread, VLLMEngine],
     tiny_model_dir: Path,
