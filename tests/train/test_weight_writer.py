@@ -319,3 +319,32 @@ def test_blake3_on_every_core_gives_the_one_thread_digest(tmp_path: Path) -> Non
     file.write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="corrupt"):
         verify_weights(tmp_path, threads=HASH_ALL_CORES)
+
+
+def test_the_snapshot_is_taken_on_one_thread_on_the_callers_own_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lending trainer's threads may run on a generator's core too; the snapshot's copy runs
+    on the trainer's own cores, on one thread, and both settings come back afterwards."""
+    import os
+
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs two cores to pin the snapshot to one of them")
+    own = {min(allowed)}
+    seen: list[tuple[set[int], int]] = []
+
+    class Recording(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def]
+            seen.append((os.sched_getaffinity(0), torch.get_num_threads()))
+            return super().items()
+
+    real = weight_writer.unique_tensors
+    monkeypatch.setattr(weight_writer, "unique_tensors", lambda state: Recording(real(state)))
+    threads = torch.get_num_threads()
+    writer = WeightWriter(tmp_path, cores=sorted(own))
+    writer.publish({"w": torch.arange(6.0)}, 1).result(timeout=60)
+    writer.close()
+    assert seen[-1] == (own, 1)  # the copy loop: the last walk over the tensors
+    assert os.sched_getaffinity(0) == allowed
+    assert torch.get_num_threads() == threads
