@@ -49,8 +49,8 @@ graph = Graph(
             # and on this trainer-bound job its slower decoding costs nothing (docs/benchmarks.md)
             eager=True,
             # vLLM's 2048-token engine steps: step_tokens=256 bounds publish -> active (0.6-0.8 s
-            # against 1-1.6 s) but delayed the first batch ~12 s and learned less in two runs
-            # (docs/benchmarks.md "The main job")
+            # against up to 1.2-1.6 s) but delayed the first batch ~12 s and learned less in two
+            # runs (docs/benchmarks.md "The main job")
             sampling=Sampling(temperature=TEMPERATURE, max_tokens=96),
             resources=Resources(cpus=1),
         ),
