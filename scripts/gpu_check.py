@@ -14,8 +14,9 @@ Steps:
    ``gpu_check.json`` in the run folder.
 
 ``--cpu-dry-run`` runs the same pipeline on this machine's CPU with the tiny random model and
-the hf engine: the gpu tests are only collected (they skip without CUDA), the graph runs two
-steps, and the table is built the same way (tests/e2e/test_gpu_check.py runs it).
+the hf engine: the gpu tests are only collected (they skip without CUDA), the graph runs
+``DRY_RUN_STEPS`` steps, and the table is built the same way (tests/e2e/test_gpu_check.py runs
+it).
 
 Exit status: 0 when the tests passed and the run completed with every figure of the table; 1
 otherwise; 2 when there is no CUDA GPU and no ``--cpu-dry-run``.
@@ -45,6 +46,13 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+#: The dry run's steps: at math_rl's η = 2 the gate admits 3 steps' trajectories on the initial
+#: weights, so step 4's data exist only once the generator has loaded version 1, and the table's
+#: publish → active always has a figure. With 2 steps the run could end before that load (on the
+#: tiny model a step takes ~0.2 s): the figure was missing in some runs.
+DRY_RUN_STEPS = 4
 
 
 def run_tests(dry_run: bool, basetemp: Path) -> tuple[bool, str]:
@@ -157,7 +165,7 @@ def complete(found: dict[str, Any]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-dry-run", action="store_true", help="CPU, tiny model, hf engine.")
-    parser.add_argument("--steps", type=int, default=None, help="Optimizer steps (10; dry 2).")
+    parser.add_argument("--steps", type=int, default=None, help="Optimizer steps (10; dry 4).")
     parser.add_argument("--gpu-memory", type=float, default=0.3, help="vLLM's share on CUDA.")
     parser.add_argument("--run-dir", type=Path, default=None, help="Default: runs/gpu_check-…")
     parser.add_argument("--skip-tests", action="store_true", help="Only the run and the table.")
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("no CUDA GPU here (torch.cuda.is_available() is False); on a GPU machine "
                       "run `bash scripts/setup.sh gpu` first, or pass --cpu-dry-run")  # fmt: skip
         return 2
-    steps = args.steps or (2 if args.cpu_dry_run else 10)
+    steps = args.steps or (DRY_RUN_STEPS if args.cpu_dry_run else 10)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         work = Path(scratch)
         tests_ok, tests_line = (True, "skipped (--skip-tests)")

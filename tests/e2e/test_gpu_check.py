@@ -29,7 +29,7 @@ def test_the_dry_run_builds_the_table_from_a_real_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     found = json.loads((tmp_path / "run" / "gpu_check.json").read_text())
     assert found["device"] == "cpu (dry run)" and found["status"] == "completed"
-    assert found["steps"] == 2 and found["steps_per_s"] > 0
+    assert found["steps"] == 4 and found["steps_per_s"] > 0
     assert found["tokens_per_s"]["gen"] > 0 and found["publish_to_active_max_s"] > 0
     assert 0 <= found["held_out_base_pass1"] <= 1 and 0 <= found["held_out_final_pass1"] <= 1
     assert "tests collected" in found["tests"]  # the gpu-marked tests exist and import
