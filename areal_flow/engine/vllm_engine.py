@@ -524,6 +524,12 @@ def _vllm_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def _worker_in_engine_core(cfg: VLLMEngineConfig) -> bool:
+    """The one rule both ``_executor_args`` and ``_worker_thread_binding`` follow: on CPU, unless
+    ``worker_process``, vLLM's worker runs in the engine-core process."""
+    return not cfg.worker_process and _vllm_cpu()
+
+
 def _executor_args(cfg: VLLMEngineConfig) -> dict[str, Any]:
     """On CPU, the worker in the engine-core process (vLLM's in-process executor) rather than
     in a third process. vLLM-CPU replaces the ``"uni"`` executor by ``"mp"``, whose only CPU
@@ -534,7 +540,7 @@ def _executor_args(cfg: VLLMEngineConfig) -> dict[str, Any]:
     ``bench/startup.py --arms eager eager-worker-process`` (SmolLM2 on one core): the engine
     starts ~5.6 s sooner, at the same tokens/s (docs/benchmarks.md "Start-up"). CUDA keeps
     vLLM's choice (already in-process for one GPU); ``worker_process`` keeps vLLM-CPU's."""
-    if cfg.worker_process or not _vllm_cpu():
+    if not _worker_in_engine_core(cfg):
         return {}
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
@@ -549,7 +555,7 @@ def _worker_thread_binding(cfg: VLLMEngineConfig, vllm_config: Any) -> Iterator[
     worker here, is spawned; vLLM's own code computes it (``OMPProcessManager``). Nothing with
     ``worker_process``: the ``mp`` executor binds its worker itself, and the engine core stays
     unbound, as vLLM-CPU runs it."""
-    if cfg.worker_process or not _vllm_cpu():
+    if not _worker_in_engine_core(cfg):
         yield
         return
     from vllm.utils.ompmultiprocessing import OMPProcessManager

@@ -4,9 +4,9 @@ Rules:
 - ``publish(state, version)`` blocks its caller only for the snapshot: every unique tensor is
   copied into a buffer the writer owns (allocated and touched once by ``prepare``, reused by
   every version, pinned when the weights live on a GPU), on one thread, on the caller's own
-  ``cores`` when given. It returns a future of the published
-  version; one background thread writes it (``weights.write_version``: safetensors, checksum
-  of the file written, atomic rename), so a notice never points at half a file.
+  ``cores`` when given. It returns a future of the published version; one background thread
+  writes it (``weights.write_version``: safetensors, checksum of the file written, atomic
+  rename), so a notice never points at half a file.
 - The snapshot is taken in ``dtype`` where that is exact for every receiving engine: bfloat16
   only when all generators load the model in bfloat16 (their own load would round each value
   the same way, ``copy_`` into a bf16 parameter); integer tensors and those under
@@ -139,12 +139,13 @@ def _one_thread(cores: set[int]) -> Iterator[None]:
 
     threads = torch.get_num_threads()
     affinity = os.sched_getaffinity(0)  # this thread's (Linux: 0 is the calling thread)
+    pin = bool(cores) and cores != affinity
     torch.set_num_threads(1)
-    if cores and cores != affinity:
+    if pin:
         os.sched_setaffinity(0, cores)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        if cores and cores != affinity:
+        if pin:
             os.sched_setaffinity(0, affinity)

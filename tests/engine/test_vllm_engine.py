@@ -82,6 +82,22 @@ def test_preloaded_libraries_are_in_the_engine_processes(
     assert not set(paths) & set(preloaded)  # this process's environment is restored
 
 
+def _new_vllm_processes(others: set[int]) -> list[psutil.Process]:
+    """vLLM's processes below this one (named ``VLLM::…`` by vLLM), other tests' excluded."""
+    below = psutil.Process().children(recursive=True)
+    return [p for p in below if p.pid not in others and p.name().startswith("VLLM::")]
+
+
+def _named(processes: list[psutil.Process], name: str) -> psutil.Process:
+    return next(p for p in processes if p.name() == name)
+
+
+def _spawn_environment(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` was started with."""
+    items = Path(f"/proc/{pid}/environ").read_text().split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
 def test_cpu_worker_runs_in_the_engine_core_bound_like_vllms_own(tiny_model_dir: Path) -> None:
     """On CPU the worker runs inside vLLM's engine-core process (one process below the caller,
     not two: one vLLM import fewer at each start), spawned with the OpenMP binding vLLM's
@@ -91,15 +107,10 @@ def test_cpu_worker_runs_in_the_engine_core_bound_like_vllms_own(tiny_model_dir:
     loop, engine = _engine(tiny_model_dir, "inflight", cpus=cpus)
     try:
         loop.run(cases.case_abort_returns_partial(engine))  # the worker has computed
-        below = [p for p in psutil.Process().children(recursive=True) if p.pid not in others]
-        vllm = [p for p in below if p.name().startswith("VLLM::")]
-        assert [p.name() for p in vllm] == ["VLLM::EngineCore"], [p.name() for p in below]
+        vllm = _new_vllm_processes(others)
+        assert [p.name() for p in vllm] == ["VLLM::EngineCore"], [p.name() for p in vllm]
         core = vllm[0]
-        environ = dict(
-            item.split("=", 1)
-            for item in Path(f"/proc/{core.pid}/environ").read_text().split("\0")
-            if "=" in item
-        )
+        environ = _spawn_environment(core.pid)
         assert environ["OMP_NUM_THREADS"] == str(len(cpus))
         binding = environ.get("KMP_AFFINITY") or environ.get("GOMP_CPU_AFFINITY") or ""
         binding = binding or environ["OMP_PLACES"]
@@ -118,12 +129,11 @@ def test_worker_process_keeps_vllm_cpus_own_layout(tiny_model_dir: Path) -> None
     loop, engine = _engine(tiny_model_dir, "inflight", worker_process=True)
     try:
         loop.run(cases.case_abort_returns_partial(engine))
-        below = [p for p in psutil.Process().children(recursive=True) if p.pid not in others]
-        names = sorted(p.name() for p in below if p.name().startswith("VLLM::"))
+        vllm = _new_vllm_processes(others)
+        names = sorted(p.name() for p in vllm)
         assert names == ["VLLM::EngineCore", "VLLM::Worker"], names
-        core = next(p for p in below if p.name() == "VLLM::EngineCore")
-        environ = Path(f"/proc/{core.pid}/environ").read_text()
-        assert "KMP_AFFINITY=" not in environ and "GOMP_CPU_AFFINITY=" not in environ
+        environ = _spawn_environment(_named(vllm, "VLLM::EngineCore").pid)
+        assert "KMP_AFFINITY" not in environ and "GOMP_CPU_AFFINITY" not in environ
     finally:
         _stop(loop, engine)
 
