@@ -15,6 +15,7 @@ side (a worker builds and encodes one heartbeat) the same way.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import time
@@ -84,7 +85,7 @@ def main() -> None:
         print("msgspec is not installed: its arm is left out")
     base = 0.0
     for name, decode in arms.items():
-        us = per_call_us(lambda decode=decode: decode(frame), args.n)
+        us = per_call_us(functools.partial(decode, frame), args.n)
         base = base or us
         print(f"decode {name:32s} {us:7.2f} µs   ×{us / base:.2f} of baseline")
     untyped = per_call_us(

@@ -49,7 +49,7 @@ def write_adapter(model: Path, out: Path, rank: int) -> Path:
         for name, p in wrapped.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 1e-3)
-    wrapped.save_pretrained(out)
+    wrapped.save_pretrained(str(out))
     return out
 
 

@@ -97,10 +97,11 @@ def make_sequences(
         answer = torch.randint(100, 20000, (response,), generator=gen)
         tokens = torch.cat([prompt_ids, answer])
         zeros = torch.zeros(response)
-        raw.append(Sequence(tokens, prompt, zeros, zeros, 0.0, True))
+        sampled = torch.ones(response, dtype=torch.bool)
+        raw.append(Sequence(tokens, prompt, zeros, zeros, 0.0, True, sampled))
     prox, _ = policy.response_logprobs(raw)  # realistic ratios: π_θ starts at π_prox = π_behav
     return [
-        Sequence(s.tokens, s.prompt_len, p, p, (-1.0) ** i, True)
+        Sequence(s.tokens, s.prompt_len, p, p, (-1.0) ** i, True, s.sampled)
         for i, (s, p) in enumerate(zip(raw, prox, strict=True))
     ]
 

@@ -393,7 +393,7 @@ def trl_child(spec: dict[str, Any]) -> None:
     )
     marks: list[float] = list(spec["marks"])
 
-    class WallClockMarks(TrainerCallback):  # type: ignore[misc]
+    class WallClockMarks(TrainerCallback):
         """Keeps the weights before each step; saves them for every mark the step crossed;
         stops training at the budget. Its own copying and saving is off the clock."""
 

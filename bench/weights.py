@@ -136,7 +136,7 @@ async def start_generator(engine: str, run_dir: Path, dtype: str, lora_rank: int
     config = GeneratorConfig(
         name=f"gen_{engine.replace('-', '_')}",
         engine="hf" if engine == "hf" else "vllm",
-        dtype=dtype,  # type: ignore[arg-type]
+        dtype=dtype,
         max_running=8,
         kv_cache_gib=1,
         max_model_len=1024,
