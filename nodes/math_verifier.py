@@ -36,6 +36,11 @@ class MathVerifierConfig(RewardSpec):
         "answer_is",
         description="The format the prompt asks for: 'The answer is N.', \\boxed{N}, '#### N'.",
     )
+    answer_last: bool = Field(
+        False,
+        description="The answer must end the response: a response that talks on after its "
+        "answer earns the wrong reward (verdict 'not_last'). Held-out evaluation ignores it.",
+    )
 
 
 class MathVerifier(RewardNode[MathVerifierConfig]):
@@ -52,6 +57,7 @@ class MathVerifier(RewardNode[MathVerifierConfig]):
             format_reward=cfg.format_reward,
             required_format=cfg.required_format,
             lenient=cfg.extraction == "lenient",
+            answer_last=cfg.answer_last,
         )
         return RewardCall(
             SCORE,

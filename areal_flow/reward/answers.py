@@ -7,6 +7,9 @@ Rules:
 - Strict markers: ``\\boxed{...}``, "The answer is X" (also "The final answer is X") and a
   GSM8K-style ``#### X`` line. When several are present, the one that starts last in the text
   wins: the final statement is the final answer.
+- ``ends_response``: the answer is the response's last word when only whitespace, full stops and
+  closing decoration (``**``, ``$``, brackets) follow it; prompts that say "End with 'The answer
+  is N.'" ask for that.
 - Lenient mode adds one fallback, used only when no strict marker is present: the last number in
   the text.
 - Every scan is linear in the text length and every captured span is bounded, so adversarial
@@ -40,6 +43,8 @@ _LEADING_NUMBER_WITH_UNITS: Final = re.compile(
 )
 # A sentence ends at "." or "!" before whitespace; "3.5" and "10!" (factorial mid-span) survive.
 _SENTENCE_END: Final = re.compile(r"[.!](?=\s|$)")
+# What may follow an answer that ends its response: whitespace, full stops, closing decoration.
+_TRAILER: Final = re.compile(r"[\s.!*$)\]}]*")
 _UNICODE_MINUS: Final = str.maketrans({"−": "-", "–": "-", "—": "-"})
 
 
@@ -48,12 +53,15 @@ class Extraction:
     """A candidate final answer found in a response.
 
     ``problem`` is None for a clean span, ``"too_long"`` when the span exceeded ``SPAN_LIMIT``
-    characters, ``"unbalanced"`` for a ``\\boxed{`` whose braces never close.
+    characters, ``"unbalanced"`` for a ``\\boxed{`` whose braces never close. ``start`` is where
+    the marker begins; ``end`` is just past the answer: its sentence's full stop, the closing
+    brace, the end of the ``####`` line or of the number.
     """
 
     text: str
     source: AnswerSource
     start: int
+    end: int
     problem: Literal["too_long", "unbalanced"] | None = None
 
 
@@ -65,6 +73,11 @@ def extract_answer(text: str, *, lenient: bool = False) -> Extraction | None:
     if candidates:
         return max(candidates, key=lambda c: c.start)
     return _last_number(text) if lenient else None
+
+
+def ends_response(text: str, found: Extraction) -> bool:
+    """Whether nothing but whitespace, full stops and closing decoration follows the answer."""
+    return _TRAILER.fullmatch(text, found.end) is not None
 
 
 def follows_format(text: str, required: RequiredFormat) -> bool:
@@ -127,10 +140,15 @@ def _last_answer_is(text: str) -> Extraction | None:
     window = text[last.end() : min(stop, last.end() + SPAN_LIMIT + 1)]
     sentence_end = _SENTENCE_END.search(window)
     if sentence_end is not None:
+        end = last.end() + sentence_end.end()
         window = window[: sentence_end.start()]
     elif len(window) > SPAN_LIMIT:
-        return Extraction(window[:SPAN_LIMIT], "answer_is", last.start(), "too_long")
-    return Extraction(window.strip(), "answer_is", last.start())
+        return Extraction(
+            window[:SPAN_LIMIT], "answer_is", last.start(), last.end() + SPAN_LIMIT, "too_long"
+        )
+    else:
+        end = last.end() + len(window)
+    return Extraction(window.strip(), "answer_is", last.start(), end)
 
 
 def _last_hashes(text: str) -> Extraction | None:
@@ -142,10 +160,9 @@ def _last_hashes(text: str) -> Extraction | None:
     end_of_line = text.find("\n", last.end())
     stop = len(text) if end_of_line < 0 else end_of_line
     if stop - last.end() > SPAN_LIMIT:
-        return Extraction(
-            text[last.end() : last.end() + SPAN_LIMIT], "hashes", last.start(), "too_long"
-        )
-    return Extraction(text[last.end() : stop].strip(), "hashes", last.start())
+        span = text[last.end() : last.end() + SPAN_LIMIT]
+        return Extraction(span, "hashes", last.start(), last.end() + SPAN_LIMIT, "too_long")
+    return Extraction(text[last.end() : stop].strip(), "hashes", last.start(), stop)
 
 
 def _last_boxed(text: str) -> Extraction | None:
@@ -173,10 +190,10 @@ def _balanced_span(text: str, marker: int, open_end: int) -> Extraction:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return Extraction(text[open_end:i].strip(), "boxed", marker)
+                return Extraction(text[open_end:i].strip(), "boxed", marker, i + 1)
         i += 1
     problem: Literal["too_long", "unbalanced"] = "too_long" if limit < len(text) else "unbalanced"
-    return Extraction(text[open_end:limit], "boxed", marker, problem)
+    return Extraction(text[open_end:limit], "boxed", marker, limit, problem)
 
 
 def _last_number(text: str) -> Extraction | None:
@@ -185,4 +202,4 @@ def _last_number(text: str) -> Extraction | None:
         pass
     if last is None:
         return None
-    return Extraction(last.group(0), "last_number", last.start())
+    return Extraction(last.group(0), "last_number", last.start(), last.end())

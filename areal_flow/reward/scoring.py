@@ -13,6 +13,10 @@ Rules:
   An expression that only evaluates to the reference ("The answer is 3 + 3." for "What is
   3 + 3?") restates the question; it is ``not_a_number``, wrong. Policies trained without this
   rule learned to echo the question.
+- ``answer_last`` (off by default, and in every evaluation): an answer that does not end the
+  response is ``not_last``, wrong, whatever its value. Prompts that say "End with 'The answer
+  is N.'" ask for it; without it a policy is paid for talking on after its answer, and its
+  answers drift towards max_tokens (docs/benchmarks.md "The main job").
   Its expression parser (sympy ``parse_expr``, built on ``eval``) is deliberately not used.
 - Every failure is a verdict, never an exception: ``reason`` says why, and the reward is the
   configured wrong reward (plus the format reward when the format was followed).
@@ -29,7 +33,13 @@ from typing import Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from areal_flow.reward.answers import RequiredFormat, clean_span, extract_answer, follows_format
+from areal_flow.reward.answers import (
+    RequiredFormat,
+    clean_span,
+    ends_response,
+    extract_answer,
+    follows_format,
+)
 from areal_flow.reward.answers import plain_number as _plain_number
 
 Reason = Literal[
@@ -40,6 +50,7 @@ Reason = Literal[
     "too_complex",
     "parse_error",
     "not_a_number",
+    "not_last",
     "compare_error",
     "timeout",
     "worker_crash",
@@ -74,6 +85,12 @@ class RewardConfig(BaseModel):
         True,
         description="When the reference is a plain number, accept only a number (or a fraction "
         "of integers) as the answer, not an expression that evaluates to it ('3 + 3').",
+    )
+    answer_last: bool = Field(
+        False,
+        description="The answer must end the response: text after it (the model talking on) "
+        "makes the answer wrong, reason 'not_last'. For training rewards whose prompt says "
+        "where the answer goes.",
     )
     max_response_chars: int = Field(
         32_768, gt=0, description="Longer responses are wrong with reason 'too_long', unread."
@@ -136,6 +153,8 @@ def score_answer(response: str, reference: str, config: RewardConfig) -> Verdict
         return make_verdict(config, "no_answer", format_ok, None)
     if nesting_depth(span) > config.max_nesting:
         return make_verdict(config, "too_complex", format_ok, span)
+    if config.answer_last and not ends_response(response, found):
+        return make_verdict(config, "not_last", format_ok, span)
     return make_verdict(config, compare(span, reference, config), format_ok, span)
 
 

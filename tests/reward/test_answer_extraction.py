@@ -9,6 +9,7 @@ import pytest
 from areal_flow.reward.answers import (
     SPAN_LIMIT,
     clean_span,
+    ends_response,
     extract_answer,
     follows_format,
     plain_number,
@@ -52,6 +53,30 @@ def test_last_number_only_when_lenient_and_no_marker() -> None:
     assert found is not None and found.text == "-3"
     found = extract_answer("The answer is 9. Also 10 and 11.", lenient=True)
     assert found is not None and found.text == "9"  # a marker beats the last number
+
+
+@pytest.mark.parametrize(
+    ("text", "last"),
+    [
+        ("3 + 4 = 7. The answer is 7.", True),
+        ("The answer is **7**.\n", True),
+        ("So $\\boxed{7}$.", True),
+        ("work\n#### 7\n", True),
+        ("The answer is 7", True),
+        ("The answer is 7.\n\nThis is a classic example of", False),
+        ("The answer is 7. So 3 + 4 = 7", False),
+        ("\\boxed{7} because 3 + 4 = 7.", False),
+        ("#### 7\nDone", False),
+    ],
+)
+def test_ends_response_allows_only_closing_decoration_after_the_answer(
+    text: str, last: bool
+) -> None:
+    found = extract_answer(text)
+    assert found is not None and clean_span(found.text) == "7"
+    assert ends_response(text, found) is last
+    numbers = "3 plus 4 makes 7 apples", "3 plus 4 makes 7."
+    assert [ends_response(t, extract_answer(t, lenient=True)) for t in numbers] == [False, True]
 
 
 def test_unbalanced_and_overlong_spans_are_flagged() -> None:

@@ -128,3 +128,15 @@ def test_model_text_is_never_executed(tmp_path: Path) -> None:
         verdict = score_answer(payload, "0", RewardConfig(number_answers=False))
         assert not verdict.correct
     assert not marker.exists()
+
+
+def test_answer_last_makes_an_answer_followed_by_more_talk_wrong() -> None:
+    rambling = "3 + 4 = 7.\n\nThe answer is 7.\n\nThis is a classic example of addition"
+    ending = "3 + 4 = 7.\n\nThe answer is 7."
+    strict = RewardConfig(answer_last=True, correct_reward=1.0, wrong_reward=-1.0)
+    verdict = score_answer(rambling, "7", strict)
+    assert (verdict.reason, verdict.correct, verdict.reward) == ("not_last", False, -1.0)
+    assert verdict.format_ok and verdict.extracted == "7"  # found, just not last
+    assert score_answer(ending, "7", strict).reason == "correct"
+    assert score_answer(rambling, "7", RewardConfig()).reason == "correct"  # off by default
+    assert score_answer("The answer is 8.", "7", strict).reason == "wrong"
