@@ -3,10 +3,11 @@
 Rules:
 - ``publish(state, version)`` blocks its caller only for the snapshot: every unique tensor is
   copied into a buffer the writer owns (allocated and touched once by ``prepare``, reused by
-  every version, pinned when the weights live on a GPU), on one thread, on the caller's own
-  ``cores`` when given. It returns a future of the published version; one background thread
-  writes it (``weights.write_version``: safetensors, checksum of the file written, atomic
-  rename), so a notice never points at half a file.
+  every version, pinned when the weights live on a GPU), in one call (the GIL is taken once,
+  not once per tensor), on one thread, on the caller's own ``cores`` when given. It returns a
+  future of the published version; one background thread writes it (``weights.write_version``:
+  safetensors, checksum of the file written, atomic rename), so a notice never points at half a
+  file.
 - The snapshot is taken in ``dtype`` where that is exact for every receiving engine: bfloat16
   only when all generators load the model in bfloat16 (their own load would round each value
   the same way, ``copy_`` into a bf16 parameter); integer tensors and those under
@@ -90,9 +91,13 @@ class WeightWriter:
         self.wait()
         self.prepare(state)
         tensors = unique_tensors(state)
+        buffers = [self._buffers[name] for name in tensors]
         with torch.no_grad(), _one_thread(self.cores):
-            for name, tensor in tensors.items():
-                self._buffers[name].copy_(tensor, non_blocking=True)
+            # One call for every tensor: a loop of copy_ takes the GIL back after each of the
+            # ~270 copies, and while another thread of the trainer runs Python (its event loop
+            # reading batches) each take waits for it; bench/snapshot.py measured 1.8 s for
+            # the loop against 31 ms for this (SmolLM2, fp32 -> bf16).
+            torch._foreach_copy_(buffers, list(tensors.values()), non_blocking=True)
         if any(t.is_cuda for t in tensors.values()):
             torch.cuda.synchronize()  # the copies into pinned memory are asynchronous
         block_s = time.perf_counter() - began

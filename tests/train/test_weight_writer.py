@@ -325,26 +325,29 @@ def test_the_snapshot_is_taken_on_one_thread_on_the_callers_own_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lending trainer's threads may run on a generator's core too; the snapshot's copy runs
-    on the trainer's own cores, on one thread, and both settings come back afterwards."""
+    on the trainer's own cores, on one thread, as one call over every tensor (the GIL taken
+    once), and the thread's settings come back afterwards."""
     import os
 
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2:
         pytest.skip("needs two cores to pin the snapshot to one of them")
     own = {min(allowed)}
-    seen: list[tuple[set[int], int]] = []
+    seen: list[tuple[set[int], int, int]] = []
+    real = torch._foreach_copy_
 
-    class Recording(dict):  # type: ignore[type-arg]
-        def items(self):  # type: ignore[no-untyped-def]
-            seen.append((os.sched_getaffinity(0), torch.get_num_threads()))
-            return super().items()
+    def recording(dst: list[torch.Tensor], src: list[torch.Tensor], **kw: bool) -> None:
+        seen.append((os.sched_getaffinity(0), torch.get_num_threads(), len(src)))
+        real(dst, src, **kw)
 
-    real = weight_writer.unique_tensors
-    monkeypatch.setattr(weight_writer, "unique_tensors", lambda state: Recording(real(state)))
+    monkeypatch.setattr(torch, "_foreach_copy_", recording)
     threads = torch.get_num_threads()
     writer = WeightWriter(tmp_path, cores=sorted(own))
-    writer.publish({"w": torch.arange(6.0)}, 1).result(timeout=60)
+    state = {"w": torch.arange(6.0), "b": torch.ones(2), "step": torch.tensor([3])}
+    path = writer.publish(state, 1).result(timeout=60).ref.path
     writer.close()
-    assert seen[-1] == (own, 1)  # the copy loop: the last walk over the tensors
+    assert seen == [(own, 1, 3)]
+    written = load_file(str(Path(path) / "model.safetensors"))
+    assert {k: v.tolist() for k, v in written.items()} == {k: v.tolist() for k, v in state.items()}
     assert os.sched_getaffinity(0) == allowed
     assert torch.get_num_threads() == threads
