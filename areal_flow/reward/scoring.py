@@ -13,11 +13,11 @@ Rules:
   An expression that only evaluates to the reference ("The answer is 3 + 3." for "What is
   3 + 3?") restates the question; it is ``not_a_number``, wrong. Policies trained without this
   rule learned to echo the question.
+  Its expression parser (sympy ``parse_expr``, built on ``eval``) is deliberately not used.
 - ``answer_last`` (off by default, and in every evaluation): an answer that does not end the
   response is ``not_last``, wrong, whatever its value. Prompts that say "End with 'The answer
   is N.'" ask for it; without it a policy is paid for talking on after its answer, and its
   answers drift towards max_tokens (docs/benchmarks.md "The main job").
-  Its expression parser (sympy ``parse_expr``, built on ``eval``) is deliberately not used.
 - Every failure is a verdict, never an exception: ``reason`` says why, and the reward is the
   configured wrong reward (plus the format reward when the format was followed).
 """
