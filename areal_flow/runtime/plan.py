@@ -11,6 +11,10 @@ Rules:
   generator and the trainer to every core, both, and places the other nodes as before.
   Lending placement (``areal_flow.lending``) places as disaggregated and gives each
   generator replica an idle flag and the trainer a loan of each one's cores.
+- Set-up apart (``startup_cpus``, local launcher): while the graph starts, the replicas without
+  cores of their own, and a lending trainer's borrowed cores, stay off the generators' cores;
+  once the driver starts the run each replica takes its whole affinity (``worker.main``).
+  ``AREAL_FLOW_SETUP_APART=0`` turns this off (``bench/first_step.py`` compares both).
   Whole-GPU requests get GPUs of their own in node order; fractional ones share a GPU
   (``graph.pack_gpus``); ids follow the driver's visible devices.
 - The plan is plain JSON in the run folder (``plan.json``): workers read it, tests inspect it.
@@ -41,7 +45,7 @@ from areal_flow.colocation import colocated_nodes
 from areal_flow.graph import ResolvedEdge, pack_gpus, resolved_edges
 from areal_flow.lending import CoreLoan, plan_loans
 from areal_flow.registry import user_kinds
-from areal_flow.roles import TrainerSpec
+from areal_flow.roles import GeneratorSpec, TrainerSpec
 from areal_flow.spec import Graph
 from areal_flow.transport.curve import needs_curve
 from areal_flow.usercode import graph_modules
@@ -100,6 +104,7 @@ class ReplicaPlan(BaseModel):
     ranks: RankPlacement | None = None  # None: ranks 1..N−1 are rank 0's child processes
     idle_flag: str | None = None  # lending placement, a generator: the flag it keeps
     loans: list[CoreLoan] = []  # lending placement, the trainer: cores it may borrow
+    startup_cpus: list[int] = []  # cores while the graph sets up; [] = as while it runs
 
     @property
     def key(self) -> str:
@@ -201,6 +206,7 @@ def make_plan(
             planned.add(inbound[(edge.index, r)])
     cores = assign_cores(graph)
     flags, loans = plan_loans(graph, cores, run_dir)
+    apart = setup_apart(graph, cores, lending=bool(loans))
     gpus = assign_gpus(graph)
     kinds = user_kinds(graph)
     plans = []
@@ -232,6 +238,7 @@ def make_plan(
                     outputs=outs,
                     idle_flag=flags.get((node.name, r)),
                     loans=loans if isinstance(node, TrainerSpec) else [],
+                    startup_cpus=apart.get((node.name, r), []),
                 )
             )
     return RunPlan(
@@ -279,6 +286,41 @@ def assign_cores(graph: Graph) -> dict[tuple[str, int], list[int]]:
             assigned[(node.name, r)] = available[cursor : cursor + want]
             cursor += want
     return assigned
+
+
+def setup_apart(
+    graph: Graph, cores: dict[tuple[str, int], list[int]], lending: bool
+) -> dict[tuple[str, int], list[int]]:
+    """Where replicas set up when that differs from where they run: off the generators' cores.
+
+    A generator's start (vLLM imported twice, in its process and in the engine core, then the
+    engine's set-up) is the longest set-up of a run, and on a small machine every other process
+    importing beside it on its cores delays the first rollout. So, under the local launcher,
+    replicas without cores of their own set up on the cores no generator holds, and a lending
+    trainer on its own cores (its lenders start busy anyway). None when no generator has cores
+    of its own, or they hold every core. The main job, steps=2, three runs each: first prompt
+    issued at 22.3 s against 26.2 s (``bench/first_step.py``, docs/benchmarks.md)."""
+    if graph.launcher != "local" or os.environ.get("AREAL_FLOW_SETUP_APART") == "0":
+        return {}
+    generator_cores = {
+        core
+        for node in graph.nodes
+        if isinstance(node, GeneratorSpec)
+        for r in range(node.replicas)
+        for core in cores.get((node.name, r), [])
+    }
+    others = [c for c in sorted(os.sched_getaffinity(0)) if c not in generator_cores]
+    if not generator_cores or not others:
+        return {}
+    apart: dict[tuple[str, int], list[int]] = {}
+    for node in graph.nodes:
+        for r in range(node.replicas):
+            own = cores.get((node.name, r))
+            if not own:
+                apart[(node.name, r)] = others
+            elif lending and isinstance(node, TrainerSpec):
+                apart[(node.name, r)] = own  # its loans come with the start
+    return apart
 
 
 def assign_gpus(graph: Graph) -> dict[tuple[str, int], list[int]]:

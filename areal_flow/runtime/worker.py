@@ -20,7 +20,10 @@ Rules:
   loaded from ``run_dir/keys`` of this host (the driver's folder, or the copy the Ray actor
   wrote); a missing or loosely-permissioned key file stops the replica with the fix.
 - Run as a process: ``python -m areal_flow.runtime.worker PLAN NODE REPLICA``. The process
-  first pins itself to its cores and sets thread counts, before torch is imported. Launchers
+  first pins itself to its cores and sets thread counts, before torch is imported. With
+  ``startup_cpus`` (``plan.setup_apart``) it sets up on those cores, and every thread it has
+  then moves to its running cores once the driver starts the run; a process it started meanwhile
+  (a verifier pool, an evaluator's engine) keeps the set-up cores. Launchers
   start it under the replica's reaper (``reaper.py``): it dies with the reaper, and whatever it
   spawns (vLLM's engine processes, verifier pools) is killed when it ends, however it ends.
 """
@@ -28,6 +31,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -36,7 +40,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +92,7 @@ class Worker:
         node: Node[NodeSpec],
         hard_exit: bool = False,
         keys: RunKeys | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.plan = plan
         self.replica = replica
@@ -107,6 +113,7 @@ class Worker:
             loans=replica.loans,
         )
         self.hard_exit = hard_exit  # a process (not a task of the driver's loop)
+        self.on_start = on_start  # called once the driver starts the run
         self.ledger = False  # the driver follows prompt groups (told at start)
         self.link = ControlLink(
             zctx, plan.control, identity(replica.node, replica.replica), self._set_version, keys
@@ -128,6 +135,8 @@ class Worker:
             await _maybe_await_in_thread(self.node.setup, self.ctx)
             await self.link.send(Ready())
             await _first(self.link.started.wait(), self.link.stopping.wait())
+            if self.on_start is not None and self.link.started.is_set():
+                self.on_start()
             if not self.link.stopping.is_set():
                 await _first(self._main(), self.link.stopping.wait())
             if self.driver_silent_s is not None:
@@ -415,35 +424,56 @@ def build_node(plan: RunPlan, node_name: str) -> Node[NodeSpec]:
     return node_class(config)(config)
 
 
-async def run_replica(plan: RunPlan, node_name: str, replica: int, hard_exit: bool = False) -> int:
+async def run_replica(
+    plan: RunPlan,
+    node_name: str,
+    replica: int,
+    hard_exit: bool = False,
+    on_start: Callable[[], None] | None = None,
+) -> int:
     zctx = zmq.asyncio.Context()
     try:
         keys = load_run_keys(plan.run_dir) if plan.curve else None
         plan.load_user_code()
         node = build_node(plan, node_name)
-        worker = Worker(plan, plan.replica(node_name, replica), zctx, node, hard_exit, keys)
+        worker = Worker(
+            plan, plan.replica(node_name, replica), zctx, node, hard_exit, keys, on_start
+        )
         return await worker.serve()
     finally:
         stop_authenticator(zctx)
         zctx.destroy(linger=0)
 
 
-def pin_process(replica: ReplicaPlan) -> None:
+def pin_process(replica: ReplicaPlan) -> set[int]:
     """Pin to the planned cores (and any cores it may borrow) and size thread pools to its
-    own cores before heavy imports."""
+    own cores before heavy imports. Returns those running cores; with ``startup_cpus`` the
+    process is on the set-up cores until ``move_threads`` gives it the running ones."""
     if replica.cpus:
         os.sched_setaffinity(0, [*replica.cpus, *(c for loan in replica.loans for c in loan.cores)])
-    threads = str(max(1, len(replica.cpus) or len(os.sched_getaffinity(0))))
+    running = os.sched_getaffinity(0)
+    threads = str(max(1, len(replica.cpus) or len(running)))
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     os.environ.setdefault("MKL_NUM_THREADS", threads)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, replica.gpus))
+    if replica.startup_cpus:
+        os.sched_setaffinity(0, replica.startup_cpus)
+    return running
+
+
+def move_threads(cores: set[int]) -> None:
+    """Every thread of this process onto ``cores`` (threads started during set-up inherited the
+    set-up cores; an affinity belongs to a thread, and new threads copy their creator's)."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cores)
 
 
 def main(argv: list[str] | None = None) -> int:
     plan_path, node_name, index = argv or sys.argv[1:]
     plan = RunPlan.load(Path(plan_path))
     replica = plan.replica(node_name, int(index))
-    pin_process(replica)
+    running = pin_process(replica)
     # Ctrl-C belongs to the driver, which drains and stops replicas itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
@@ -452,11 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger(__name__).info(
         "cores %s, %s threads",
-        sorted(os.sched_getaffinity(0)) if replica.cpus else "unpinned",
+        sorted(running) if replica.cpus else "unpinned",
         os.environ["OMP_NUM_THREADS"],
     )
+    if replica.startup_cpus:
+        logging.getLogger(__name__).info("sets up on cores %s", replica.startup_cpus)
     try:
-        return asyncio.run(run_replica(plan, node_name, int(index), hard_exit=True))
+        on_start = partial(move_threads, running) if replica.startup_cpus else None
+        return asyncio.run(
+            run_replica(plan, node_name, int(index), hard_exit=True, on_start=on_start)
+        )
     except Exception:
         traceback.print_exc()
         return 1
