@@ -181,16 +181,17 @@ def _advantage(name: str) -> str:
     return name
 
 
-def verifier_reward(config: Any) -> Callable[..., list[float]]:
+def verifier_reward(config: Any) -> Callable[..., list[float | None]]:
     """The math verifier as a TRL reward function: each completion's verifier reward against
-    the row's ``answer`` (TRL passes dataset columns as keyword arguments)."""
+    the row's ``answer`` (TRL passes dataset columns as keyword arguments; its type allows None
+    for a completion a reward does not apply to, which never happens here)."""
     from areal_flow.reward.math_reward import score
 
     params = config.model_dump()
 
     def math_verifier(
         prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **extra: Any
-    ) -> list[float]:
+    ) -> list[float | None]:
         verdicts = [
             score(p, c, a, **params) for p, c, a in zip(prompts, completions, answer, strict=True)
         ]
