@@ -13,7 +13,8 @@ Rules:
   generator replica an idle flag and the trainer a loan of each one's cores.
 - Set-up apart (``startup_cpus``, local launcher): while the graph starts, the replicas without
   cores of their own, and a lending trainer's borrowed cores, stay off the generators' cores;
-  once the driver starts the run each replica takes its whole affinity (``worker.main``).
+  once the driver starts the run, what each replica started meanwhile moves to the cores it
+  runs on (``worker.move_threads``).
   ``AREAL_FLOW_SETUP_APART=0`` turns this off (``bench/first_step.py`` compares both).
   Whole-GPU requests get GPUs of their own in node order; fractional ones share a GPU
   (``graph.pack_gpus``); ids follow the driver's visible devices.

@@ -21,9 +21,10 @@ Rules:
   wrote); a missing or loosely-permissioned key file stops the replica with the fix.
 - Run as a process: ``python -m areal_flow.runtime.worker PLAN NODE REPLICA``. The process
   first pins itself to its cores and sets thread counts, before torch is imported. With
-  ``startup_cpus`` (``plan.setup_apart``) it sets up on those cores, and every thread it has
-  then moves to its running cores once the driver starts the run; a process it started meanwhile
-  (a verifier pool, an evaluator's engine) keeps the set-up cores. Launchers
+  ``startup_cpus`` (``plan.setup_apart``) it sets up on those cores; once the driver starts the
+  run, every thread still on them, its own and its child processes' (a verifier pool), moves to
+  its running cores. A thread that chose other cores (an engine's bound threads) keeps them.
+  Launchers
   start it under the replica's reaper (``reaper.py``): it dies with the reaper, and whatever it
   spawns (vLLM's engine processes, verifier pools) is killed when it ends, however it ends.
 """
@@ -461,12 +462,34 @@ def pin_process(replica: ReplicaPlan) -> set[int]:
     return running
 
 
-def move_threads(cores: set[int]) -> None:
-    """Every thread of this process onto ``cores`` (threads started during set-up inherited the
-    set-up cores; an affinity belongs to a thread, and new threads copy their creator's)."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(tid), cores)
+def move_threads(setup: set[int], cores: set[int]) -> None:
+    """Every thread on the ``setup`` cores, of this process and of its descendants, onto
+    ``cores``. An affinity belongs to a thread, and new threads and processes copy their
+    creator's, so everything started during set-up is there; a thread on other cores chose them
+    (vLLM binds each of its OpenMP threads to one core) and stays."""
+    for pid in [os.getpid(), *_descendants(os.getpid())]:
+        with contextlib.suppress(FileNotFoundError):  # a process that ended meanwhile
+            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                    if os.sched_getaffinity(tid) == setup:
+                        os.sched_setaffinity(tid, cores)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+                parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     if replica.startup_cpus:
         logging.getLogger(__name__).info("sets up on cores %s", replica.startup_cpus)
     try:
-        on_start = partial(move_threads, running) if replica.startup_cpus else None
+        setup = set(replica.startup_cpus)
+        on_start = partial(move_threads, setup, running) if setup else None
         return asyncio.run(
             run_replica(plan, node_name, int(index), hard_exit=True, on_start=on_start)
         )

@@ -80,37 +80,52 @@ def test_turned_off_by_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 MOVE = """
-import json, os, sys, threading
+import json, os, subprocess, sys, threading
 from areal_flow.runtime.plan import ReplicaPlan
 from areal_flow.runtime.worker import move_threads, pin_process
 
 replica = ReplicaPlan.model_validate_json(sys.argv[1])
 running = pin_process(replica)
+setup = set(replica.startup_cpus)
 seen = {"main_setup": sorted(os.sched_getaffinity(0))}
+chosen = sorted(running - setup)[:1]  # a core that is not a set-up core
 go = threading.Event()
-done = threading.Event()
+ready = threading.Barrier(3)
 
-def setup_thread():  # started during set-up, like a node's loader or zmq's I/O thread
+def inherited():  # started during set-up, like a node's loader or zmq's I/O thread
     seen["thread_setup"] = sorted(os.sched_getaffinity(0))
+    ready.wait()
     go.wait()
     seen["thread_running"] = sorted(os.sched_getaffinity(0))
-    done.set()
 
-threading.Thread(target=setup_thread).start()
-while "thread_setup" not in seen:
-    pass
-move_threads(running)
+def bound():  # binds itself, like an engine's OpenMP thread
+    os.sched_setaffinity(0, chosen)
+    ready.wait()
+    go.wait()
+    seen["bound_running"] = sorted(os.sched_getaffinity(0))
+
+threads = [threading.Thread(target=inherited), threading.Thread(target=bound)]
+for t in threads:
+    t.start()
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a pool worker
+ready.wait()
+move_threads(setup, running)
 seen["main_running"] = sorted(os.sched_getaffinity(0))
+seen["child_running"] = sorted(os.sched_getaffinity(child.pid))
+child.kill()
 go.set()
-done.wait()
+for t in threads:
+    t.join()
 seen["running"] = sorted(running)
+seen["chosen"] = chosen
 print(json.dumps(seen))
 """
 
 
 def test_the_process_sets_up_apart_then_every_thread_moves_to_its_cores(tmp_path: Path) -> None:
-    # A real process, pinned by the worker's own functions: the thread it started during set-up
-    # moves too, since an affinity belongs to a thread.
+    # A real process, pinned by the worker's own functions: a thread and a child process it
+    # started during set-up move too (an affinity belongs to a thread, inherited by what it
+    # starts); a thread that bound itself to other cores keeps them.
     cores = sorted(os.sched_getaffinity(0))
     graph = math_rl("placement=lending")
     plan = make_plan(graph, build(graph), tmp_path, "tcp://127.0.0.1:1")
@@ -124,4 +139,6 @@ def test_the_process_sets_up_apart_then_every_thread_moves_to_its_cores(tmp_path
     )
     seen = json.loads(out.stdout)
     assert seen["main_setup"] == seen["thread_setup"] == reward.startup_cpus != cores
-    assert seen["running"] == seen["main_running"] == seen["thread_running"] == cores
+    assert seen["running"] == cores
+    assert seen["main_running"] == seen["thread_running"] == seen["child_running"] == cores
+    assert seen["bound_running"] == seen["chosen"] != cores
