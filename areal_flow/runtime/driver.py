@@ -23,6 +23,8 @@ Rules:
   a replica of an ``ends_run`` kind (the trainer) finishes. ``interrupt()`` (Ctrl-C) drains:
   sources stop, in-flight data gets ``DRAIN_S`` to land, then everything is stopped.
 - Stopping never leaves orphans: replicas get 'stop', then ``STOP_GRACE_S``, then are killed.
+  Meanwhile the driver still reads the metrics they report as they end, so each replica's final
+  metrics reach the result, not those of its last heartbeat before the stop.
 - CurveZMQ: when the prepared plan wants it (``RunPlan.wants_curve``: an address off loopback,
   or ``AREAL_FLOW_CURVE=1``), the driver makes the run's keys in ``run_dir/keys`` (a resumed
   run keeps its own) before the plan is saved, records ``curve`` in the plan, and its control
@@ -516,14 +518,27 @@ class Driver:
                 await self._send(ident, Stop())
         deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline:
+            await self._read_reports()
             if all(r.handle.poll() is not None for r in self.replicas.values()):
                 break
             await asyncio.sleep(0.05)
+        await self._read_reports()  # what the last replica sent as it ended
         for replica in self.replicas.values():
             if replica.handle.poll() is None:
                 replica.handle.kill()
             if replica.status not in ("finished", "failed"):
                 replica.status = "stopped"
+
+    async def _read_reports(self) -> None:
+        """While stopping: take the metrics the replicas report as they end (``Finished``, a
+        last heartbeat); anything else (admissions, ledger events, versions) no longer changes
+        the run, and a replica's status stays what stopping makes it."""
+        while await self.router.poll(0):
+            frames = await self.router.recv_multipart()
+            message = _control_message(frames)
+            replica = self.replicas.get(frames[0])
+            if replica is not None and isinstance(message, Finished | Heartbeat):
+                replica.metrics = message.metrics
 
     async def _send(self, ident: bytes, message: DriverMessage) -> None:
         await self.router.send_multipart([ident, encode(message)])
