@@ -299,8 +299,8 @@ def setup_apart(
     importing beside it on its cores delays the first rollout. So, under the local launcher,
     replicas without cores of their own set up on the cores no generator holds, and a lending
     trainer on its own cores (its lenders start busy anyway). None when no generator has cores
-    of its own, or they hold every core. The main job, steps=2, three runs each: first prompt
-    issued at 22.3 s against 26.2 s (``bench/first_step.py``, docs/benchmarks.md)."""
+    of its own, or they hold every core. The main job, four runs each: the generator set up at
+    20.3 s against 22.7 s, medians (``bench/first_step.py``, docs/benchmarks.md)."""
     if graph.launcher != "local" or os.environ.get("AREAL_FLOW_SETUP_APART") == "0":
         return {}
     generator_cores = {

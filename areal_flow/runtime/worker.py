@@ -71,6 +71,7 @@ from areal_flow.runtime.messages import (
 )
 from areal_flow.runtime.plan import ReplicaPlan, RunPlan
 from areal_flow.runtime.ports import Inbox, Outbox, Received
+from areal_flow.runtime.reaper import descendants, process_table
 from areal_flow.spec import Graph, NodeSpec
 from areal_flow.transport.curve import RunKeys, load_run_keys, stop_authenticator
 
@@ -467,29 +468,12 @@ def move_threads(setup: set[int], cores: set[int]) -> None:
     ``cores``. An affinity belongs to a thread, and new threads and processes copy their
     creator's, so everything started during set-up is there; a thread on other cores chose them
     (vLLM binds each of its OpenMP threads to one core) and stays."""
-    for pid in [os.getpid(), *_descendants(os.getpid())]:
+    for pid in [os.getpid(), *descendants(os.getpid(), process_table())]:
         with contextlib.suppress(FileNotFoundError):  # a process that ended meanwhile
             for tid in map(int, os.listdir(f"/proc/{pid}/task")):
                 with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
                     if os.sched_getaffinity(tid) == setup:
                         os.sched_setaffinity(tid, cores)
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (children, their children, ...), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
-                parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found.extend(children)
-        todo.extend(children)
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
