@@ -12,7 +12,8 @@ throughput of asynchrony with the freshest data.
 
     python bench/staleness_sweep.py [--etas 0 1 2 4] [--steps 12] [--problems 100]
         [--modes inflight recompute abort drain] [--no-interrupt]
-        [--workload default|longtail] [--out bench/results]
+        [--workload default|longtail] [--repeats 1] [--set KEY=VALUE ...] [--resume]
+        [--out bench/results]
 
 ``--modes`` runs every η > 0 once per generator interrupt mode (``nodes.gen.interrupt_mode``:
 what new weights do to running sequences; ``engine.vllm_engine``), so the modes are compared on
@@ -20,6 +21,10 @@ the same workload; without it each η runs the graph's own mode. ``--no-interrup
 every η > 0, a run with ``staleness.interrupt=false``: new weights wait until the generator has
 no episode running (η = 0 always runs that way). ``--workload longtail`` is
 bench/async_vs_sync.py's long-tail workload (max tokens 512, easy and hard levels mixed).
+``--repeats n`` runs the whole set n times, every other time in reverse order, so a drift in the
+machine's speed does not favour the settings that run first. ``--set`` overrides the graph for
+every run and for the scoring. ``--resume`` keeps the runs the saved results already hold with
+the same name and settings (after a failed scoring, say) and trains only the others.
 """
 
 from __future__ import annotations
@@ -37,8 +42,21 @@ from areal_flow.engine.vllm_engine import InterruptMode
 
 
 def runs_to_make(args: argparse.Namespace) -> dict[str, list[str]]:
-    """Run name -> ``--set`` items, in the order they run."""
-    workload = WORKLOADS[args.workload]
+    """Run name -> ``--set`` items, in the order they run: with ``--repeats`` n > 1 the set runs
+    n times, named ``…-r1`` to ``…-rn``, odd repeats in reverse order."""
+    once = settings_to_run(args)
+    if args.repeats == 1:
+        return once
+    runs: dict[str, list[str]] = {}
+    for repeat in range(args.repeats):
+        names = list(once) if repeat % 2 == 0 else list(reversed(once))
+        runs.update({f"{name}-r{repeat + 1}": once[name] for name in names})
+    return runs
+
+
+def settings_to_run(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Setting name -> ``--set`` items, one run each."""
+    workload = [*args.set, *WORKLOADS[args.workload]]
     runs: dict[str, list[str]] = {}
     for eta in args.etas:
         if eta == 0:
@@ -66,17 +84,32 @@ def main() -> None:
         "--no-interrupt", action="store_true", help="also run each η > 0 uninterrupted"
     )
     parser.add_argument("--workload", choices=WORKLOADS, default="default")
+    parser.add_argument("--repeats", type=int, default=1, help="Runs of each setting.")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="Overrides for every run."
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the saved runs of the same settings"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     args.eval_every = args.steps  # one checkpoint per run: the final one
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.workload == "default" else f"-{args.workload}"
     saved = args.out / f"staleness_sweep{suffix}.json"
-    console = Console()
+    console = Console(width=200)  # the tables are wide; a log file would get 80 columns
+    done = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
     runs: dict[str, Any] = {}
     for name, sets in runs_to_make(args).items():
+        kept = done.get(name, {})
+        if kept.get("settings") == sets and kept["summary"]["steps"] == args.steps:
+            console.print(f"{name}: kept from {saved}")
+            runs[name] = done[name]
+            continue
         console.print(f"[bold]{name}[/] ({args.workload}): training {args.steps} steps ...")
-        runs[name] = train(f"{name}{suffix}", sets, args, args.out)
+        runs[name] = {**train(f"{name}{suffix}", sets, args, args.out), "settings": sets}
         saved.write_text(json.dumps(runs, indent=2))  # a later failure loses no finished run
     console.print("scoring the base model and every final checkpoint (one engine) ...")
     base = score_all({"sweep": runs}, args)
