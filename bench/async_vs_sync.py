@@ -134,8 +134,13 @@ def off_policy_stats(steps: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def generator_tokens_per_s(summary: dict[str, Any]) -> float:
-    """Generated tokens/s of the run: every node rate but the trainer's."""
-    return float(sum(v for k, v in summary["tokens_per_s"].items() if "train" not in k))
+    """Generated tokens/s of the run over its wall time: every node rate but the trainer's, and
+    not the generators' rates while generating (the same tokens over a shorter time)."""
+    from areal_flow.report import BUSY
+
+    busy = BUSY.format(node="")
+    rates = summary["tokens_per_s"].items()
+    return float(sum(v for k, v in rates if "train" not in k and not k.endswith(busy)))
 
 
 def score_all(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> float:
@@ -219,7 +224,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    console = Console()
+    console = Console(width=200)  # the tables are wide; a log file would get 80 columns
     # Workloads run earlier into the same folder stay in the table and the plot.
     saved = args.out / "async_vs_sync.json"
     results: dict[str, dict[str, Any]] = json.loads(saved.read_text()) if saved.exists() else {}
