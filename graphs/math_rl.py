@@ -77,7 +77,7 @@ graph = Graph(
         "publisher -> gen.weights",
     ],
     staleness=Staleness(max_lag=2),  # bench/staleness_sweep.py: trainer waits half as at η = 1
-    # bench/async_vs_sync.py: the fastest arm and the best held-out pass@1 (docs/benchmarks.md)
+    # bench/async_vs_sync.py: the fastest arm, 1.29x colocated sync's time (docs/benchmarks.md)
     placement="lending",
     tracking=Tracking(experiment="math_rl"),
     evaluation=Evaluation(problems=100, samples=4),
