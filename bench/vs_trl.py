@@ -8,7 +8,8 @@ Two arms train for the same wall-clock budget on the same machine, one after the
   writes no checkpoints during the run (TRL writes none either), and skips the end-of-run
   evaluation and MLflow (both arms are scored below).
 - **TRL**: ``trl.GRPOTrainer`` on CPU (TRL's and Transformers' recommended CPU settings:
-  ``use_cpu=True``, ``bf16=True`` autocast, HF ``generate``, no vLLM) in its own process.
+  ``use_cpu=True``, bf16 autocast where the CPU has it natively, HF ``generate``, no vLLM) in
+  its own process.
 
 Every setting TRL shares with the graph is read from the graph (after ``--set``), never copied:
 
@@ -39,7 +40,8 @@ algo ``aggregation = token``            ``loss_type = "dapo"`` (mean over the ba
 algo ``updates_per_batch`` (1)          ``num_iterations``
 no KL term, no reference model          ``beta = 0.0``
 trainer ``truncated = train``           ``mask_truncated_completions = False``
-trainer ``bf16``                        ``bf16``
+trainer ``bf16``                        ``bf16`` (``auto`` resolved on this CPU,
+                                        ``areal_flow.precision``)
 ======================================  =================================================
 
 No equivalent in TRL: asynchrony and the staleness bound (TRL is synchronous: generate, then
@@ -134,6 +136,8 @@ def verifier_config(verifier: Any) -> Any:
 
 def grpo_settings(graph: Any) -> dict[str, Any]:
     """``GRPOConfig`` keyword arguments equivalent to the graph's (see the module's table)."""
+    from areal_flow.precision import resolve_autocast
+
     nodes = graph_nodes(graph)
     prompts, gen, trainer = nodes["prompts"], nodes["gen"], nodes["trainer"]
     algo, opt, sampling = trainer.algo, trainer.optimizer, gen.sampling
@@ -165,7 +169,7 @@ def grpo_settings(graph: Any) -> dict[str, Any]:
         "num_iterations": algo.updates_per_batch,
         "beta": 0.0,
         "mask_truncated_completions": trainer.truncated == "mask",
-        "bf16": trainer.bf16,
+        "bf16": resolve_autocast(trainer.bf16, "cpu"),
         "use_cpu": True,
         "use_vllm": False,
         "activation_checkpointing": False,  # TRL turns it on by default

@@ -42,11 +42,14 @@ graph = Graph(
             name="gen",
             model=MODEL,
             engine="vllm",
-            # bf16 decodes ~1.55x faster on AVX-512 BF16 CPUs (bench/eval_speed.py), and the
-            # trainer computes in bf16 autocast anyway; weights then travel as bf16 (half the bytes)
-            dtype="bfloat16",
+            # bf16 where the CPU has it natively (AVX-512 BF16, AMX): it decodes ~1.55x faster
+            # there (bench/eval_speed.py), the trainer computes in bf16 autocast anyway, and
+            # weights travel as bf16 (half the bytes). Elsewhere fp32: emulated bf16 decodes
+            # 6.6x slower (AVX2-only CPUs such as AMD Zen 3; areal_flow/precision.py)
+            dtype="auto",
             # No torch.compile: the engine starts ~14 s sooner (first step at 64-66 s against 84 s),
-            # and on this trainer-bound job its slower decoding costs nothing (docs/benchmarks.md)
+            # and on this job, trainer-bound where bf16 is native, its slower decoding costs
+            # nothing (docs/benchmarks.md)
             eager=True,
             # vLLM's 2048-token engine steps: step_tokens=256 bounds publish -> active (0.6-0.8 s
             # against up to 1.2-1.6 s) but delayed the first batch ~12 s and learned less in two

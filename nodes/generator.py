@@ -41,6 +41,7 @@ from areal_flow.engine.vllm_engine import (
 )
 from areal_flow.lending import IdleFlag
 from areal_flow.node import NodeContext, Output, Streaming
+from areal_flow.precision import EngineDtype, resolve_dtype
 from areal_flow.roles import GeneratorSpec, Sampling, TrainerSpec
 from areal_flow.schema import SCHEMAS, with_extra_columns
 from areal_flow.spec import Port
@@ -75,7 +76,12 @@ class GeneratorConfig(GeneratorSpec):
         "each prefix; 'drain': finish them on the old weights first. staleness.interrupt off "
         "waits for whole episodes instead, whatever the mode.",
     )
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Engine weight dtype.")
+    dtype: EngineDtype = Field(
+        "float32",
+        description="Engine weight and compute dtype: 'float32', 'bfloat16', or 'auto': bfloat16 "
+        "where the device computes it natively (CUDA; CPUs with AVX-512 BF16 or AMX), float32 "
+        "elsewhere, where bf16 is emulated and decodes many times slower (areal_flow.precision).",
+    )
     kv_cache_gib: int = Field(1, ge=1, le=1024, description="KV cache size in GiB (vLLM CPU).")
     preload: tuple[PreloadLibrary, ...] = Field(
         DEFAULT_PRELOAD,
@@ -128,10 +134,10 @@ class GeneratorConfig(GeneratorSpec):
 
     def engine_settings(self) -> dict[str, Any]:
         if self.engine == "hf":
-            return {"dtype": self.dtype, "max_model_len": self.max_model_len,
+            return {"dtype": self.weights_dtype(), "max_model_len": self.max_model_len,
                     "max_batch": self.max_running}  # fmt: skip
         return {
-            "dtype": self.dtype,
+            "dtype": self.weights_dtype(),
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.max_running,
             "kv_cache_gib": self.kv_cache_gib,
@@ -140,8 +146,11 @@ class GeneratorConfig(GeneratorSpec):
             "enforce_eager": self.eager,
         }
 
-    def weights_dtype(self) -> str | None:
-        return self.dtype
+    def weights_dtype(self) -> str:
+        """The engine's dtype, 'auto' resolved on this machine for the device the engine uses
+        (vLLM takes the replica's GPU; the hf engine always runs on CPU)."""
+        on_gpu = self.engine == "vllm" and self.resources.gpus > 0
+        return resolve_dtype(self.dtype, "cuda" if on_gpu else "cpu")
 
 
 class Generator(Streaming[GeneratorConfig]):
@@ -400,6 +409,8 @@ async def start_engine(cfg: GeneratorConfig, ctx: NodeContext) -> Any:
         "initial_version": ctx.version,
         **cfg.engine_settings(),
     }
+    if cfg.dtype == "auto":
+        ctx.log.info("dtype auto: %s on this machine (areal_flow/precision.py)", settings["dtype"])
     if cfg.engine == "vllm":
         settings.update(interrupt_mode=cfg.interrupt_mode, max_batched_tokens=cfg.step_tokens)
         if cfg.lora == "vllm":

@@ -88,6 +88,12 @@ class Trainer(Streaming[TrainerConfig]):
             cpus=ctx.cpus,
             ranks=ctx.ranks,
         )
+        ctx.log.info(
+            "bf16 autocast %s (bf16: %s), publishing %s weights",
+            "on" if self.session.policy.bf16 else "off",
+            cfg.bf16,
+            str(self.session.writer.dtype or "float32").removeprefix("torch."),
+        )
         self.borrower = Borrower(torch.get_num_threads(), ctx.loans) if ctx.loans else None
         if self.borrower is not None:  # lending placement
             self.borrower.attach(self.session.policy.model)

@@ -30,7 +30,13 @@ class TrainingConfig(TrainerSpec):
         description="Put a group's prompt into the forward pass once, shared by its responses "
         "(same result, fewer token positions); false packs every sequence whole.",
     )
-    bf16: bool = Field(True, description="bf16 autocast (CPU and GPU).")
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bf16 autocast of the decoder (parameters and optimizer stay fp32): true, "
+        "false, or 'auto': on where the device computes bf16 natively (CUDA; CPUs with "
+        "AVX-512 BF16 or AMX), off elsewhere, where emulated bf16 is many times slower than "
+        "fp32 (areal_flow.precision).",
+    )
     checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N steps (and at stop).")
     samples_every: int = Field(
         10, ge=1, description="Write sample rollouts of the batch every N steps (and step 1)."

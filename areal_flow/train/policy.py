@@ -92,7 +92,6 @@ class Policy:
         from areal_flow.train.lora import attach as attach_lora
 
         self.device = torch.device(device)
-        self.bf16 = bf16
         self.temperature = temperature
         self.micro_batch_tokens = micro_batch_tokens
         self.share_prompts = share_prompts
@@ -123,6 +122,16 @@ class Policy:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(optimizer.warmup_steps, optimizer.schedule, total_steps)
         )
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 autocast of the decoder: the scorer's switch, so that setting it here (as
+        bench/trainer.py does between rows) changes what the next step computes."""
+        return bool(self.scorer.bf16)
+
+    @bf16.setter
+    def bf16(self, on: bool) -> None:
+        self.scorer.bf16 = on
 
     def _shard(self) -> None:
         """Wrap the model for several ranks (``ShardedPolicy``); one process keeps it whole."""

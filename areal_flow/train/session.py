@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from areal_flow.precision import resolve_autocast
 from areal_flow.schema import SCHEMAS
 from areal_flow.train.batch import (
     check_rows,
@@ -90,7 +91,7 @@ class TrainingSession:
         model_dir = checkpoint.path if checkpoint and not cfg.lora else prepare_model(cfg.model)
         options: dict[str, Any] = {
             "total_steps": cfg.steps,
-            "bf16": cfg.bf16,
+            "bf16": resolve_autocast(cfg.bf16, "cuda" if device.startswith("cuda") else "cpu"),
             "temperature": temperature,
             "micro_batch_tokens": cfg.micro_batch_tokens,
             "share_prompts": cfg.share_prompts,

@@ -155,6 +155,49 @@ def test_policy_loads_fp32_and_keeps_params_fp32_under_bf16(tiny_model_dir: Path
     assert {p.dtype for p in policy.model.parameters()} == {torch.float32}
 
 
+def test_switching_bf16_on_a_policy_changes_what_it_computes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """bench/trainer.py switches ``policy.bf16`` between its rows; the scorer must follow (it
+    did not, and the bench's 'bf16' rows of the shared and packed modes computed in fp32)."""
+    session = TrainingSession(
+        config(tiny_model_dir), temperature=1.0, run_dir=tmp_path, store="run_dir"
+    )
+    session.prepare(groups(tiny_model_dir))
+    assert session.batch is not None
+    seqs, policy = to_sequences(session.batch), session.policy
+    fp32, _ = policy.response_logprobs(seqs)
+    policy.bf16 = True
+    assert policy.scorer.bf16
+    bf16, _ = policy.response_logprobs(seqs)
+    assert any(not torch.equal(a, b) for a, b in zip(fp32, bf16, strict=True))
+    policy.bf16 = False
+    again, _ = policy.response_logprobs(seqs)
+    assert all(torch.equal(a, b) for a, b in zip(fp32, again, strict=True))
+
+
+def test_auto_bf16_follows_the_device(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from areal_flow import precision
+
+    asked: list[str] = []
+    for native in (True, False):
+
+        def fake(device: str, native: bool = native) -> bool:
+            asked.append(device)
+            return native
+
+        monkeypatch.setattr(precision, "native_bf16", fake)
+        cfg = config(tiny_model_dir, bf16="auto")
+        session = TrainingSession(cfg, temperature=1.0, run_dir=tmp_path, store="run_dir")
+        try:
+            assert session.policy.bf16 is native
+        finally:
+            session.close()
+    assert asked == ["cpu", "cpu"]  # the trainer's own device
+
+
 def test_a_non_finite_gradient_skips_the_step_and_repeated_ones_stop(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
