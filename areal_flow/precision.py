@@ -26,6 +26,11 @@ EngineDtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["cpu", "cuda"]
 
 
+def device_kind(device: str) -> Device:
+    """'cuda' for a torch device string naming a CUDA device ('cuda', 'cuda:1'), else 'cpu'."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 @cache
 def native_bf16(device: Device) -> bool:
     """Whether ``device`` computes bfloat16 matmuls in hardware (module docstring)."""

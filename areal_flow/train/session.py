@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from areal_flow.precision import resolve_autocast
+from areal_flow.precision import device_kind, resolve_autocast
 from areal_flow.schema import SCHEMAS
 from areal_flow.train.batch import (
     check_rows,
@@ -91,7 +91,7 @@ class TrainingSession:
         model_dir = checkpoint.path if checkpoint and not cfg.lora else prepare_model(cfg.model)
         options: dict[str, Any] = {
             "total_steps": cfg.steps,
-            "bf16": resolve_autocast(cfg.bf16, "cuda" if device.startswith("cuda") else "cpu"),
+            "bf16": resolve_autocast(cfg.bf16, device_kind(device)),
             "temperature": temperature,
             "micro_batch_tokens": cfg.micro_batch_tokens,
             "share_prompts": cfg.share_prompts,
@@ -386,7 +386,7 @@ def start_ranks(
         name=cfg.name,
         world=cfg.ranks,
         port=0,
-        device="cuda" if device.startswith("cuda") else "cpu",
+        device=device_kind(device),
         timeout_s=cfg.rank_timeout_s,
         cpus=shares,
         threads=threads,
