@@ -103,6 +103,13 @@ class GeneratorConfig(GeneratorSpec):
         "weight update waits for the step in progress, so this bounds its pause "
         "(bench/step_tokens.py).",
     )
+    kv_block_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="vLLM: tokens per KV-cache block, the unit in which a group's samples share "
+        "their prompt's KV (prefix caching shares whole blocks only). None: 32 on CPU (a "
+        "multiple of 32 there), vLLM's default on CUDA.",
+    )
     eager: bool = Field(
         False,
         description="vLLM: run without torch.compile (vLLM's enforce_eager): no compilation "
@@ -144,6 +151,7 @@ class GeneratorConfig(GeneratorSpec):
             "preload": self.preload,
             "gpu_memory_utilization": self.gpu_memory,
             "enforce_eager": self.eager,
+            "block_size": self.kv_block_tokens,
         }
 
     def weights_dtype(self) -> str:

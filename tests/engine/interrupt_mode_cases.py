@@ -17,9 +17,27 @@ from tests.engine.engine_harness import Reference, collect, generate
 
 
 def long_prompt(length: int = 300) -> list[int]:
-    """A prompt spanning whole KV blocks (vLLM-CPU's are 128 tokens; only full blocks are
+    """A prompt spanning whole KV blocks (32 tokens on CPU here; only full blocks are
     prefix-cached)."""
     return [100 + (37 * j) % 5000 for j in range(length)]
+
+
+async def case_group_shares_short_prompt(engine: VLLMEngine, ref: Reference, tol: float) -> None:
+    """The samples of one group share their prompt's whole 32-token blocks even when the prompt
+    is shorter than vLLM-CPU's default 128-token block (math_rl's are ~55 tokens): each sample
+    after the first reads them from the prefix cache, and the shared KV gives the reference's
+    log-probs."""
+    prompt = long_prompt(70)  # two whole 32-token blocks and a partial one
+    before = engine.cached_prompt_tokens
+    request = GenerationRequest(
+        fresh_id("group"), prompt, n=4, sampling=SamplingConfig(temperature=1.0, max_tokens=6)
+    )
+    samples = list((await generate(engine, [request])).values())
+    cached = engine.cached_prompt_tokens - before
+    assert cached >= 3 * 64, f"{cached} prompt tokens shared by 4 samples of a 70-token prompt"
+    for sample in samples:
+        error = (ref.logprobs(sample, 1.0) - torch.tensor(sample.logprobs)).abs().max()
+        assert error.item() < tol, f"sample {sample.sample_index} on shared KV: error {error:.2e}"
 
 
 async def case_inflight_continues_over_old_kv(

@@ -12,8 +12,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
-from areal_flow.engine.vllm_engine import VLLMEngine, VLLMEngineConfig, preload_paths
+from areal_flow.engine.vllm_engine import (
+    CPU_BLOCK_SIZE,
+    VLLMEngine,
+    VLLMEngineConfig,
+    _block_size,
+    preload_paths,
+)
 from tests.engine import engine_cases as cases
 from tests.engine import interrupt_mode_cases as modes
 from tests.engine.engine_harness import (
@@ -143,7 +150,8 @@ def test_tiny_model_end_to_end(
     tiny_model_dir: Path,
     weights: tuple[Path, Path],
 ) -> None:
-    """Log-probs, greedy argmax, interrupt versions, update/restore, abort, stop strings."""
+    """Log-probs, greedy argmax, interrupt versions, update/restore, abort, stop strings,
+    prefix caching (no stale prefix after an update; a group shares its prompt's blocks)."""
     loop, engine = recompute_engine
     ref = Reference(tiny_model_dir)
     loop.run(cases.case_logprobs_match_reference(engine, ref, temperature=0.7, tol=VLLM_TOL))
@@ -155,6 +163,7 @@ def test_tiny_model_end_to_end(
     adapter = write_adapter(tiny_model_dir, weights[0].parent / "adapter")
     loop.run(cases.case_adapter_matches_peft(engine, tiny_model_dir, adapter, weights[0], VLLM_TOL))
     loop.run(modes.case_no_stale_prefix_after_update(engine, tiny_model_dir, *weights, VLLM_TOL))
+    loop.run(modes.case_group_shares_short_prompt(engine, ref, VLLM_TOL))
 
 
 def test_inflight_mode(tiny_model_dir: Path, weights: tuple[Path, Path]) -> None:
@@ -212,6 +221,20 @@ def test_renamed_mode_reads_as_its_new_name_with_a_warning() -> None:
     assert gen.interrupt_mode == "recompute"
     with pytest.raises(ValueError, match="interrupt_mode"):
         GeneratorConfig(name="gen", model="m", interrupt_mode="pause")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU block-size rule")
+def test_cpu_kv_blocks_default_to_32_tokens_and_must_be_multiples_of_32() -> None:
+    """On CPU the engine's blocks are 32 tokens unless set (the generator's ``kv_block_tokens``
+    reaches it); vLLM's CPU attention takes multiples of 32 only, named before the engine
+    starts."""
+    from areal_flow.nodes.generator import GeneratorConfig
+
+    assert _block_size(VLLMEngineConfig(model="m")) == CPU_BLOCK_SIZE == 32
+    gen = GeneratorConfig(name="gen", model="m", kv_block_tokens=64)
+    assert _block_size(VLLMEngineConfig(model="m", **gen.engine_settings())) == 64
+    with pytest.raises(ValueError, match=r"block_size=48: .*multiples of 32"):
+        _block_size(VLLMEngineConfig(model="m", block_size=48))
 
 
 @pytest.mark.slow
