@@ -106,6 +106,7 @@ class GeneratorConfig(GeneratorSpec):
     kv_block_tokens: int | None = Field(
         None,
         ge=16,
+        multiple_of=16,
         description="vLLM: tokens per KV-cache block, the unit in which a group's samples share "
         "their prompt's KV (prefix caching shares whole blocks only). None: 32 on CPU (a "
         "multiple of 32 there), vLLM's default on CUDA.",

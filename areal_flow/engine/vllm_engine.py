@@ -539,8 +539,8 @@ def _block_size(cfg: VLLMEngineConfig) -> int | None:
     size = cfg.block_size or CPU_BLOCK_SIZE
     if size % 32:
         raise ValueError(
-            f"block_size={size}: vLLM's CPU attention takes multiples of 32 tokens; set 32, 64, "
-            "96 or 128 (None: 32)"
+            f"block_size={size} (a generator's kv_block_tokens): vLLM's CPU attention takes "
+            "multiples of 32 tokens; set 32, 64, 96 or 128 (None: 32)"
         )
     return size
 

@@ -227,14 +227,16 @@ def test_renamed_mode_reads_as_its_new_name_with_a_warning() -> None:
 def test_cpu_kv_blocks_default_to_32_tokens_and_must_be_multiples_of_32() -> None:
     """On CPU the engine's blocks are 32 tokens unless set (the generator's ``kv_block_tokens``
     reaches it); vLLM's CPU attention takes multiples of 32 only, named before the engine
-    starts."""
+    starts; the generator's field takes multiples of 16 (vLLM's CUDA blocks) when validated."""
     from areal_flow.nodes.generator import GeneratorConfig
 
     assert _block_size(VLLMEngineConfig(model="m")) == CPU_BLOCK_SIZE == 32
     gen = GeneratorConfig(name="gen", model="m", kv_block_tokens=64)
     assert _block_size(VLLMEngineConfig(model="m", **gen.engine_settings())) == 64
-    with pytest.raises(ValueError, match=r"block_size=48: .*multiples of 32"):
+    with pytest.raises(ValueError, match=r"block_size=48 \(a generator's kv_block_tokens\)"):
         _block_size(VLLMEngineConfig(model="m", block_size=48))
+    with pytest.raises(ValueError, match="kv_block_tokens"):  # no block size vLLM takes anywhere
+        GeneratorConfig(name="gen", model="m", kv_block_tokens=40)
 
 
 @pytest.mark.slow
