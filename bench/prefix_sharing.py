@@ -28,11 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from arm_process import run_arm_process  # bench/, first on sys.path for a bench script
 
 BASELINE = "128x8"
 
@@ -124,16 +125,8 @@ async def run_arm(args: argparse.Namespace) -> dict[str, Any]:
 
 def arm_in_subprocess(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--arm", arm, "--workload", args.workload]
-    command += ["--groups", str(args.groups), "--cpus"]
-    done = subprocess.run(
-        [*command, *map(str, args.cpus)], capture_output=True, text=True, check=False
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.splitlines()[-30:])
-        raise RuntimeError(f"arm {arm} failed (exit {done.returncode}):\n{tail}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    command += ["--groups", str(args.groups), "--cpus", *map(str, args.cpus)]
+    return run_arm_process(arm, command)
 
 
 def report(arms: dict[str, dict[str, Any]]) -> None:

@@ -40,12 +40,13 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from arm_process import run_arm_process  # bench/, first on sys.path for a bench script
 
 ARMS = ("cold", "warm", "cold-noaot", "warm-noaot", "eager", "eager-worker-process")
 
@@ -134,14 +135,8 @@ def arm_in_subprocess(arm: str, args: argparse.Namespace, caches: Path) -> dict[
         env["VLLM_USE_AOT_COMPILE"] = "0" if pair == "noaot" else "1"
     command = [sys.executable, __file__, "--arm", arm, *_passed(args)]
     began = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - began
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.splitlines()[-30:])
-        raise RuntimeError(f"arm {arm} failed (exit {done.returncode}):\n{tail}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["process_s"] = wall
+    result = run_arm_process(arm, command, env)
+    result["process_s"] = time.perf_counter() - began
     return result
 
 
