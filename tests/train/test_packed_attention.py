@@ -65,6 +65,8 @@ def test_segments_of_a_prompt_tree() -> None:
     assert segments(positions) == [(0, 5, 0, 0), (5, 7, 0, 3), (7, 9, 7, 0)]
     with pytest.raises(ValueError, match="beyond its root"):
         segments(torch.tensor([0, 1, 5, 6]))
+    with pytest.raises(ValueError, match="beyond its root's 3 tokens"):  # not an earlier branch's
+        segments(torch.tensor([0, 1, 2, 1, 4]))
 
 
 def test_prompt_tree_row_equals_the_sequences_run_alone(models: tuple) -> None:
