@@ -30,7 +30,6 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from arm_process import run_arm_process  # bench/, first on sys.path for a bench script
@@ -60,8 +59,7 @@ def load_prompts(workload: str, count: int) -> list[list[int]]:
 
     model = prepare_smollm2()
     if workload == "gsm8k":
-        sys.path.insert(0, str(Path(__file__).parent))
-        from generation import load_prompts as gsm8k_prompts
+        from generation import load_prompts as gsm8k_prompts  # bench/, first on sys.path
 
         return gsm8k_prompts(model, count)
     tokenizer = AutoTokenizer.from_pretrained(model)

@@ -21,21 +21,21 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from arm_process import run_arm_process  # bench/, first on sys.path for a bench script
+
 WEIGHTS = Path("/dev/shm/areal-flow-bench-step-tokens")
 
 
 async def run_arm(args: argparse.Namespace) -> dict[str, Any]:
+    from generation import load_prompts, write_weights  # bench/, first on sys.path
+
     from areal_flow.engine import GenerationRequest, SamplingConfig, create_engine
     from areal_flow.models import prepare_smollm2
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from generation import load_prompts, write_weights  # as bench/generation.py
 
     model = prepare_smollm2()
     prompts = load_prompts(model, 8)
@@ -96,11 +96,7 @@ def main() -> None:
     print(f"{'budget':>8}{'start s':>9}{'tokens/s per round':>30}{'update median':>15}{'max':>8}")
     for budget in args.budgets:
         command = [sys.executable, __file__, "--arm", str(budget), *passed]
-        done = subprocess.run(command, capture_output=True, text=True)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode or not lines:
-            sys.exit(f"budget {budget} failed:\n" + "\n".join(done.stderr.splitlines()[-20:]))
-        arm = json.loads(lines[-1])
+        arm = run_arm_process(f"budget {budget}", command)
         rates = " ".join(f"{rate:.0f}" for rate in arm["rounds"])
         median, worst = statistics.median(arm["updates"]), max(arm["updates"])
         print(f"{budget:>8}{arm['start_s']:>9.1f}{rates:>30}{median:>13.2f} s{worst:>6.2f} s")
